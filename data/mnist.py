@@ -1,0 +1,185 @@
+"""MNIST from the four IDX files, held as tensors on the device and served in seeded batches.
+
+Files are read from `<data.path>/MNIST/raw`, gzipped or not; nothing is ever extracted or written there, so the folder
+may be read-only. Missing files are downloaded (md5-checked) only when `data.download` is true.
+"""
+import gzip
+import math
+import struct
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from utils.errors import UserError
+
+FILES = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+MD5 = {  # of the .gz files as published; the same ones torchvision checks
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+MEAN, STD = 0.1307, 0.3081  # of the MNIST training images, the usual normalisation
+
+
+def raw_folder(data_path):
+    return Path(data_path).expanduser() / "MNIST" / "raw"
+
+
+def read_idx(path):
+    """The array stored in one IDX file (gzipped or not), validated against its header."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+        zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
+        shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
+    except (OSError, EOFError, struct.error) as e:
+        raise UserError(f"cannot read MNIST file {path}: {e}; delete it so it is downloaded again") from None
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if zero != 0 or dtype_code != 0x08 or data.size != math.prod(shape):
+        raise UserError(f"{path} is not a uint8 IDX file of shape {shape}; replace it with the original MNIST file")
+    return data.reshape(shape)
+
+
+def find_files(folder, download):
+    """{name: path} of the four MNIST files in `folder`, downloading the missing ones if `download`."""
+    found, missing = {}, []
+    for name, stem in FILES.items():
+        candidates = [folder / stem, folder / f"{stem}.gz"]
+        path = next((p for p in candidates if p.is_file()), None)
+        if path is None:
+            missing.append(name)
+        found[name] = path
+    if missing and download:
+        for name in missing:
+            found[name] = _download(folder, f"{FILES[name]}.gz")
+    elif missing:
+        raise UserError(_missing_message(folder, "and data.download is false"))
+    return found
+
+
+def load_mnist(data_path, download=True):
+    """(train images, train labels, test images, test labels) as uint8 / int64 tensors on the CPU."""
+    files = find_files(raw_folder(data_path), download)
+    arrays = {name: read_idx(path) for name, path in files.items()}
+    for split in ("train", "test"):
+        images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+        if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+            raise UserError(f"MNIST {split} files in {raw_folder(data_path)} do not match: "
+                            f"{images.shape[0]} images of shape {images.shape[1:]}, {labels.shape[0]} labels")
+    return (torch.from_numpy(arrays["train_images"].copy()), torch.from_numpy(arrays["train_labels"].astype(np.int64)),
+            torch.from_numpy(arrays["test_images"].copy()), torch.from_numpy(arrays["test_labels"].astype(np.int64)))
+
+
+def split_train_val(num_train, val_size, split_seed):
+    """(train indices, validation indices): a split of the training set fixed by `split_seed` alone."""
+    if not 0 < val_size < num_train:
+        raise UserError(f"data.val_size must be between 1 and {num_train - 1} (the training set size - 1), got {val_size}")
+    order = torch.randperm(num_train, generator=torch.Generator().manual_seed(split_seed))
+    return order[val_size:], order[:val_size]
+
+
+class Batches:
+    """Batches of (normalised images, labels) drawn from tensors already on the device.
+
+    With `shuffle`, every pass draws a new permutation from `generator`; with `shift` > 0, each image is moved by a
+    random number of pixels (up to `shift`) in each direction, on the device, also drawn from `generator`.
+    """
+
+    def __init__(self, images, labels, batch_size, shuffle=False, shift=0, generator=None, channels_last=False):
+        self.images, self.labels = images, labels
+        self.batch_size, self.shuffle, self.shift = batch_size, shuffle, shift
+        self.generator = generator
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __len__(self):
+        return math.ceil(len(self.labels) / self.batch_size)
+
+    @property
+    def num_samples(self):
+        return len(self.labels)
+
+    def __iter__(self):
+        n = len(self.labels)
+        order = torch.randperm(n, generator=self.generator).to(self.images.device) if self.shuffle else None
+        for start in range(0, n, self.batch_size):
+            if order is None:
+                images, labels = self.images[start:start + self.batch_size], self.labels[start:start + self.batch_size]
+            else:
+                index = order[start:start + self.batch_size]
+                images, labels = self.images[index], self.labels[index]
+            images = normalise(images)
+            if self.shift:
+                images = random_shift(images, self.shift, self.generator)
+            yield images.contiguous(memory_format=self.memory_format), labels
+
+
+def normalise(images):
+    """uint8 images [B, 28, 28] -> float [B, 1, 28, 28] with the MNIST mean and std."""
+    return ((images.float() / 255.0 - MEAN) / STD).unsqueeze(1)
+
+
+def random_shift(images, shift, generator):
+    """Each image moved by its own random offset in [-shift, shift] pixels per axis, padding with background."""
+    b, _, h, w = images.shape
+    background = -MEAN / STD
+    padded = torch.nn.functional.pad(images, (shift, shift, shift, shift), value=background)
+    # Offsets come from the CPU generator so that runs are identical whatever the device.
+    dy = torch.randint(0, 2 * shift + 1, (b,), generator=generator).to(images.device)
+    dx = torch.randint(0, 2 * shift + 1, (b,), generator=generator).to(images.device)
+    rows = (dy[:, None] + torch.arange(h, device=images.device))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=images.device))[:, None, :]
+    batch = torch.arange(b, device=images.device)[:, None, None]
+    return padded[batch, 0, rows, cols].unsqueeze(1)
+
+
+def make_loaders(config, device, seed):
+    """(train, validation, test) Batches for `config['data']`, the data held on `device`, shuffled from `seed`."""
+    cfg = config["data"]
+    train_images, train_labels, test_images, test_labels = load_mnist(cfg["path"], cfg["download"])
+    train_index, val_index = split_train_val(len(train_labels), cfg["val_size"], cfg["split_seed"])
+    generator = torch.Generator().manual_seed(seed)
+    channels_last = config["model"].get("channels_last", False)
+
+    def on_device(images, labels):
+        return images.to(device), labels.to(device)
+
+    train = Batches(*on_device(train_images[train_index], train_labels[train_index]), cfg["batch_size"],
+                    shuffle=True, shift=cfg["augment_shift"], generator=generator, channels_last=channels_last)
+    val = Batches(*on_device(train_images[val_index], train_labels[val_index]), cfg["eval_batch_size"],
+                  channels_last=channels_last)
+    test = Batches(*on_device(test_images, test_labels), cfg["eval_batch_size"], channels_last=channels_last)
+    return train, val, test
+
+
+def _missing_message(folder, reason):
+    names = ", ".join(f"{stem}[.gz]" for stem in FILES.values())
+    return (f"MNIST files missing in {folder} {reason}; put the four files there ({names}) "
+            f"or set --config.data.path to the folder that holds MNIST/raw")
+
+
+def _download(folder, filename):
+    """Path of `filename` downloaded into `folder` (md5-checked), or a UserError naming what is needed."""
+    from torchvision.datasets import MNIST  # only here: reading local files needs no torchvision
+    from torchvision.datasets.utils import download_url
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(_missing_message(folder, f"and the folder cannot be written ({e.strerror})")) from None
+    errors = []
+    for mirror in MNIST.mirrors:
+        try:
+            download_url(f"{mirror}{filename}", root=str(folder), filename=filename, md5=MD5[filename])
+            return folder / filename
+        except Exception as e:  # any network failure: try the next mirror, then explain
+            errors.append(f"{type(e).__name__}")
+            (folder / filename).unlink(missing_ok=True)
+    raise UserError(_missing_message(folder, f"and the download failed ({', '.join(errors)}; offline?)"))

@@ -1,0 +1,65 @@
+"""experiment1: the baseline. A small CNN trained on MNIST; the lab book is experiments/experiment1.md."""
+
+
+def experiment1(config, run, watch="accuracy", cpu=False, verbose=1):
+    """Train the CNN, keep the epoch with the best validation `watch` metric, and record its test accuracy."""
+    # Heavy imports live here, not at the top, so that a refused launch (duplicate, bad flag) answers without torch.
+    from data.mnist import make_loaders
+    from models.cnn import make_model
+    from training.loop import evaluate, train_epoch
+    from training.optim import make_optimizer, make_scheduler
+    from utils.checkpoint import load_checkpoint, save_checkpoint
+    from utils.device import pick_device
+    from utils.seed import seed_everything
+
+    training = config["training"]
+    seed_everything(config["seed"], deterministic=training["deterministic"])
+    device = pick_device(force_cpu=cpu)
+    train, val, test = make_loaders(config, device, seed=config["seed"])
+    model = make_model(config, device)
+    optimizer = make_optimizer(model, config)
+    scheduler = make_scheduler(optimizer, config, steps_per_epoch=len(train))
+    run.log_hparams({
+        "learning_rate": training["learning_rate"], "weight_decay": training["weight_decay"],
+        "batch_size": config["data"]["batch_size"], "num_epochs": training["num_epochs"],
+        "dropout": config["model"]["dropout"], "optimizer": training["optimizer"], "schedule": training["schedule"],
+        "label_smoothing": training["label_smoothing"], "augment_shift": config["data"]["augment_shift"],
+        "channels": config["model"]["channels"], "seed": config["seed"], "watch": watch,
+    })
+    if verbose >= 2:
+        print(f"run {run.id}: {sum(p.numel() for p in model.parameters()):,} parameters on {device}, "
+              f"{train.num_samples} train / {val.num_samples} validation / {test.num_samples} test images, "
+              f"checkpoints in {run.folder}")
+
+    best_path, best_value, best_epoch = run.folder / "best.pt", None, None
+    for epoch in range(1, training["num_epochs"] + 1):
+        def log_step(step, loss, epoch=epoch):
+            run.log_scalar("train/step_loss", loss, step=step, epoch=epoch)
+            if verbose >= 3:
+                print(f"  step {step}: loss {loss:.4f}")
+
+        train_metrics = train_epoch(
+            model, train, optimizer, scheduler, label_smoothing=training["label_smoothing"],
+            first_step=(epoch - 1) * len(train), log_every=config["logging"]["log_every"], log_step=log_step,
+            progress=f"epoch {epoch}/{training['num_epochs']}" if verbose >= 1 else None)
+        val_metrics = evaluate(model, val)
+        for split, metrics in (("train", train_metrics), ("val", val_metrics)):
+            for name, value in metrics.items():
+                run.log_scalar(f"{split}/{name}", value, step=epoch * len(train), epoch=epoch)
+
+        value = val_metrics[watch]
+        improved = best_value is None or (value > best_value if watch == "accuracy" else value < best_value)
+        if improved:
+            best_value, best_epoch = value, epoch
+            save_checkpoint(best_path, model, epoch=epoch, watch=watch, value=value)
+        if verbose >= 1:
+            print(f"epoch {epoch}/{training['num_epochs']}: train loss {train_metrics['loss']:.4f} "
+                  f"acc {train_metrics['accuracy']:.4f} | val loss {val_metrics['loss']:.4f} "
+                  f"acc {val_metrics['accuracy']:.4f}{' *' if improved else ''}", flush=True)
+
+    load_checkpoint(best_path, model, device)  # the test set sees only the model that validation picked
+    test_metrics = evaluate(model, test)
+    results = {"test_accuracy": test_metrics["accuracy"], "test_loss": test_metrics["loss"],
+               "best_epoch": best_epoch, f"best_val_{watch}": best_value}
+    run.finish(results)
+    return results

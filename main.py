@@ -1,0 +1,107 @@
+"""Run one experiment and record it in the run table.
+
+    python main.py --experiment=experiment1 --config=configs/config.yml [flags] [--config.SECTION.KEY=VALUE ...]
+"""
+import argparse
+import difflib
+import sys
+from pathlib import Path
+
+from experiments.experiment1 import experiment1
+from utils.config import OVERRIDE_PREFIX, apply_overrides, dump_config, load_config, parse_override
+from utils.errors import UserError
+from utils.provenance import command_line, git_commit, git_diff
+from utils.runtable import RunIdentity, RunTable
+
+experiments = {"experiment1": experiment1}
+
+CODE_DIR = Path(__file__).resolve().parent
+TABLE_PATH = Path("results") / "resultTable.db"
+# Flags that change what a run computes: part of its identity (only when not at their default, so adding a flag
+# later leaves every earlier run's identity as it was). --verbose and --debug change only the output.
+RESULT_FLAGS = ("watch", "cpu")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UserError(f"{message} (see python main.py --help)")
+
+
+def make_parser():
+    parser = _Parser(description="Train an experiment and record it in results/resultTable.db.",
+                     epilog="Any config key can be overridden: --config.training.num_epochs=5", allow_abbrev=False)
+    parser.add_argument("--experiment", required=True, help=f"experiment to run: {', '.join(experiments)}")
+    parser.add_argument("--config", required=True, help="YAML file with the baseline parameters")
+    parser.add_argument("--debug", action="store_true", help="record as run ID -1, replacing the last debug run")
+    parser.add_argument("--comment", default="", help="a note stored with the run; part of its identity")
+    parser.add_argument("--watch", choices=("accuracy", "loss"), default="accuracy",
+                        help="validation metric that picks the best checkpoint (default: accuracy)")
+    parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
+    parser.add_argument("--verbose", type=int, choices=range(4), default=1,
+                        help="0: final result only, 1: progress and a line per epoch (default), 2: + setup, 3: + steps")
+    return parser
+
+
+def parse_args(argv):
+    """(flags, [(dotted key, value text)]) of the command line; unknown flags are refused, never ignored."""
+    parser = make_parser()
+    args, rest = parser.parse_known_args(argv)
+    overrides = []
+    for arg in rest:
+        if arg.startswith(OVERRIDE_PREFIX):
+            overrides.append(parse_override(arg))
+        elif arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            known = [s for action in parser._actions for s in action.option_strings]
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]}?" if close else "see python main.py --help"
+            raise UserError(f"unknown flag {name} ({hint})")
+        else:
+            raise UserError(f"unexpected argument {arg!r}; overrides take the form --config.SECTION.KEY=VALUE")
+    return args, overrides
+
+
+def find_experiment(name):
+    if name in experiments:
+        return experiments[name]
+    close = difflib.get_close_matches(name, experiments, n=1, cutoff=0.3)
+    hint = f" (did you mean {close[0]}?)" if close else ""
+    raise UserError(f"unknown experiment {name!r}{hint}; registered: {', '.join(experiments)}")
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args, overrides = parse_args(argv)
+    experiment = find_experiment(args.experiment)
+    config = apply_overrides(load_config(args.config), overrides)
+
+    parser = make_parser()
+    flags = {name: getattr(args, name) for name in RESULT_FLAGS if getattr(args, name) != parser.get_default(name)}
+    identity = RunIdentity(args.experiment, dump_config(config), flags, args.comment)
+    table = RunTable(TABLE_PATH)
+    if not args.debug:
+        table.refuse_duplicate(identity)  # before any data or model is loaded
+
+    run = table.start_run(identity, config_path=args.config, command=command_line([sys.argv[0], *argv]),
+                          commit=git_commit(CODE_DIR), diff=git_diff(CODE_DIR), debug=args.debug)
+    if args.verbose >= 1:
+        print(f"run {run.id}: {args.experiment}{' (debug)' if args.debug else ''}, checkpoints in {run.folder}")
+    with run:  # any exception, Ctrl-C included, marks the run failed
+        results = experiment(config, run, watch=args.watch, cpu=args.cpu, verbose=args.verbose)
+    print(f"run {run.id} finished: " + ", ".join(f"{k} {_format(v)}" for k, v in results.items()))
+    return 0
+
+
+def _format(value):
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: the run is marked failed and can be run again", file=sys.stderr)
+        sys.exit(130)

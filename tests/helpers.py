@@ -1,0 +1,85 @@
+"""Test helpers: small synthetic MNIST-format IDX files, a tiny config, and the real `main.py` run as a process."""
+import gzip
+import sqlite3
+import struct
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+MAIN = REPO / "main.py"
+
+
+def write_idx(path, array, gz):
+    """Write `array` (uint8) as an IDX file, gzipped if `gz`."""
+    header = struct.pack(">HBB", 0, 0x08, array.ndim) + struct.pack(f">{array.ndim}I", *array.shape)
+    opener = gzip.open if gz else open
+    with opener(path, "wb") as f:
+        f.write(header + array.astype(np.uint8).tobytes())
+
+
+def synthetic_digits(n, seed):
+    """(images [n, 28, 28], labels [n]): each class is a bright 6x6 square at its own place, plus noise."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 10, size=n)
+    images = rng.integers(0, 60, size=(n, 28, 28))
+    for i, label in enumerate(labels):
+        row, col = 3 + 8 * (label // 4), 3 + 7 * (label % 4)
+        images[i, row:row + 6, col:col + 6] = 255
+    return images.astype(np.uint8), labels.astype(np.uint8)
+
+
+def make_mnist_folder(root, n_train=640, n_test=200, gz=True):
+    """`root`/MNIST/raw holding the four files; returns `root` (what data.path points at)."""
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    train_x, train_y = synthetic_digits(n_train, seed=1)
+    test_x, test_y = synthetic_digits(n_test, seed=2)
+    suffix = ".gz" if gz else ""
+    write_idx(raw / f"train-images-idx3-ubyte{suffix}", train_x, gz)
+    write_idx(raw / f"train-labels-idx1-ubyte{suffix}", train_y, gz)
+    write_idx(raw / f"t10k-images-idx3-ubyte{suffix}", test_x, gz)
+    write_idx(raw / f"t10k-labels-idx1-ubyte{suffix}", test_y, gz)
+    return root
+
+
+def tiny_config(data_path, **changes):
+    """The real configs/config.yml scaled down to seconds on synthetic data; `changes` maps 'a.b' keys to values."""
+    config = yaml.safe_load((REPO / "configs" / "config.yml").read_text())
+    config["data"].update(path=str(data_path), download=False, val_size=128, batch_size=64, eval_batch_size=100)
+    config["model"].update(channels=[4, 8], hidden=16)
+    config["training"].update(num_epochs=2, learning_rate=0.05)
+    config["logging"].update(log_every=2)
+    for key, value in changes.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    return config
+
+
+def run_main(cwd, *args, timeout=300):
+    """Run the real main.py in `cwd`; returns the CompletedProcess (text output)."""
+    return subprocess.run([sys.executable, str(MAIN), *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def run_tiny(cwd, *args):
+    return run_main(cwd, "--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0", *args)
+
+
+def query(db_path, sql, *params):
+    """All rows of one SQL query on the run table."""
+    with sqlite3.connect(db_path) as db:
+        return db.execute(sql, params).fetchall()
+
+
+def assert_refused(result, *fragments):
+    """A user mistake: exit code 2, one line on stderr containing each fragment, no traceback."""
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

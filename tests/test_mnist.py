@@ -1,0 +1,78 @@
+"""Reading MNIST from IDX files: gzipped or not, read-only folders, and a clear error when files are missing."""
+import numpy as np
+import pytest
+import torch
+
+from data.mnist import Batches, load_mnist, random_shift, read_idx, split_train_val
+from helpers import make_mnist_folder, query, run_tiny, synthetic_digits, write_idx
+from utils.errors import UserError
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_idx_files_are_read_gzipped_or_not(tmp_path, gz):
+    root = make_mnist_folder(tmp_path, n_train=30, n_test=10, gz=gz)
+    train_x, train_y, test_x, test_y = load_mnist(root, download=False)
+    expected_x, expected_y = synthetic_digits(30, seed=1)
+    assert train_x.dtype == torch.uint8 and train_x.shape == (30, 28, 28)
+    assert torch.equal(train_x, torch.from_numpy(expected_x)) and train_y.tolist() == expected_y.tolist()
+    assert test_x.shape == (10, 28, 28) and test_y.dtype == torch.int64
+
+
+def test_nothing_is_written_beside_the_raw_files(tmp_path):
+    root = make_mnist_folder(tmp_path, n_train=30, n_test=10)
+    before = sorted(p.name for p in (root / "MNIST" / "raw").iterdir())
+    load_mnist(root, download=False)
+    assert sorted(p.name for p in (root / "MNIST" / "raw").iterdir()) == before
+    assert sorted(p.name for p in (root / "MNIST").iterdir()) == ["raw"]
+
+
+def test_missing_files_name_the_folder_and_the_four_files(tmp_path):
+    with pytest.raises(UserError) as error:
+        load_mnist(tmp_path, download=False)
+    message = str(error.value)
+    assert str(tmp_path / "MNIST" / "raw") in message
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+                 "t10k-labels-idx1-ubyte"):
+        assert name in message
+
+
+def test_a_corrupt_file_is_refused(tmp_path):
+    path = tmp_path / "bad-idx"
+    write_idx(path, np.zeros((4, 28, 28)), gz=False)
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(UserError, match="not a uint8 IDX file"):
+        read_idx(path)
+
+
+def test_the_validation_split_depends_only_on_its_seed():
+    train_a, val_a = split_train_val(100, 10, split_seed=0)
+    train_b, val_b = split_train_val(100, 10, split_seed=0)
+    assert torch.equal(val_a, val_b) and len(train_a) == 90
+    assert set(train_a.tolist()).isdisjoint(val_a.tolist())
+    assert not torch.equal(split_train_val(100, 10, split_seed=1)[1], val_a)
+
+
+def test_batches_cover_every_sample_once_per_pass_in_a_seeded_order():
+    images = torch.arange(10, dtype=torch.uint8).repeat_interleave(784).view(10, 28, 28)
+    labels = torch.arange(10)
+    order = lambda seed: torch.cat([y for _, y in Batches(images, labels, 4, shuffle=True,
+                                                           generator=torch.Generator().manual_seed(seed))])
+    assert sorted(order(0).tolist()) == list(range(10))
+    assert torch.equal(order(0), order(0)) and not torch.equal(order(0), order(1))
+    assert len(Batches(images, labels, 4)) == 3
+
+
+def test_random_shift_moves_images_by_at_most_the_given_pixels():
+    image = torch.zeros(1, 1, 28, 28)
+    image[0, 0, 10, 10] = 1.0
+    shifted = random_shift(image.repeat(50, 1, 1, 1), 2, torch.Generator().manual_seed(0))
+    positions = {tuple((s[0] == 1.0).nonzero()[0].tolist()) for s in shifted}
+    assert len(positions) > 5
+    assert all(abs(r - 10) <= 2 and abs(c - 10) <= 2 for r, c in positions)
+
+
+def test_a_run_without_data_fails_cleanly_and_leaves_no_running_run(workdir, tmp_path):
+    result = run_tiny(workdir, f"--config.data.path={tmp_path / 'empty'}")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "MNIST files missing" in result.stderr and "t10k-labels-idx1-ubyte" in result.stderr
+    assert query(workdir / "results" / "resultTable.db", "SELECT status FROM Experiments") == [("failed",)]

@@ -1,0 +1,122 @@
+"""Load the YAML baseline, merge typed `--config.a.b=value` overrides onto it, dump it canonically.
+
+This is the only module that parses overrides. Values are typed as YAML reads them, with one fix: plain YAML 1.1
+reads `1e-4` as a string, so the loader here also reads exponent floats without a dot, in files and overrides alike.
+"""
+import copy
+import difflib
+import re
+from pathlib import Path
+
+import yaml
+
+from utils.errors import UserError
+
+OVERRIDE_PREFIX = "--config."
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-4` and `1E5` as floats (YAML 1.2 does; PyYAML's 1.1 rules need a dot)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
+
+
+def parse_yaml_value(text):
+    """The Python value YAML gives `text`: 5 -> int, 1e-4 -> float, true -> bool, null -> None, [1,2] -> list."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise UserError(f"cannot read {text!r} as a YAML value ({_first_line(e)})") from None
+
+
+def load_config(path):
+    """The config dict of the YAML file at `path`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config file {path} not found; pass an existing YAML file, e.g. --config=configs/config.yml")
+    try:
+        config = yaml.load(path.read_text(), Loader=_Loader)
+    except yaml.YAMLError as e:
+        raise UserError(f"config file {path} is not valid YAML: {_first_line(e)}") from None
+    if not isinstance(config, dict):
+        raise UserError(f"config file {path} must hold a mapping of sections (data:, model:, ...), not {type(config).__name__}")
+    return config
+
+
+def parse_override(arg):
+    """(dotted key, value text) of one `--config.a.b=value` argument."""
+    body = arg[len(OVERRIDE_PREFIX):]
+    key, sep, text = body.partition("=")
+    if not key:
+        raise UserError(f"override {arg!r} names no key; write --config.SECTION.KEY=VALUE")
+    if not sep:
+        raise UserError(f"override {arg!r} has no value; write {arg}=VALUE")
+    return key, text
+
+
+def apply_overrides(config, overrides):
+    """A copy of `config` with each (dotted key, value text) set, refusing unknown keys and values of the wrong type."""
+    merged = copy.deepcopy(config)
+    known = flatten(config)
+    for key, text in overrides:
+        if key not in known:
+            raise UserError(f"unknown config key '{key}'{_suggestion(key, known)}; "
+                            f"keys are checked against the YAML file, add it there first if it is new")
+        parent = merged
+        *sections, leaf = key.split(".")
+        for section in sections:
+            parent = parent[section]
+        parent[leaf] = _typed_value(key, known[key], text)
+    return merged
+
+
+def flatten(config, prefix=""):
+    """{dotted key: value} of every leaf in `config`, sections included as keys of their own."""
+    out = {}
+    for name, value in config.items():
+        key = f"{prefix}{name}"
+        out[key] = value
+        if isinstance(value, dict):
+            out.update(flatten(value, prefix=f"{key}."))
+    return out
+
+
+def dump_config(config):
+    """The canonical YAML text of `config`: sorted keys, so equal configs give equal text (and equal run identity)."""
+    return yaml.safe_dump(config, sort_keys=True, default_flow_style=False)
+
+
+def _typed_value(key, current, text):
+    """`text` read as a value of the type of the YAML's `current` value, or a UserError if it does not fit."""
+    if isinstance(current, dict):
+        raise UserError(f"'{key}' is a section, not a value; override one of its keys: "
+                        + ", ".join(f"{key}.{k}" for k in current))
+    if isinstance(current, str):
+        return text  # a string key takes the text as typed: 007 stays 007
+    value = parse_yaml_value(text)
+    if current is None or type(value) is type(current):
+        if isinstance(current, list) and current and any(type(v) is not type(current[0]) for v in value):
+            raise UserError(f"'{key}' expects a list like {current!r} (elements: {_type_name(current[0])}), got {value!r}")
+        return value
+    if isinstance(current, float) and type(value) is int:
+        return float(value)
+    raise UserError(f"'{key}' expects {_type_name(current)} (the YAML has {current!r}), got {_type_name(value)} {value!r}")
+
+
+def _type_name(value):
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a section", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def _suggestion(key, known):
+    close = difflib.get_close_matches(key, [k for k, v in known.items() if not isinstance(v, dict)], n=1, cutoff=0.5)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _first_line(error):
+    return str(error).strip().splitlines()[0]
