@@ -4,11 +4,12 @@
 """
 import argparse
 import difflib
+import signal
 import sys
 from pathlib import Path
 
 from experiments.experiment1 import experiment1
-from utils.config import OVERRIDE_PREFIX, apply_overrides, dump_config, load_config, parse_override
+from utils.config import OVERRIDE_PREFIX, apply_overrides, dump_config, load_config, load_config_text, parse_override
 from utils.errors import UserError
 from utils.provenance import command_line, git_commit, git_diff
 from utils.runtable import RunIdentity, RunTable
@@ -22,6 +23,14 @@ TABLE_PATH = Path("results") / "resultTable.db"
 RESULT_FLAGS = ("watch", "cpu")
 
 
+class Terminated(BaseException):
+    """SIGTERM arrived (cluster walltime, scancel, kill): unwinds like Ctrl-C so that the run is marked failed."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UserError(f"{message} (see python main.py --help)")
@@ -30,8 +39,10 @@ class _Parser(argparse.ArgumentParser):
 def make_parser():
     parser = _Parser(description="Train an experiment and record it in results/resultTable.db.",
                      epilog="Any config key can be overridden: --config.training.num_epochs=5", allow_abbrev=False)
-    parser.add_argument("--experiment", required=True, help=f"experiment to run: {', '.join(experiments)}")
-    parser.add_argument("--config", required=True, help="YAML file with the baseline parameters")
+    parser.add_argument("--experiment", help=f"experiment to run (required): {', '.join(experiments)}")
+    parser.add_argument("--config", help="YAML file with the baseline parameters (required)")
+    parser.add_argument("--resume", type=int, metavar="RUNID",
+                        help="continue failed run RUNID from its last epoch, with its recorded config and flags")
     parser.add_argument("--debug", action="store_true", help="record as run ID -1, replacing the last debug run")
     parser.add_argument("--comment", default="", help="a note stored with the run; part of its identity")
     parser.add_argument("--watch", choices=("accuracy", "loss"), default="accuracy",
@@ -58,6 +69,16 @@ def parse_args(argv):
             raise UserError(f"unknown flag {name} ({hint})")
         else:
             raise UserError(f"unexpected argument {arg!r}; overrides take the form --config.SECTION.KEY=VALUE")
+    if args.resume is not None:
+        given = [f"--{name}" for name in ("experiment", "config", "comment", "watch", "cpu", "debug")
+                 if getattr(args, name) != parser.get_default(name)] + (["--config.*"] if overrides else [])
+        if given:
+            raise UserError(f"--resume takes the run's recorded experiment, config and flags; drop {', '.join(given)}")
+    else:
+        missing = [f"--{name}" for name in ("experiment", "config") if getattr(args, name) is None]
+        if missing:
+            raise UserError(f"{' and '.join(missing)} required, e.g. "
+                            f"python main.py --experiment=experiment1 --config=configs/config.yml")
     return args, overrides
 
 
@@ -71,23 +92,36 @@ def find_experiment(name):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGTERM, _raise_terminated)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C interrupts even where SIGINT was ignored
     args, overrides = parse_args(argv)
-    experiment = find_experiment(args.experiment)
-    config = apply_overrides(load_config(args.config), overrides)
-
-    parser = make_parser()
-    flags = {name: getattr(args, name) for name in RESULT_FLAGS if getattr(args, name) != parser.get_default(name)}
-    identity = RunIdentity(args.experiment, dump_config(config), flags, args.comment)
     table = RunTable(TABLE_PATH)
-    if not args.debug:
-        table.refuse_duplicate(identity)  # before any data or model is loaded
-
-    run = table.start_run(identity, config_path=args.config, command=command_line([sys.argv[0], *argv]),
-                          commit=git_commit(CODE_DIR), diff=git_diff(CODE_DIR), debug=args.debug)
+    if args.resume is not None:
+        run, identity = table.resume_run(args.resume)
+        experiment, config = find_experiment(identity.experiment), load_config_text(identity.config_text)
+        flags = {**{name: make_parser().get_default(name) for name in RESULT_FLAGS}, **identity.flags}
+    else:
+        experiment = find_experiment(args.experiment)
+        config = apply_overrides(load_config(args.config), overrides)
+        parser = make_parser()
+        flags = {name: getattr(args, name) for name in RESULT_FLAGS}
+        changed = {name: value for name, value in flags.items() if value != parser.get_default(name)}
+        identity = RunIdentity(args.experiment, dump_config(config), changed, args.comment)
+        if not args.debug:
+            table.refuse_duplicate(identity)  # before any data or model is loaded
+        run = table.start_run(identity, config_path=args.config, command=command_line([sys.argv[0], *argv]),
+                              commit=git_commit(CODE_DIR), diff=git_diff(CODE_DIR), debug=args.debug)
     if args.verbose >= 1:
-        print(f"run {run.id}: {args.experiment}{' (debug)' if args.debug else ''}, checkpoints in {run.folder}")
-    with run:  # any exception, Ctrl-C included, marks the run failed
-        results = experiment(config, run, watch=args.watch, cpu=args.cpu, verbose=args.verbose)
+        debug = " (debug)" if run.id == -1 else ""
+        print(f"run {run.id}: {identity.experiment}{debug}, checkpoints in {run.folder}", flush=True)
+    try:
+        with run:  # any exception, Ctrl-C and SIGTERM included, marks the run failed after writing what it logged
+            results = experiment(config, run, watch=flags["watch"], cpu=flags["cpu"], verbose=args.verbose)
+    except (KeyboardInterrupt, Terminated) as stop:
+        what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
+        print(f"{what}: run {run.id} is marked failed, with all it logged; continue it with "
+              f"python main.py --resume={run.id}", file=sys.stderr)
+        return 130 if isinstance(stop, KeyboardInterrupt) else 143
     print(f"run {run.id} finished: " + ", ".join(f"{k} {_format(v)}" for k, v in results.items()))
     return 0
 
@@ -102,6 +136,6 @@ if __name__ == "__main__":
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except KeyboardInterrupt:
-        print("interrupted: the run is marked failed and can be run again", file=sys.stderr)
+    except (KeyboardInterrupt, Terminated):
+        print("interrupted before a run started: nothing was recorded", file=sys.stderr)
         sys.exit(130)

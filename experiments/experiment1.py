@@ -8,7 +8,7 @@ def experiment1(config, run, watch="accuracy", cpu=False, verbose=1):
     from models.cnn import make_model
     from training.loop import evaluate, train_epoch
     from training.optim import make_optimizer, make_scheduler
-    from utils.checkpoint import load_checkpoint, save_checkpoint
+    from utils.checkpoint import load_checkpoint, load_training_state, save_checkpoint, save_training_state
     from utils.device import pick_device
     from utils.seed import seed_everything
 
@@ -31,8 +31,17 @@ def experiment1(config, run, watch="accuracy", cpu=False, verbose=1):
               f"{train.num_samples} train / {val.num_samples} validation / {test.num_samples} test images, "
               f"checkpoints in {run.folder}")
 
-    best_path, best_value, best_epoch = run.folder / "best.pt", None, None
-    for epoch in range(1, training["num_epochs"] + 1):
+    best_path, last_path = run.folder / "best.pt", run.folder / "last.pt"
+    best_value, best_epoch, done_epochs = None, None, 0
+    if run.resumed:  # continue a failed run from its last finished epoch, exactly as if it had never stopped
+        if last_path.exists():
+            state = load_training_state(last_path, model, optimizer, scheduler, train.generator, device)
+            best_value, best_epoch, done_epochs = state["best_value"], state["best_epoch"], state["epoch"]
+        run.discard_logs_after(step=done_epochs * len(train))
+        if verbose >= 1:
+            print(f"run {run.id}: resuming after epoch {done_epochs}")
+
+    for epoch in range(done_epochs + 1, training["num_epochs"] + 1):
         def log_step(step, loss, epoch=epoch):
             run.log_scalar("train/step_loss", loss, step=step, epoch=epoch)
             if verbose >= 3:
@@ -52,6 +61,9 @@ def experiment1(config, run, watch="accuracy", cpu=False, verbose=1):
         if improved:
             best_value, best_epoch = value, epoch
             save_checkpoint(best_path, model, epoch=epoch, watch=watch, value=value)
+        save_training_state(last_path, model, optimizer, scheduler, train.generator,
+                            epoch=epoch, best_value=best_value, best_epoch=best_epoch)
+        run.flush()  # what an epoch logged survives even a SIGKILL
         if verbose >= 1:
             print(f"epoch {epoch}/{training['num_epochs']}: train loss {train_metrics['loss']:.4f} "
                   f"acc {train_metrics['accuracy']:.4f} | val loss {val_metrics['loss']:.4f} "

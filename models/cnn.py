@@ -10,13 +10,14 @@ class CNN(nn.Module):
 
     def __init__(self, channels=(32, 64), kernel_size=5, hidden=128, dropout=0.1, image_size=28, num_classes=10):
         super().__init__()
-        blocks, in_channels, size = [], 1, image_size
+        size = feature_size(image_size, len(channels), kernel_size)
+        if size < 1:
+            raise ValueError(f"{len(channels)} conv blocks of kernel {kernel_size} shrink a {image_size}px image to nothing")
+        blocks, in_channels = [], 1
         for out_channels in channels:
             blocks += [nn.Conv2d(in_channels, out_channels, kernel_size, bias=False),  # BatchNorm supplies the bias
                        nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
-            in_channels, size = out_channels, (size - kernel_size + 1) // 2
-        if size < 1:
-            raise ValueError(f"{len(channels)} conv blocks of kernel {kernel_size} shrink a {image_size}px image to nothing")
+            in_channels = out_channels
         self.features = nn.Sequential(*blocks)
         self.classifier = nn.Sequential(
             nn.Flatten(),
@@ -29,13 +30,20 @@ class CNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+def feature_size(image_size, num_blocks, kernel_size):
+    """Side of the feature map after `num_blocks` conv blocks (valid convolution, then 2x2 pooling)."""
+    for _ in range(num_blocks):
+        image_size = (image_size - kernel_size + 1) // 2
+    return image_size
+
+
 def make_model(config, device):
     """The CNN described by `config['model']`, on `device`."""
     cfg = config["model"]
-    try:
-        model = CNN(channels=tuple(cfg["channels"]), kernel_size=cfg["kernel_size"], hidden=cfg["hidden"],
-                    dropout=cfg["dropout"])
-    except ValueError as e:
-        raise UserError(f"model config does not fit: {e}; use fewer channels entries or a smaller kernel_size") from None
+    if feature_size(28, len(cfg["channels"]), cfg["kernel_size"]) < 1:
+        raise UserError(f"model.channels {cfg['channels']} with model.kernel_size {cfg['kernel_size']} shrink the "
+                        f"28px images to nothing; use fewer channels entries or a smaller kernel_size")
+    model = CNN(channels=tuple(cfg["channels"]), kernel_size=cfg["kernel_size"], hidden=cfg["hidden"],
+                dropout=cfg["dropout"])
     memory_format = torch.channels_last if cfg.get("channels_last", False) else torch.preserve_format
     return model.to(device=device, memory_format=memory_format)

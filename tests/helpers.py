@@ -4,6 +4,7 @@ import sqlite3
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -83,3 +84,30 @@ def assert_refused(result, *fragments):
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def start_main(cwd, *args):
+    """Start the real main.py in `cwd` without waiting; returns the Popen (text pipes)."""
+    return subprocess.Popen([sys.executable, str(MAIN), *args], cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(condition, timeout=120, what="condition"):
+    """Poll `condition()` until it is true; fail the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def logged_epochs(db_path, run_id):
+    """How many epochs of run `run_id` have their validation accuracy in the table (0 before the table exists)."""
+    if not Path(db_path).exists():
+        return 0
+    try:
+        return query(db_path, "SELECT COUNT(*) FROM Logs WHERE run_id=? AND split='val' AND label='accuracy'",
+                     run_id)[0][0]
+    except sqlite3.OperationalError:
+        return 0

@@ -1,16 +1,47 @@
-"""Saving and loading a run's model (and, for resuming, its optimizer and schedule) in its run folder."""
+"""Checkpoints in a run's folder: the best model, and the full training state for resuming."""
+import random
+
+import numpy as np
 import torch
 
 
 def save_checkpoint(path, model, **extra):
-    """Write the model weights and any `extra` picklable state (epoch, metric, optimizer state...) to `path`."""
-    tmp = path.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), **extra}, tmp)
-    tmp.replace(path)  # a crash mid-write never leaves a truncated checkpoint behind
+    """Write the model weights and any `extra` picklable state (epoch, metric...) to `path`."""
+    _save({"model": model.state_dict(), **extra}, path)
 
 
 def load_checkpoint(path, model, device):
     """Load the weights saved at `path` into `model`; the whole checkpoint dict is returned."""
-    checkpoint = torch.load(path, map_location=device, weights_only=True)
+    checkpoint = torch.load(path, map_location=device, weights_only=False)
     model.load_state_dict(checkpoint["model"])
     return checkpoint
+
+
+def save_training_state(path, model, optimizer, scheduler, generator, **extra):
+    """Everything needed to continue training bit for bit: weights, optimizer, schedule and every random state."""
+    _save({
+        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy_rng": np.random.get_state(), "python_rng": random.getstate(), **extra,
+    }, path)
+
+
+def load_training_state(path, model, optimizer, scheduler, generator, device):
+    """Restore what save_training_state wrote; returns the checkpoint dict (its `extra` entries included)."""
+    state = load_checkpoint(path, model, device)
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    np.random.set_state(state["numpy_rng"])
+    random.setstate(state["python_rng"])
+    return state
+
+
+def _save(state, path):
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # a crash mid-write never leaves a truncated checkpoint behind

@@ -48,6 +48,11 @@ def load_config(path):
     return config
 
 
+def load_config_text(text):
+    """The config dict of YAML `text` (a run's recorded config)."""
+    return yaml.load(text, Loader=_Loader)
+
+
 def parse_override(arg):
     """(dotted key, value text) of one `--config.a.b=value` argument."""
     body = arg[len(OVERRIDE_PREFIX):]

@@ -1,16 +1,23 @@
 """The run table: the only module that talks to deepboard.
 
-Runs live in deepboard's ResultTable (`results/resultTable.db`) so that `deepboard results/resultTable.db` shows them.
-This layer decides a run's identity, refuses duplicates, registers runs atomically and records what an experiment
-logs. It works on deepboard's schema directly where deepboard's own ResultTable.new_run is unsafe (it reads the status
-from the wrong column, checks and inserts on separate connections, and hooks sys.excepthook), and it imports deepboard
-only once a run really starts, so that a refused launch answers fast.
+Runs live in a deepboard 0.3 ResultTable (`results/resultTable.db`), so that `deepboard results/resultTable.db` and
+deepboard's reading API show them. deepboard creates the table; this layer writes the runs itself, on deepboard's
+schema, because deepboard 0.3.0's writers cannot be trusted with them: `ResultTable.new_run` reads the status from the
+wrong column (a failed run blocks its config forever) and checks and inserts on separate connections (twins both run);
+every `LogWriter` chains `sys.excepthook` (a later crash flips finished runs to failed) and gives up on a busy table
+after 5 s. Here a run is registered under a file lock in one write transaction, marks itself failed on any exception
+or signal after writing what it logged, and records its host and process so that a run killed outright (SIGKILL,
+out-of-memory, reboot) is recognised as failed by the next launch. deepboard itself is imported only to create a table,
+so that a refused launch answers fast.
 """
 import fcntl
 import hashlib
+import json
+import os
 import shutil
+import socket
 import sqlite3
-import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -21,6 +28,12 @@ from utils.errors import UserError
 DEBUG_RUN_ID = -1
 UNIQUE_COLUMNS = ("experiment", "config_hash", "cli", "comment")
 SUPPORTED_VERSION_PREFIX = "0.3."  # deepboard's table format; 0.3.x tables are all alike
+BUSY_TIMEOUT_S = 120  # how long a write waits for another process's write before giving up
+FLUSH_EVERY = 200  # scalars buffered before they are written (also written at every flush() and at the end)
+
+# The template's own bookkeeping, beside deepboard's tables: which process runs which run, with which flags.
+LAUNCH_SCHEMA = """CREATE TABLE IF NOT EXISTS TemplateLaunch (
+    run_id INTEGER PRIMARY KEY, host TEXT NOT NULL, pid INTEGER NOT NULL, process_token TEXT, flags TEXT NOT NULL)"""
 
 
 @dataclass(frozen=True)
@@ -48,50 +61,76 @@ class RunTable:
         self.results_dir = self.path.parent
 
     def find_run(self, identity):
-        """(run ID, status) of the visible, non-debug run with this identity, or None."""
+        """(run ID, status, host, pid) of the visible run with this identity that blocks a new one, or None.
+
+        Finished runs block, and so do running ones whose process is alive or cannot be checked (another host);
+        failed runs, and running ones whose process is gone, do not.
+        """
         if not self.path.exists():
             return None
         with self._connect() as db:
             return self._find(db, identity)
 
     def refuse_duplicate(self, identity):
-        """Raise a UserError naming the existing run if this identity already ran (or runs); failed runs may retry."""
+        """Raise a UserError naming the existing run if this identity already ran (or runs)."""
         found = self.find_run(identity)
         if found is not None:
             raise UserError(_duplicate_message(identity, *found))
 
     def start_run(self, identity, *, config_path, command, commit, diff, debug=False):
         """A new Run registered in the table: run ID -1 for `debug` (replacing the last one), else the next ID."""
-        self.results_dir.mkdir(parents=True, exist_ok=True)
-        with self._lock():
-            self._create_if_missing()
-            with self._connect() as db:
-                db.execute("BEGIN IMMEDIATE")  # check and insert in one write transaction: no twin can slip between
-                if debug:
-                    _delete_run(db, DEBUG_RUN_ID)
-                    run_id = DEBUG_RUN_ID
-                else:
-                    found = self._find(db, identity)
-                    if found is not None:
-                        raise UserError(_duplicate_message(identity, *found))
-                    # A failed attempt of the same identity stays in the table, hidden, so its data is never lost.
-                    db.execute("UPDATE Experiments SET hidden=1 WHERE experiment=? AND config_hash=? AND cli=? "
-                               "AND comment=? AND status='failed' AND run_id!=?",
-                               (identity.experiment, identity.config_hash, identity.cli, identity.comment, DEBUG_RUN_ID))
-                    run_id = None
-                cursor = db.execute(
-                    "INSERT INTO Experiments (run_id, experiment, config, config_hash, cli, command, comment, tag, "
-                    "start, status, commit_hash, diff) VALUES (?, ?, ?, ?, ?, ?, ?, '', ?, 'running', ?, ?)",
-                    (run_id, identity.experiment, str(config_path), identity.config_hash, identity.cli, command,
-                     identity.comment, datetime.now().isoformat(sep=" "), commit, diff))
-                run_id = cursor.lastrowid if run_id is None else run_id
-                db.execute("INSERT INTO ConfigFile (run_id, file_content) VALUES (?, ?)", (run_id, identity.config_text))
-                db.commit()
+        with self._write() as db:
+            if debug:
+                _refuse_live_debug_run(db)
+                _delete_run(db, DEBUG_RUN_ID)
+                run_id = DEBUG_RUN_ID
+            else:
+                found = self._find(db, identity)
+                if found is not None:
+                    raise UserError(_duplicate_message(identity, *found))
+                # Earlier attempts of this identity failed: keep their data, hidden, and record a fresh run.
+                db.execute("UPDATE Experiments SET hidden=1 WHERE experiment=? AND config_hash=? AND cli=? AND comment=? "
+                           "AND hidden=0 AND run_id!=?", (*_identity_values(identity), DEBUG_RUN_ID))
+                run_id = None
+            cursor = db.execute(
+                "INSERT INTO Experiments (run_id, experiment, config, config_hash, cli, command, comment, tag, start, "
+                "status, commit_hash, diff) VALUES (?, ?, ?, ?, ?, ?, ?, '', ?, 'running', ?, ?)",
+                (run_id, identity.experiment, str(config_path), identity.config_hash, identity.cli, command,
+                 identity.comment, datetime.now().isoformat(sep=" "), commit, diff))
+            run_id = cursor.lastrowid if run_id is None else run_id
+            db.execute("INSERT INTO ConfigFile (run_id, file_content) VALUES (?, ?)", (run_id, identity.config_text))
+            _record_launch(db, run_id, identity.flags)
         folder = self.results_dir / ("debug" if debug else str(run_id))
         if debug:
             shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
-        return Run(self.path, run_id, folder)
+        return Run(self, run_id, folder)
+
+    def resume_run(self, run_id):
+        """(Run, RunIdentity) to continue the failed run `run_id` in place, with its recorded config and flags."""
+        if not self.path.exists():
+            raise UserError(f"there is no run table at {self.path}, so no run {run_id} to resume")
+        with self._write() as db:
+            row = db.execute("SELECT E.experiment, E.status, E.hidden, E.comment, C.file_content, L.flags "
+                             "FROM Experiments E JOIN ConfigFile C ON C.run_id = E.run_id "
+                             "LEFT JOIN TemplateLaunch L ON L.run_id = E.run_id WHERE E.run_id=?", (run_id,)).fetchone()
+            if row is None:
+                raise UserError(f"there is no run {run_id} in {self.path}; see the Run ID column of deepboard")
+            experiment, status, hidden, comment, config_text, flags = row
+            if status == "finished":
+                raise UserError(f"run {run_id} finished; a finished run cannot be resumed (its results stand)")
+            if status == "running":
+                raise UserError(f"run {run_id} is still running{_where(db, run_id)}; resume it once it has stopped")
+            if hidden:
+                raise UserError(f"run {run_id} is hidden (it was retried as a new run); resume the newer run instead")
+            if flags is None:
+                raise UserError(f"run {run_id} was not recorded by this template's main.py, so it cannot be resumed")
+            db.execute("UPDATE Experiments SET status='running' WHERE run_id=?", (run_id,))
+            _record_launch(db, run_id, json.loads(flags))
+        identity = RunIdentity(experiment, config_text, json.loads(flags), comment)
+        folder = self.results_dir / ("debug" if run_id == DEBUG_RUN_ID else str(run_id))
+        folder.mkdir(parents=True, exist_ok=True)
+        return Run(self, run_id, folder, resumed=True), identity
 
     def status(self, run_id):
         """The status of run `run_id` ('running', 'finished', 'failed'), or None if there is no such run."""
@@ -100,81 +139,124 @@ class RunTable:
         return None if row is None else row[0]
 
     def _find(self, db, identity):
-        return db.execute(
-            "SELECT run_id, status FROM Experiments WHERE experiment=? AND config_hash=? AND cli=? AND comment=? "
-            "AND hidden=0 AND run_id!=? AND status!='failed' ORDER BY run_id LIMIT 1",
-            (identity.experiment, identity.config_hash, identity.cli, identity.comment, DEBUG_RUN_ID)).fetchone()
+        rows = db.execute(
+            "SELECT E.run_id, E.status, L.host, L.pid, L.process_token FROM Experiments E "
+            "LEFT JOIN TemplateLaunch L ON L.run_id = E.run_id WHERE experiment=? AND config_hash=? AND cli=? "
+            "AND comment=? AND hidden=0 AND E.run_id!=? AND status!='failed' ORDER BY E.run_id",
+            (*_identity_values(identity), DEBUG_RUN_ID)).fetchall()
+        for run_id, status, host, pid, token in rows:
+            if status == "finished" or not _process_is_gone(host, pid, token):
+                return run_id, status, host, pid
+        return None
 
-    def _create_if_missing(self):
-        if self.path.exists():
-            return
-        from deepboard.resultTable import ResultTable  # deepboard creates the schema its GUI expects
-        ResultTable(str(self.path), unique_columns=UNIQUE_COLUMNS)
+    @contextmanager
+    def _write(self):
+        """A write transaction on the table (created if missing), under an exclusive lock across processes.
+
+        Before anything else, runs left 'running' by a process that is gone are marked failed.
+        """
+        try:
+            self.results_dir.mkdir(parents=True, exist_ok=True)
+            lock = open(self.path.with_name(self.path.name + ".lock"), "a")
+        except OSError as e:
+            raise UserError(f"cannot write in {self.results_dir} ({e.strerror}); "
+                            f"run from a folder where results/ is writable, nothing was changed") from None
+        with lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if not self.path.exists():
+                from deepboard.resultTable import ResultTable  # deepboard creates the schema its GUI expects
+                ResultTable(str(self.path), unique_columns=UNIQUE_COLUMNS)
+            with self._connect() as db:
+                db.execute("BEGIN IMMEDIATE")  # check and insert in one write transaction
+                _mark_gone_runs_failed(db)
+                yield db
+                db.commit()
 
     @contextmanager
     def _connect(self):
         """A connection to a checked table: a clear UserError if the file is not a deepboard 0.3 ResultTable."""
         try:
-            db = sqlite3.connect(self.path, timeout=60, isolation_level=None)
+            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
         except sqlite3.Error as e:
             raise UserError(f"cannot open the run table {self.path}: {e}") from None
         try:
             _check_version(db, self.path)
+            try:
+                db.execute(LAUNCH_SCHEMA)
+            except sqlite3.OperationalError:
+                pass  # a read-only table: reading works without it
             yield db
         finally:
             db.close()
 
-    @contextmanager
-    def _lock(self):
-        """An exclusive lock on the table for this process, held while the table is created or a run registered."""
-        lock_path = self.path.with_name(self.path.name + ".lock")
-        try:
-            handle = open(lock_path, "a")
-        except OSError as e:
-            raise UserError(f"cannot write in {self.results_dir} ({e.strerror}); "
-                            f"run from a folder where results/ is writable") from None
-        with handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
-
 
 class Run:
-    """One registered run: logs hparams and scalars to the table, ends as finished or failed.
+    """One registered run: records hparams, scalars and results in the table, and ends finished or failed.
 
-    Used as a context manager, a run that leaves the block by an exception (Ctrl-C included) is marked failed, after
-    every scalar it logged has been written.
+    Used as a context manager, a run that leaves the block by an exception (Ctrl-C and SIGTERM included) is marked
+    failed, after every scalar it logged has been written. Once finished, nothing can change it.
     """
 
-    def __init__(self, table_path, run_id, folder):
-        from deepboard.resultTable import LogWriter
+    def __init__(self, table, run_id, folder, resumed=False):
         self.id = run_id
         self.folder = folder
-        hook = sys.excepthook
-        # deepboard's LogWriter chains sys.excepthook so a later crash would mark this run failed; we mark runs ourselves.
-        self._writer = LogWriter(str(table_path), run_id, datetime.now(), flush_each=50, auto_log_plt=False)
-        sys.excepthook = hook
-        self.finished = False
+        self.resumed = resumed  # continuing a failed run: the experiment restores its last epoch checkpoint
+        self._table = table
+        self._buffer = []
+        self._start = time.monotonic()
+        self.status = "running"
 
     def log_hparams(self, hparams):
-        """Record hyperparameters (shown as columns in deepboard); lists and None are stored as text."""
-        self._writer.add_hparams({k: v if isinstance(v, (int, float, str)) else str(v) for k, v in hparams.items()})
+        """Record hyperparameters (deepboard shows them as columns); lists and None are stored as text."""
+        rows = [(self.id, name, value if isinstance(value, (int, float, str)) else str(value), 1)
+                for name, value in hparams.items()]
+        with self._writing() as db:
+            db.executemany("DELETE FROM Results WHERE run_id=? AND metric=? AND is_hparam=1",
+                           [(self.id, name) for name in hparams])
+            db.executemany("INSERT INTO Results (run_id, metric, value, is_hparam) VALUES (?, ?, ?, ?)", rows)
 
     def log_scalar(self, tag, value, step, epoch):
-        """Record one point of the curve `tag` ('split/name', e.g. 'val/accuracy')."""
-        self._writer.add_scalar(tag, value, step=step, epoch=epoch)
+        """Record one point of the curve `tag` ('split/name', e.g. 'val/accuracy'); written in batches."""
+        self._check_open()
+        split, _, label = tag.rpartition("/")
+        self._buffer.append((self.id, epoch, step, split, label, float(value), time.monotonic() - self._start, 0))
+        if len(self._buffer) >= FLUSH_EVERY:
+            self.flush()
+
+    def flush(self):
+        """Write the buffered scalars now (the experiment calls this at every epoch's end)."""
+        if self._buffer:
+            with self._writing() as db:
+                db.executemany("INSERT INTO Logs (run_id, epoch, step, split, label, value, wall_time, run_rep) "
+                               "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._buffer)
+            self._buffer = []
+
+    def discard_logs_after(self, step):
+        """Delete this run's scalars logged after `step`: a resumed run replays them from its last checkpoint."""
+        with self._writing() as db:
+            db.execute("DELETE FROM Logs WHERE run_id=? AND step>?", (self.id, step))
 
     def finish(self, results):
         """Record the final results and mark the run finished; the run is read-only afterwards."""
-        self._writer.write_result(**results)  # flushes scalars, then sets status 'finished'
-        self.finished = True
+        self.flush()
+        with self._writing() as db:
+            db.executemany("DELETE FROM Results WHERE run_id=? AND metric=? AND is_hparam=0",
+                           [(self.id, name) for name in results])
+            db.executemany("INSERT INTO Results (run_id, metric, value, is_hparam) VALUES (?, ?, ?, 0)",
+                           [(self.id, name, value) for name, value in results.items()])
+            db.execute("UPDATE Experiments SET status='finished' WHERE run_id=?", (self.id,))
+        self.status = "finished"
 
     def fail(self):
-        """Write every buffered scalar, then mark the run failed so that its config can be run again."""
-        if self.finished:
+        """Write every buffered scalar, then mark the run failed so that its config can be run (or resumed) again."""
+        if self.status != "running":
             return
-        self._writer._flush_all()  # deepboard buffers scalars; a failed run keeps all it logged
-        self._writer.set_status("failed")
-        self._writer.enabled = False
+        try:
+            self.flush()
+        finally:
+            with self._writing(check_open=False) as db:
+                db.execute("UPDATE Experiments SET status='failed' WHERE run_id=?", (self.id,))
+            self.status = "failed"
 
     def __enter__(self):
         return self
@@ -183,6 +265,72 @@ class Run:
         if exc_type is not None:
             self.fail()
         return False
+
+    def _check_open(self):
+        if self.status != "running":
+            raise RuntimeError(f"run {self.id} is {self.status}; nothing more can be recorded in it")
+
+    @contextmanager
+    def _writing(self, check_open=True):
+        if check_open:
+            self._check_open()
+        with self._table._connect() as db:
+            db.execute("BEGIN IMMEDIATE")
+            yield db
+            db.commit()
+
+
+def _identity_values(identity):
+    return identity.experiment, identity.config_hash, identity.cli, identity.comment
+
+
+def _record_launch(db, run_id, flags):
+    db.execute("INSERT OR REPLACE INTO TemplateLaunch (run_id, host, pid, process_token, flags) VALUES (?, ?, ?, ?, ?)",
+               (run_id, socket.gethostname(), os.getpid(), _process_token(os.getpid()), json.dumps(flags, sort_keys=True)))
+
+
+def _mark_gone_runs_failed(db):
+    """Mark failed every run left 'running' by a process of this host that no longer exists (SIGKILL, OOM, reboot)."""
+    rows = db.execute("SELECT E.run_id, L.host, L.pid, L.process_token FROM Experiments E "
+                      "JOIN TemplateLaunch L ON L.run_id = E.run_id WHERE E.status='running'").fetchall()
+    gone = [(run_id,) for run_id, host, pid, token in rows if _process_is_gone(host, pid, token)]
+    db.executemany("UPDATE Experiments SET status='failed' WHERE run_id=?", gone)
+
+
+def _process_is_gone(host, pid, token):
+    """True when the process recorded for a run is known to have ended; runs of other hosts cannot be checked."""
+    if host is None or host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        pass  # a process of another user holds the pid: check its start time below
+    return token is not None and _process_token(pid) != token
+
+
+def _process_token(pid):
+    """Boot ID and start time of process `pid` (Linux): tells a pid reused after a reboot or a restart apart."""
+    try:
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        start_ticks = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        return f"{boot_id}:{start_ticks}"
+    except (OSError, IndexError):
+        return None
+
+
+def _refuse_live_debug_run(db):
+    row = db.execute("SELECT L.host, L.pid, L.process_token FROM Experiments E JOIN TemplateLaunch L "
+                     "ON L.run_id = E.run_id WHERE E.run_id=? AND E.status='running'", (DEBUG_RUN_ID,)).fetchone()
+    if row is not None and not _process_is_gone(*row):
+        raise UserError(f"debug run -1 is in progress on {row[0]} (pid {row[1]}); wait for it to end, or record this "
+                        f"one as a normal run with --comment=\"...\"")
+
+
+def _where(db, run_id):
+    row = db.execute("SELECT host, pid FROM TemplateLaunch WHERE run_id=?", (run_id,)).fetchone()
+    return "" if row is None else f" on {row[0]} (pid {row[1]})"
 
 
 def _check_version(db, path):
@@ -198,12 +346,12 @@ def _check_version(db, path):
 
 
 def _delete_run(db, run_id):
-    for table in ("Experiments", "ConfigFile", "Logs", "Images", "Fragments", "Results"):
+    for table in ("Experiments", "ConfigFile", "Logs", "Images", "Fragments", "Results", "TemplateLaunch"):
         db.execute(f"DELETE FROM {table} WHERE run_id=?", (run_id,))
 
 
-def _duplicate_message(identity, run_id, status):
-    state = "finished" if status == "finished" else "is marked running"
+def _duplicate_message(identity, run_id, status, host, pid):
+    state = "finished" if status == "finished" else f"running on {host} (pid {pid})" if host else "running"
     return (f"run {run_id} ({identity.experiment}, {state}) already has this config and these flags; "
             f"to run anyway use --debug (not recorded), --comment=\"...\" (a recorded variant), "
             f"or change a parameter (--config.KEY=VALUE)")

@@ -1,0 +1,176 @@
+"""A run table you can trust: failed, interrupted, killed, resumed and concurrent runs, through real processes."""
+import signal
+import sys
+
+import pytest
+import yaml
+
+from helpers import (assert_refused, logged_epochs, make_mnist_folder, query, run_main, run_tiny, start_main,
+                     tiny_config, wait_for)
+from utils.runtable import RunIdentity, RunTable
+
+TINY = ("--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0")
+
+
+@pytest.fixture(scope="module")
+def slow_root(tmp_path_factory):
+    """Enough synthetic images that an epoch lasts long enough to be interrupted in the middle of a run."""
+    return make_mnist_folder(tmp_path_factory.mktemp("slow-data"), n_train=2400, n_test=200)
+
+
+@pytest.fixture
+def slow_workdir(tmp_path, slow_root):
+    (tmp_path / "configs").mkdir()
+    config = tiny_config(slow_root, **{"training.num_epochs": 4, "data.batch_size": 32})
+    (tmp_path / "configs" / "tiny.yml").write_text(yaml.safe_dump(config))
+    return tmp_path
+
+
+def curves(db, run_id):
+    return query(db, "SELECT split, label, epoch, step, value FROM Logs WHERE run_id=? ORDER BY split, label, step",
+                 run_id)
+
+
+def final_results(db, run_id):
+    return query(db, "SELECT metric, value FROM Results WHERE run_id=? ORDER BY metric", run_id)
+
+
+def stop_after_first_epoch(workdir, sig, *args):
+    """Start a run, send `sig` once it has logged its first epoch; returns the finished Popen and its stderr."""
+    db = workdir / "results" / "resultTable.db"
+    process = start_main(workdir, *TINY, *args)
+    wait_for(lambda: logged_epochs(db, 1) >= 1 or process.poll() is not None, what="the first epoch")
+    assert process.poll() is None, process.communicate()
+    process.send_signal(sig)
+    _, stderr = process.communicate(timeout=120)
+    return process, stderr
+
+
+def test_sigterm_marks_the_run_failed_keeps_its_scalars_and_resume_matches_an_uninterrupted_run(slow_workdir):
+    db = slow_workdir / "results" / "resultTable.db"
+    process, stderr = stop_after_first_epoch(slow_workdir, signal.SIGTERM)
+    assert process.returncode == 143
+    assert "terminated: run 1 is marked failed" in stderr and "--resume=1" in stderr
+    assert "Traceback" not in stderr
+    assert query(db, "SELECT status FROM Experiments WHERE run_id=1") == [("failed",)]
+    kept = curves(db, 1)
+    assert logged_epochs(db, 1) >= 1 and any(label == "step_loss" for _, label, *_ in kept)
+
+    resumed = run_main(slow_workdir, "--resume=1", "--verbose=0")
+    assert resumed.returncode == 0, resumed.stderr
+    assert query(db, "SELECT status FROM Experiments WHERE run_id=1") == [("finished",)]
+    assert_refused(run_main(slow_workdir, "--resume=1"), "run 1 finished", "cannot be resumed")
+
+    # The same config never interrupted (a comment changes the identity, not the computation).
+    reference = run_tiny(slow_workdir, "--comment=reference")
+    assert reference.returncode == 0, reference.stderr
+    assert curves(db, 1) == curves(db, 2)  # every point, bit for bit (wall times aside)
+    assert final_results(db, 1) == final_results(db, 2)
+    assert len(curves(db, 1)) == len(set((s, l, step) for s, l, _, step, _ in curves(db, 1)))  # no point twice
+
+
+def test_sigkill_leaves_running_until_the_next_launch_marks_it_failed_and_resumes(slow_workdir):
+    db = slow_workdir / "results" / "resultTable.db"
+    process, _ = stop_after_first_epoch(slow_workdir, signal.SIGKILL)
+    assert process.returncode == -signal.SIGKILL
+    assert query(db, "SELECT status FROM Experiments WHERE run_id=1") == [("running",)]
+    assert logged_epochs(db, 1) >= 1  # flushed at each epoch's end, so even SIGKILL keeps finished epochs
+
+    # The process is gone: a new launch of the same command is not refused; run 1 is kept, hidden, as failed.
+    retry = run_tiny(slow_workdir)
+    assert retry.returncode == 0, retry.stderr
+    assert query(db, "SELECT run_id, status, hidden FROM Experiments ORDER BY run_id") == [
+        (1, "failed", 1), (2, "finished", 0)]
+    assert logged_epochs(db, 1) >= 1
+
+
+def test_ctrl_c_stops_cleanly_and_the_run_can_be_resumed(slow_workdir):
+    db = slow_workdir / "results" / "resultTable.db"
+    process, stderr = stop_after_first_epoch(slow_workdir, signal.SIGINT)
+    assert process.returncode == 130 and "interrupted: run 1 is marked failed" in stderr
+    assert "Traceback" not in stderr
+    assert query(db, "SELECT status FROM Experiments WHERE run_id=1") == [("failed",)]
+    assert run_main(slow_workdir, "--resume=1", "--verbose=0").returncode == 0
+    assert query(db, "SELECT status FROM Experiments WHERE run_id=1") == [("finished",)]
+
+
+def test_a_bug_in_experiment_code_shows_its_traceback_and_fails_the_run(workdir):
+    db = workdir / "results" / "resultTable.db"
+    crashed = run_tiny(workdir, "--config.model.dropout=1.5")  # nn.Dropout raises ValueError inside the experiment
+    assert crashed.returncode == 1
+    assert "Traceback" in crashed.stderr and "dropout probability" in crashed.stderr
+    assert query(db, "SELECT status FROM Experiments") == [("failed",)]
+    # The failed config is not blocked: the retry is recorded anew and the failed attempt is kept, hidden.
+    assert run_tiny(workdir, "--config.model.dropout=1.5").returncode == 1
+    assert query(db, "SELECT run_id, status, hidden FROM Experiments ORDER BY run_id") == [
+        (1, "failed", 1), (2, "failed", 0)]
+
+
+def test_a_finished_run_is_never_changed_by_a_later_crash_in_the_same_process(tmp_path):
+    table = RunTable(tmp_path / "results" / "resultTable.db")
+    identity = RunIdentity("experiment1", "seed: 0\n")
+
+    def start(comment):
+        return table.start_run(RunIdentity("experiment1", "seed: 0\n", comment=comment), config_path="c.yml",
+                               command="main.py", commit=None, diff=None)
+
+    with start("a") as first:
+        first.log_scalar("val/accuracy", 0.5, step=1, epoch=1)
+        first.finish({"test_accuracy": 0.5})
+    with pytest.raises(ZeroDivisionError):
+        with start("b") as second:
+            second.log_scalar("val/accuracy", 0.1, step=1, epoch=1)
+            1 / 0
+    sys.excepthook(ZeroDivisionError, ZeroDivisionError(), None)  # what an uncaught crash would call
+    first.fail()
+    assert table.status(first.id) == "finished" and table.status(second.id) == "failed"
+    assert query(table.path, "SELECT COUNT(*) FROM Logs WHERE run_id=?", second.id) == [(1,)]
+    with pytest.raises(RuntimeError, match="finished"):
+        first.log_scalar("val/accuracy", 0.9, step=2, epoch=2)
+    assert table.find_run(identity) is None  # the identity without a comment never ran
+
+
+@pytest.mark.parametrize("copies", [2, 4])
+def test_identical_launches_at_once_run_exactly_once(workdir, copies):
+    processes = [start_main(workdir, *TINY) for _ in range(copies)]
+    outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
+    assert sorted(code for code, _ in outcomes) == [0] + [2] * (copies - 1), outcomes
+    assert all("already has this config" in err for code, err in outcomes if code == 2)
+    db = workdir / "results" / "resultTable.db"
+    assert query(db, "SELECT run_id, status FROM Experiments") == [(1, "finished")]
+
+
+def test_eight_different_launches_at_once_are_all_recorded(workdir):
+    processes = [start_main(workdir, *TINY, f"--config.seed={seed}") for seed in range(8)]
+    outcomes = [(p.wait(timeout=600), p.stderr.read()) for p in processes]
+    assert [code for code, _ in outcomes] == [0] * 8, outcomes
+    db = workdir / "results" / "resultTable.db"
+    assert query(db, "SELECT COUNT(*), SUM(status='finished') FROM Experiments") == [(8, 8)]
+    assert query(db, "SELECT COUNT(DISTINCT run_id) FROM Logs WHERE label='accuracy' AND split='val'") == [(8,)]
+
+
+def test_concurrent_debug_runs_never_mix_their_records(workdir):
+    processes = [start_main(workdir, *TINY, "--debug") for _ in range(2)]
+    outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
+    assert 0 in [code for code, _ in outcomes], outcomes
+    for code, err in outcomes:
+        assert code == 0 or (code == 2 and "debug run -1 is in progress" in err), outcomes
+    db = workdir / "results" / "resultTable.db"
+    assert query(db, "SELECT run_id, status FROM Experiments") == [(-1, "finished")]
+    assert logged_epochs(db, -1) == 2  # one run's curve, not two interleaved
+
+
+def test_a_table_from_another_deepboard_version_is_refused_and_left_alone(workdir):
+    assert run_tiny(workdir, "--debug").returncode == 0
+    db = workdir / "results" / "resultTable.db"
+    query(db, "UPDATE Meta SET value='0.2.3' WHERE key='deepboard_version'")
+    before = db.read_bytes()
+    assert_refused(run_tiny(workdir), "made by deepboard 0.2.3")
+    assert db.read_bytes() == before
+
+
+def test_resume_refuses_what_cannot_be_resumed(workdir):
+    assert_refused(run_main(workdir, "--resume=3"), "no run table")
+    assert run_tiny(workdir).returncode == 0
+    assert_refused(run_main(workdir, "--resume=3"), "there is no run 3")
+    assert_refused(run_main(workdir, "--resume=1", "--watch=loss"), "drop --watch")
