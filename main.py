@@ -1,9 +1,12 @@
 """Run one experiment and record it in the run table.
 
     python main.py --experiment=experiment1 --config=configs/config.yml [flags] [--config.SECTION.KEY=VALUE ...]
+    python main.py --resume=RUNID          continue a failed run from its last epoch
+    python main.py --reproduce=RUNID       run a recorded run again (as a debug run) and compare the numbers
 """
 import argparse
 import difflib
+import json
 import signal
 import sys
 from pathlib import Path
@@ -21,6 +24,8 @@ TABLE_PATH = Path("results") / "resultTable.db"
 # Flags that change what a run computes: part of its identity (only when not at their default, so adding a flag
 # later leaves every earlier run's identity as it was). --verbose and --debug change only the output.
 RESULT_FLAGS = ("watch", "cpu")
+# Flags that --resume and --reproduce take from the recorded run instead.
+RECORDED_FLAGS = ("experiment", "config", "comment", "watch", "cpu", "debug")
 
 
 class Terminated(BaseException):
@@ -41,8 +46,6 @@ def make_parser():
                      epilog="Any config key can be overridden: --config.training.num_epochs=5", allow_abbrev=False)
     parser.add_argument("--experiment", help=f"experiment to run (required): {', '.join(experiments)}")
     parser.add_argument("--config", help="YAML file with the baseline parameters (required)")
-    parser.add_argument("--resume", type=int, metavar="RUNID",
-                        help="continue failed run RUNID from its last epoch, with its recorded config and flags")
     parser.add_argument("--debug", action="store_true", help="record as run ID -1, replacing the last debug run")
     parser.add_argument("--comment", default="", help="a note stored with the run; part of its identity")
     parser.add_argument("--watch", choices=("accuracy", "loss"), default="accuracy",
@@ -50,6 +53,12 @@ def make_parser():
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
     parser.add_argument("--verbose", type=int, choices=range(4), default=1,
                         help="0: final result only, 1: progress and a line per epoch (default), 2: + setup, 3: + steps")
+    parser.add_argument("--resume", type=int, metavar="RUNID",
+                        help="continue failed run RUNID from its last epoch, with its recorded config and flags")
+    parser.add_argument("--reproduce", type=int, metavar="RUNID",
+                        help="re-run recorded run RUNID as a debug run and compare every result and curve with it")
+    parser.add_argument("--tolerance", type=float, default=0.0,
+                        help="with --reproduce: largest difference still counted as equal (default 0: exact)")
     return parser
 
 
@@ -69,16 +78,22 @@ def parse_args(argv):
             raise UserError(f"unknown flag {name} ({hint})")
         else:
             raise UserError(f"unexpected argument {arg!r}; overrides take the form --config.SECTION.KEY=VALUE")
-    if args.resume is not None:
-        given = [f"--{name}" for name in ("experiment", "config", "comment", "watch", "cpu", "debug")
-                 if getattr(args, name) != parser.get_default(name)] + (["--config.*"] if overrides else [])
+
+    replay = "--resume" if args.resume is not None else "--reproduce" if args.reproduce is not None else None
+    if args.resume is not None and args.reproduce is not None:
+        raise UserError("--resume and --reproduce do different things; use one of them")
+    if replay:
+        given = [f"--{name}" for name in RECORDED_FLAGS if getattr(args, name) != parser.get_default(name)]
+        given += ["--config.*"] if overrides else []
         if given:
-            raise UserError(f"--resume takes the run's recorded experiment, config and flags; drop {', '.join(given)}")
+            raise UserError(f"{replay} takes the run's recorded experiment, config and flags; drop {', '.join(given)}")
     else:
         missing = [f"--{name}" for name in ("experiment", "config") if getattr(args, name) is None]
         if missing:
             raise UserError(f"{' and '.join(missing)} required, e.g. "
                             f"python main.py --experiment=experiment1 --config=configs/config.yml")
+    if args.tolerance != 0.0 and args.reproduce is None:
+        raise UserError("--tolerance only applies to --reproduce")
     return args, overrides
 
 
@@ -90,39 +105,82 @@ def find_experiment(name):
     raise UserError(f"unknown experiment {name!r}{hint}; registered: {', '.join(experiments)}")
 
 
+def new_identity(args, overrides):
+    """The RunIdentity of a fresh launch: experiment, merged config, changed result flags, comment."""
+    find_experiment(args.experiment)
+    config = apply_overrides(load_config(args.config), overrides)
+    parser = make_parser()
+    flags = {name: getattr(args, name) for name in RESULT_FLAGS if getattr(args, name) != parser.get_default(name)}
+    return RunIdentity(args.experiment, dump_config(config), flags, args.comment)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGTERM, _raise_terminated)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C interrupts even where SIGINT was ignored
     args, overrides = parse_args(argv)
     table = RunTable(TABLE_PATH)
+    command = command_line([sys.argv[0], *argv])
+
+    recorded = None
     if args.resume is not None:
         run, identity = table.resume_run(args.resume)
-        experiment, config = find_experiment(identity.experiment), load_config_text(identity.config_text)
-        flags = {**{name: make_parser().get_default(name) for name in RESULT_FLAGS}, **identity.flags}
+    elif args.reproduce is not None:
+        recorded = table.recorded_run(args.reproduce)
+        identity = recorded.identity
+        find_experiment(identity.experiment)
+        commit, diff = git_commit(CODE_DIR), git_diff(CODE_DIR)
+        run = table.start_run(identity, config_path=f"(run {recorded.run_id})", command=command, commit=commit,
+                              diff=diff, debug=True)
     else:
-        experiment = find_experiment(args.experiment)
-        config = apply_overrides(load_config(args.config), overrides)
-        parser = make_parser()
-        flags = {name: getattr(args, name) for name in RESULT_FLAGS}
-        changed = {name: value for name, value in flags.items() if value != parser.get_default(name)}
-        identity = RunIdentity(args.experiment, dump_config(config), changed, args.comment)
+        identity = new_identity(args, overrides)
         if not args.debug:
             table.refuse_duplicate(identity)  # before any data or model is loaded
-        run = table.start_run(identity, config_path=args.config, command=command_line([sys.argv[0], *argv]),
-                              commit=git_commit(CODE_DIR), diff=git_diff(CODE_DIR), debug=args.debug)
+        commit, diff = git_commit(CODE_DIR), git_diff(CODE_DIR)
+        run = table.start_run(identity, config_path=args.config, command=command, commit=commit, diff=diff,
+                              debug=args.debug)
+
     if args.verbose >= 1:
-        debug = " (debug)" if run.id == -1 else ""
-        print(f"run {run.id}: {identity.experiment}{debug}, checkpoints in {run.folder}", flush=True)
+        what = f"reproducing run {recorded.run_id} as run -1" if recorded else "debug" if run.id == -1 else ""
+        print(f"run {run.id}: {identity.experiment}{f' ({what})' if what else ''}, checkpoints in {run.folder}",
+              flush=True)
+    flags = {**{name: make_parser().get_default(name) for name in RESULT_FLAGS}, **identity.flags}
     try:
         with run:  # any exception, Ctrl-C and SIGTERM included, marks the run failed after writing what it logged
-            results = experiment(config, run, watch=flags["watch"], cpu=flags["cpu"], verbose=args.verbose)
+            from utils.device import pick_device  # imports torch: only once a run really starts
+            from utils.provenance import environment
+            device = pick_device(force_cpu=flags["cpu"])
+            run_environment = environment(device)
+            run.log_text("environment", json.dumps(run_environment, indent=2))
+            # The experiment gets the recorded config back from its canonical text: what runs is what was recorded.
+            results = find_experiment(identity.experiment)(
+                load_config_text(identity.config_text), run, device, watch=flags["watch"], verbose=args.verbose)
     except (KeyboardInterrupt, Terminated) as stop:
         what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
         print(f"{what}: run {run.id} is marked failed, with all it logged; continue it with "
               f"python main.py --resume={run.id}", file=sys.stderr)
         return 130 if isinstance(stop, KeyboardInterrupt) else 143
     print(f"run {run.id} finished: " + ", ".join(f"{k} {_format(v)}" for k, v in results.items()))
+
+    if recorded is not None:
+        return report_reproduction(table, recorded, run.id, commit, diff, run_environment, args.tolerance)
+    return 0
+
+
+def report_reproduction(table, recorded, new_run_id, commit, diff, run_environment, tolerance):
+    """Print the recorded and new values side by side; 0 when they all match, 1 when any differs."""
+    from utils.reproduce import compare_runs, provenance_warnings
+
+    for line in provenance_warnings(recorded, commit, diff, run_environment):
+        print(line, file=sys.stderr)
+    lines, differing = compare_runs(recorded, table.recorded_run(new_run_id), tolerance)
+    print("\n".join(lines))
+    if differing:
+        print(f"run {recorded.run_id} NOT reproduced: {differing} of {len(lines) - 1} values differ "
+              f"(tolerance {tolerance:g}; timings are not compared)")
+        return 1
+    print(f"run {recorded.run_id} reproduced: all {len(lines) - 1} results and curves match "
+          f"(tolerance {tolerance:g}; timings are not compared)")
     return 0
 
 

@@ -60,14 +60,14 @@ def tiny_config(data_path, **changes):
     return config
 
 
-def run_main(cwd, *args, timeout=300):
-    """Run the real main.py in `cwd`; returns the CompletedProcess (text output)."""
-    return subprocess.run([sys.executable, str(MAIN), *args], cwd=cwd, capture_output=True, text=True,
+def run_main(cwd, *args, timeout=300, main=MAIN):
+    """Run the real main.py (or the copy `main`) in `cwd`; returns the CompletedProcess (text output)."""
+    return subprocess.run([sys.executable, str(main), *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
 
 
-def run_tiny(cwd, *args):
-    return run_main(cwd, "--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0", *args)
+def run_tiny(cwd, *args, main=MAIN):
+    return run_main(cwd, "--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0", *args, main=main)
 
 
 def query(db_path, sql, *params):
@@ -111,3 +111,13 @@ def logged_epochs(db_path, run_id):
                      run_id)[0][0]
     except sqlite3.OperationalError:
         return 0
+
+
+def recorded_numbers(db_path, run_id):
+    """(curves, results) of a run, leaving out timings (names containing 'time' or 'throughput')."""
+    timing = ("time", "throughput")
+    curves = [row for row in query(db_path, "SELECT split, label, epoch, step, value FROM Logs WHERE run_id=? "
+                                            "ORDER BY split, label, step", run_id)
+              if not any(word in row[1] for word in timing)]
+    results = query(db_path, "SELECT metric, value FROM Results WHERE run_id=? AND is_hparam=0 ORDER BY metric", run_id)
+    return curves, results

@@ -5,8 +5,8 @@ import sys
 import pytest
 import yaml
 
-from helpers import (assert_refused, logged_epochs, make_mnist_folder, query, run_main, run_tiny, start_main,
-                     tiny_config, wait_for)
+from helpers import (assert_refused, logged_epochs, make_mnist_folder, query, recorded_numbers, run_main, run_tiny,
+                     start_main, tiny_config, wait_for)
 from utils.runtable import RunIdentity, RunTable
 
 TINY = ("--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0")
@@ -24,15 +24,6 @@ def slow_workdir(tmp_path, slow_root):
     config = tiny_config(slow_root, **{"training.num_epochs": 4, "data.batch_size": 32})
     (tmp_path / "configs" / "tiny.yml").write_text(yaml.safe_dump(config))
     return tmp_path
-
-
-def curves(db, run_id):
-    return query(db, "SELECT split, label, epoch, step, value FROM Logs WHERE run_id=? ORDER BY split, label, step",
-                 run_id)
-
-
-def final_results(db, run_id):
-    return query(db, "SELECT metric, value FROM Results WHERE run_id=? ORDER BY metric", run_id)
 
 
 def stop_after_first_epoch(workdir, sig, *args):
@@ -53,7 +44,7 @@ def test_sigterm_marks_the_run_failed_keeps_its_scalars_and_resume_matches_an_un
     assert "terminated: run 1 is marked failed" in stderr and "--resume=1" in stderr
     assert "Traceback" not in stderr
     assert query(db, "SELECT status FROM Experiments WHERE run_id=1") == [("failed",)]
-    kept = curves(db, 1)
+    kept, _ = recorded_numbers(db, 1)
     assert logged_epochs(db, 1) >= 1 and any(label == "step_loss" for _, label, *_ in kept)
 
     resumed = run_main(slow_workdir, "--resume=1", "--verbose=0")
@@ -64,9 +55,9 @@ def test_sigterm_marks_the_run_failed_keeps_its_scalars_and_resume_matches_an_un
     # The same config never interrupted (a comment changes the identity, not the computation).
     reference = run_tiny(slow_workdir, "--comment=reference")
     assert reference.returncode == 0, reference.stderr
-    assert curves(db, 1) == curves(db, 2)  # every point, bit for bit (wall times aside)
-    assert final_results(db, 1) == final_results(db, 2)
-    assert len(curves(db, 1)) == len(set((s, l, step) for s, l, _, step, _ in curves(db, 1)))  # no point twice
+    assert recorded_numbers(db, 1) == recorded_numbers(db, 2)  # every point and result, bit for bit (timings aside)
+    curves, _ = recorded_numbers(db, 1)
+    assert len(curves) == len({(split, label, step) for split, label, _, step, _ in curves})  # no point twice
 
 
 def test_sigkill_leaves_running_until_the_next_launch_marks_it_failed_and_resumes(slow_workdir):

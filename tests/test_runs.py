@@ -32,7 +32,7 @@ def test_a_run_records_its_row_hparams_curves_results_and_checkpoint(workdir):
     curves = dict(query(db, "SELECT split || '/' || label, COUNT(*) FROM Logs WHERE run_id=1 GROUP BY 1"))
     steps_per_epoch = -(-(640 - 128) // 64)
     assert curves == {"train/step_loss": 2 * steps_per_epoch // 2, "train/loss": 2, "train/accuracy": 2,
-                      "val/loss": 2, "val/accuracy": 2}
+                      "train/epoch_time": 2, "train/throughput": 2, "val/loss": 2, "val/accuracy": 2}
 
     results = results_of(db, 1)
     assert results["test_accuracy"] > 0.8  # the synthetic classes are easy: a real model was trained

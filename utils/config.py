@@ -49,8 +49,8 @@ def load_config(path):
 
 
 def load_config_text(text):
-    """The config dict of YAML `text` (a run's recorded config)."""
-    return yaml.load(text, Loader=_Loader)
+    """The config dict of a recorded run: the exact inverse of dump_config (plain YAML 1.1 rules, as it was written)."""
+    return yaml.safe_load(text)
 
 
 def parse_override(arg):

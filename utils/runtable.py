@@ -53,6 +53,19 @@ class RunIdentity:
         return " ".join(f"{name}={value}" for name, value in sorted(self.flags.items()))
 
 
+@dataclass
+class RecordedRun:
+    """What the table holds of one run: enough to run it again and to compare the outcome."""
+    run_id: int
+    status: str
+    identity: RunIdentity
+    commit: str
+    diff: str
+    environment: dict  # versions, device, host (see utils.provenance.environment)
+    results: dict  # final results, hparams excluded
+    scalars: dict  # tag -> [(step, value), ...] in step order
+
+
 class RunTable:
     """The ResultTable file at `path`; it is created on the first run that starts, never by a refused launch."""
 
@@ -100,7 +113,7 @@ class RunTable:
             run_id = cursor.lastrowid if run_id is None else run_id
             db.execute("INSERT INTO ConfigFile (run_id, file_content) VALUES (?, ?)", (run_id, identity.config_text))
             _record_launch(db, run_id, identity.flags)
-        folder = self.results_dir / ("debug" if debug else str(run_id))
+        folder = self._folder(run_id)
         if debug:
             shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
@@ -111,32 +124,57 @@ class RunTable:
         if not self.path.exists():
             raise UserError(f"there is no run table at {self.path}, so no run {run_id} to resume")
         with self._write() as db:
-            row = db.execute("SELECT E.experiment, E.status, E.hidden, E.comment, C.file_content, L.flags "
-                             "FROM Experiments E JOIN ConfigFile C ON C.run_id = E.run_id "
-                             "LEFT JOIN TemplateLaunch L ON L.run_id = E.run_id WHERE E.run_id=?", (run_id,)).fetchone()
-            if row is None:
-                raise UserError(f"there is no run {run_id} in {self.path}; see the Run ID column of deepboard")
-            experiment, status, hidden, comment, config_text, flags = row
-            if status == "finished":
+            row = self._recorded_row(db, run_id)
+            if row["status"] == "finished":
                 raise UserError(f"run {run_id} finished; a finished run cannot be resumed (its results stand)")
-            if status == "running":
+            if row["status"] == "running":
                 raise UserError(f"run {run_id} is still running{_where(db, run_id)}; resume it once it has stopped")
-            if hidden:
+            if row["hidden"]:
                 raise UserError(f"run {run_id} is hidden (it was retried as a new run); resume the newer run instead")
-            if flags is None:
-                raise UserError(f"run {run_id} was not recorded by this template's main.py, so it cannot be resumed")
             db.execute("UPDATE Experiments SET status='running' WHERE run_id=?", (run_id,))
-            _record_launch(db, run_id, json.loads(flags))
-        identity = RunIdentity(experiment, config_text, json.loads(flags), comment)
-        folder = self.results_dir / ("debug" if run_id == DEBUG_RUN_ID else str(run_id))
+            _record_launch(db, run_id, row["identity"].flags)
+        folder = self._folder(run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        return Run(self, run_id, folder, resumed=True), identity
+        return Run(self, run_id, folder, resumed=True), row["identity"]
+
+    def recorded_run(self, run_id):
+        """The RecordedRun of `run_id`, or a UserError if the table has no such run made by this template."""
+        if not self.path.exists():
+            raise UserError(f"there is no run table at {self.path}, so no run {run_id}")
+        with self._connect() as db:
+            row = self._recorded_row(db, run_id)
+            environment = db.execute("SELECT fragment FROM Fragments WHERE run_id=? AND tag='environment' "
+                                     "ORDER BY id_ DESC LIMIT 1", (run_id,)).fetchone()
+            results = dict(db.execute("SELECT metric, value FROM Results WHERE run_id=? AND is_hparam=0", (run_id,)))
+            scalars = {}
+            for split, label, step, value in db.execute(
+                    "SELECT split, label, step, value FROM Logs WHERE run_id=? ORDER BY split, label, step, id_",
+                    (run_id,)):
+                scalars.setdefault(f"{split}/{label}" if split else label, []).append((step, value))
+        return RecordedRun(run_id, row["status"], row["identity"], row["commit"], row["diff"],
+                           json.loads(environment[0]) if environment else {}, results, scalars)
 
     def status(self, run_id):
         """The status of run `run_id` ('running', 'finished', 'failed'), or None if there is no such run."""
         with self._connect() as db:
             row = db.execute("SELECT status FROM Experiments WHERE run_id=?", (run_id,)).fetchone()
         return None if row is None else row[0]
+
+    def _recorded_row(self, db, run_id):
+        """{status, hidden, commit, diff, identity} of run `run_id`; a UserError if it is missing or not ours."""
+        row = db.execute("SELECT E.experiment, E.status, E.hidden, E.comment, E.commit_hash, E.diff, C.file_content, "
+                         "L.flags FROM Experiments E JOIN ConfigFile C ON C.run_id = E.run_id "
+                         "LEFT JOIN TemplateLaunch L ON L.run_id = E.run_id WHERE E.run_id=?", (run_id,)).fetchone()
+        if row is None:
+            raise UserError(f"there is no run {run_id} in {self.path}; see the Run ID column of deepboard")
+        experiment, status, hidden, comment, commit, diff, config_text, flags = row
+        if flags is None:
+            raise UserError(f"run {run_id} was not recorded by this template's main.py; its flags are unknown")
+        identity = RunIdentity(experiment, config_text, json.loads(flags), comment)
+        return {"status": status, "hidden": hidden, "commit": commit, "diff": diff, "identity": identity}
+
+    def _folder(self, run_id):
+        return self.results_dir / ("debug" if run_id == DEBUG_RUN_ID else str(run_id))
 
     def _find(self, db, identity):
         rows = db.execute(
@@ -214,6 +252,13 @@ class Run:
             db.executemany("DELETE FROM Results WHERE run_id=? AND metric=? AND is_hparam=1",
                            [(self.id, name) for name in hparams])
             db.executemany("INSERT INTO Results (run_id, metric, value, is_hparam) VALUES (?, ?, ?, ?)", rows)
+
+    def log_text(self, tag, text):
+        """Record a text under `tag` (deepboard shows it in the run's text fragments); replaces an earlier one."""
+        with self._writing() as db:
+            db.execute("DELETE FROM Fragments WHERE run_id=? AND tag=?", (self.id, tag))
+            db.execute("INSERT INTO Fragments (run_id, step, epoch, run_rep, fragment_type, tag, fragment) "
+                       "VALUES (?, 0, 0, 0, 'RAW', ?, ?)", (self.id, tag, text))
 
     def log_scalar(self, tag, value, step, epoch):
         """Record one point of the curve `tag` ('split/name', e.g. 'val/accuracy'); written in batches."""

@@ -1,0 +1,86 @@
+"""Comparing a recorded run with its re-run: results and curves side by side, and what changed around them."""
+import math
+
+TIMING_WORDS = ("time", "throughput")  # measurements of speed: the only values allowed to differ run to run
+ENVIRONMENT_KEYS = ("python", "torch", "torchvision", "deepboard", "numpy", "device_type", "device_name", "cuda")
+
+
+def is_timing(name):
+    return any(word in name for word in TIMING_WORDS)
+
+
+def compare_runs(recorded, new, tolerance=0.0):
+    """(report lines, number of values that differ) between two RecordedRuns, timings left out.
+
+    A number differs when it is further than `tolerance` from its recorded value; a curve differs when any of its
+    points does, or when it has other steps.
+    """
+    rows, differing = [("", f"run {recorded.run_id}", f"run {new.run_id}", "")], 0
+    for name in sorted((set(recorded.results) | set(new.results))):
+        if is_timing(name):
+            continue
+        old, now = recorded.results.get(name), new.results.get(name)
+        verdict = _verdict([old], [now], tolerance)
+        differing += verdict != "same"
+        rows.append((name, _show(old), _show(now), verdict))
+    for tag in sorted(set(recorded.scalars) | set(new.scalars)):
+        if is_timing(tag):
+            continue
+        old, now = recorded.scalars.get(tag, []), new.scalars.get(tag, [])
+        if [step for step, _ in old] != [step for step, _ in now]:
+            verdict = f"DIFFERS: steps {_steps(old)} vs {_steps(now)}"
+        else:
+            verdict = _verdict([v for _, v in old], [v for _, v in now], tolerance)
+        differing += verdict != "same"
+        rows.append((f"{tag} ({len(old)} points)", _curve(old), _curve(now), verdict))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3] for row in rows]
+    return [line.rstrip() for line in lines], differing
+
+
+def provenance_warnings(recorded, commit, diff, environment):
+    """Lines warning where the code or environment of a re-run differs from what the recorded run had."""
+    warnings = []
+    if recorded.commit != commit:
+        warnings.append(f"warning: run {recorded.run_id} was recorded at commit {recorded.commit or 'none'}, "
+                        f"the checkout is at {commit or 'none'}")
+    if (recorded.diff or "") != (diff or ""):
+        warnings.append(f"warning: uncommitted changes differ from those recorded with run {recorded.run_id} "
+                        f"(see its diff in deepboard)")
+    for key in ENVIRONMENT_KEYS:
+        old, now = recorded.environment.get(key), environment.get(key)
+        if old != now:
+            warnings.append(f"warning: {key} was {old}, is now {now}; results may differ for that reason alone")
+    return warnings
+
+
+def _verdict(old_values, new_values, tolerance):
+    gaps = [_gap(a, b) for a, b in zip(old_values, new_values)]
+    if all(gap <= tolerance for gap in gaps):
+        return "same"
+    worst = max(gaps)
+    count = sum(gap > tolerance for gap in gaps)
+    where = f"{count} of {len(gaps)} points, " if len(gaps) > 1 else ""
+    return f"DIFFERS ({where}max gap {worst:.3g})"
+
+
+def _gap(a, b):
+    """Absolute difference of two recorded values; infinite when they cannot be compared as numbers and differ."""
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        if math.isnan(a) and math.isnan(b):
+            return 0.0
+        gap = abs(a - b)
+        return math.inf if math.isnan(gap) else gap
+    return 0.0 if a == b else math.inf
+
+
+def _show(value):
+    return "missing" if value is None else f"{value:.10g}" if isinstance(value, float) else str(value)
+
+
+def _curve(points):
+    return "missing" if not points else f"last {points[-1][1]:.10g}"
+
+
+def _steps(points):
+    return f"{points[0][0]}..{points[-1][0]} ({len(points)})" if points else "none"
