@@ -3,6 +3,7 @@
     python main.py --experiment=experiment1 --config=configs/config.yml [flags] [--config.SECTION.KEY=VALUE ...]
     python main.py --resume=RUNID          continue a failed run from its last epoch
     python main.py --reproduce=RUNID       run a recorded run again (as a debug run) and compare the numbers
+    python main.py --list | --new-experiment=NAME | --config=FILE --print-config
 """
 import argparse
 import difflib
@@ -59,6 +60,11 @@ def make_parser():
                         help="re-run recorded run RUNID as a debug run and compare every result and curve with it")
     parser.add_argument("--tolerance", type=float, default=0.0,
                         help="with --reproduce: largest difference still counted as equal (default 0: exact)")
+    parser.add_argument("--list", action="store_true", help="list the registered experiments and exit")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the merged config (--config and overrides) and exit")
+    parser.add_argument("--new-experiment", metavar="NAME",
+                        help="create experiments/NAME.py and NAME.md from experiment1 and register NAME in main.py")
     return parser
 
 
@@ -79,10 +85,18 @@ def parse_args(argv):
         else:
             raise UserError(f"unexpected argument {arg!r}; overrides take the form --config.SECTION.KEY=VALUE")
 
-    replay = "--resume" if args.resume is not None else "--reproduce" if args.reproduce is not None else None
-    if args.resume is not None and args.reproduce is not None:
-        raise UserError("--resume and --reproduce do different things; use one of them")
-    if replay:
+    modes = [flag for flag, on in (("--resume", args.resume is not None), ("--reproduce", args.reproduce is not None),
+                                    ("--list", args.list), ("--print-config", args.print_config),
+                                    ("--new-experiment", args.new_experiment is not None)) if on]
+    if len(modes) > 1:
+        raise UserError(f"{' and '.join(modes)} do different things; use one of them")
+    replay = next((mode for mode in modes if mode in ("--resume", "--reproduce")), None)
+    if args.list or args.new_experiment is not None:
+        pass  # they need nothing else
+    elif args.print_config:
+        if args.config is None:
+            raise UserError("--print-config needs --config=FILE (and any --config.* overrides)")
+    elif replay:
         given = [f"--{name}" for name in RECORDED_FLAGS if getattr(args, name) != parser.get_default(name)]
         given += ["--config.*"] if overrides else []
         if given:
@@ -95,6 +109,14 @@ def parse_args(argv):
     if args.tolerance != 0.0 and args.reproduce is None:
         raise UserError("--tolerance only applies to --reproduce")
     return args, overrides
+
+
+def list_experiments():
+    """One line per registered experiment: its name and the first line of its lab book."""
+    for name in experiments:
+        lab_book = CODE_DIR / "experiments" / f"{name}.md"
+        first = lab_book.read_text().splitlines()[0].lstrip("# ") if lab_book.exists() else "(no lab book)"
+        print(f"{name:20s} {first}")
 
 
 def find_experiment(name):
@@ -119,6 +141,20 @@ def main(argv=None):
     signal.signal(signal.SIGTERM, _raise_terminated)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C interrupts even where SIGINT was ignored
     args, overrides = parse_args(argv)
+    if args.list:
+        list_experiments()
+        return 0
+    if args.print_config:
+        print(dump_config(apply_overrides(load_config(args.config), overrides)), end="")
+        return 0
+    if args.new_experiment is not None:
+        from utils.scaffold import new_experiment
+        for path in new_experiment(CODE_DIR, args.new_experiment, experiments):
+            print(f"wrote {path.relative_to(CODE_DIR)}")
+        print(f"edit experiments/{args.new_experiment}.py, then: python main.py "
+              f"--experiment={args.new_experiment} --config=configs/config.yml")
+        return 0
+
     table = RunTable(TABLE_PATH)
     command = command_line([sys.argv[0], *argv])
 

@@ -1,23 +1,8 @@
 """The same command gives the same numbers, every run stores what re-creating it needs, --reproduce checks it."""
 import json
-import shutil
 import subprocess
 
-import pytest
-
-from helpers import REPO, assert_refused, make_mnist_folder, query, recorded_numbers, run_main, run_tiny
-
-
-@pytest.fixture
-def code_copy(tmp_path):
-    """A copy of the template in its own git repository, so a test can change its code and see that recorded."""
-    code = tmp_path / "code"
-    shutil.copytree(REPO, code, ignore=shutil.ignore_patterns(".git", "results", "__pycache__", ".pytest_cache"))
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-C", str(code)]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "template"], check=True)
-    return code
+from helpers import assert_refused, make_mnist_folder, query, recorded_numbers, run_main, run_tiny
 
 
 def test_the_same_command_twice_gives_bit_identical_curves_and_results(workdir):

@@ -400,3 +400,48 @@ def _duplicate_message(identity, run_id, status, host, pid):
     return (f"run {run_id} ({identity.experiment}, {state}) already has this config and these flags; "
             f"to run anyway use --debug (not recorded), --comment=\"...\" (a recorded variant), "
             f"or change a parameter (--config.KEY=VALUE)")
+
+
+def open_for_reading(path):
+    """deepboard's ResultTable for an existing table at `path` (deepboard would create a missing one silently)."""
+    if not Path(path).exists():
+        raise UserError(f"there is no run table at {path}; run an experiment first or point at another table")
+    from deepboard.resultTable import ResultTable
+    return ResultTable(str(path))
+
+
+def runs_frame(path, show_hidden=False):
+    """A pandas DataFrame with one row per run (index: run ID): its identity, status, hparams and results.
+
+    Read through deepboard's API, but not through `ResultTable.get_results` / `to_pd`, which in deepboard 0.3.0 shift
+    the diff and hidden columns and fail for a single run ID.
+    """
+    import pandas as pd
+
+    table = open_for_reading(path)
+    rows = []
+    for run_id in sorted(table.runs):
+        raw = table.get_experiment_raw(run_id)
+        if raw["hidden"] and not show_hidden:
+            continue
+        with table.cursor as cursor:
+            cursor.execute("SELECT metric, value FROM Results WHERE run_id=? AND is_hparam=0", (run_id,))
+            results = dict(cursor.fetchall())
+        rows.append({"run_id": run_id, "experiment": raw["experiment"], "status": raw["status"],
+                     "comment": raw["comment"], "start": raw["start"], "commit": raw["commit_hash"],
+                     "hidden": bool(raw["hidden"]), **table.load_run(run_id).get_hparams(), **results})
+    return pd.DataFrame(rows).set_index("run_id") if rows else pd.DataFrame()
+
+
+def curves_frame(path, run_ids):
+    """A long pandas DataFrame of every scalar the runs `run_ids` logged: run_id, tag, epoch, step, value."""
+    import pandas as pd
+
+    table = open_for_reading(path)
+    rows = []
+    for run_id in run_ids:
+        run = table.load_run(run_id)
+        for tag in run.scalars:
+            rows += [{"run_id": run_id, "tag": tag, "epoch": point.epoch, "step": point.step, "value": point.value}
+                     for point in run.get_scalar(tag)]
+    return pd.DataFrame(rows, columns=["run_id", "tag", "epoch", "step", "value"])

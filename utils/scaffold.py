@@ -1,0 +1,54 @@
+"""Starting a new experiment the way the README teaches: code, lab book, and a line in main.py's registry."""
+import keyword
+import re
+
+from utils.errors import UserError
+
+BASE_EXPERIMENT = "experiment1"
+LAB_BOOK_TEMPLATE = "TEMPLATE.md"
+REGISTRY = re.compile(r"^experiments = \{(?P<body>.*?)\}", re.MULTILINE | re.DOTALL)
+IMPORT = re.compile(r"^from experiments\.\w+ import \w+\n", re.MULTILINE)
+
+
+def new_experiment(code_dir, name, registered):
+    """Write experiments/NAME.py (a copy of experiment1) and NAME.md, and register NAME in main.py.
+
+    Refuses an invalid or taken name before writing anything; returns the paths it wrote.
+    """
+    if not name.isidentifier() or keyword.iskeyword(name) or name.startswith("_"):
+        raise UserError(f"{name!r} cannot name an experiment: use letters, digits and underscores, "
+                        f"starting with a letter (it becomes a Python function and module)")
+    folder = code_dir / "experiments"
+    code, lab_book, main = folder / f"{name}.py", folder / f"{name}.md", code_dir / "main.py"
+    taken = [str(path.relative_to(code_dir)) for path in (code, lab_book) if path.exists()]
+    if name in registered or taken or name == "TEMPLATE":
+        raise UserError(f"experiment {name!r} exists already ({', '.join(taken) or 'registered in main.py'}); "
+                        f"pick another name")
+    main_text = register(main.read_text(), name)
+    base = (folder / f"{BASE_EXPERIMENT}.py").read_text()
+    code_text = base.replace(BASE_EXPERIMENT, name).replace(
+        "the baseline.", f"copied from {BASE_EXPERIMENT}, the baseline; edit it to try one idea.", 1)
+    lab_text = (folder / LAB_BOOK_TEMPLATE).read_text().replace("NAME", name)
+
+    code.write_text(code_text)
+    lab_book.write_text(lab_text)
+    main.write_text(main_text)
+    return [code, lab_book, main]
+
+
+def register(main_text, name):
+    """`main_text` with `from experiments.NAME import NAME` and `"NAME": NAME` added to the registry dict."""
+    imports = list(IMPORT.finditer(main_text))
+    registry = REGISTRY.search(main_text)
+    if not imports or registry is None:
+        raise UserError("main.py no longer has the `from experiments.X import X` lines and the "
+                        "`experiments = {...}` registry this command edits; add the experiment by hand")
+    body = registry.group("body")
+    if "\n" in body:  # a registry spread over several lines: one entry per line
+        entry = body.rstrip()
+        new_body = f"{entry}{'' if entry.endswith(',') else ','}\n    \"{name}\": {name},\n"
+    else:
+        new_body = f"{body}, \"{name}\": {name}" if body.strip() else f"\"{name}\": {name}"
+    text = main_text[:registry.start("body")] + new_body + main_text[registry.end("body"):]
+    end = imports[-1].end()
+    return text[:end] + f"from experiments.{name} import {name}\n" + text[end:]
