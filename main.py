@@ -7,13 +7,17 @@
 """
 import argparse
 import difflib
+import itertools
 import json
+import os
 import signal
 import sys
+import traceback
 from pathlib import Path
 
 from experiments.experiment1 import experiment1
-from utils.config import OVERRIDE_PREFIX, apply_overrides, dump_config, load_config, load_config_text, parse_override
+from utils.config import (OVERRIDE_PREFIX, apply_overrides, dump_config, load_config, load_config_text, parse_override,
+                          sweep_values)
 from utils.errors import UserError
 from utils.provenance import command_line, git_commit, git_diff
 from utils.runtable import RunIdentity, RunTable
@@ -63,6 +67,8 @@ def make_parser():
     parser.add_argument("--list", action="store_true", help="list the registered experiments and exit")
     parser.add_argument("--print-config", action="store_true",
                         help="print the merged config (--config and overrides) and exit")
+    parser.add_argument("--sweep", action="store_true",
+                        help="split override values at commas and run every combination, skipping finished ones")
     parser.add_argument("--new-experiment", metavar="NAME",
                         help="create experiments/NAME.py and NAME.md from experiment1 and register NAME in main.py")
     return parser
@@ -87,7 +93,8 @@ def parse_args(argv):
 
     modes = [flag for flag, on in (("--resume", args.resume is not None), ("--reproduce", args.reproduce is not None),
                                     ("--list", args.list), ("--print-config", args.print_config),
-                                    ("--new-experiment", args.new_experiment is not None)) if on]
+                                    ("--new-experiment", args.new_experiment is not None), ("--sweep", args.sweep))
+             if on]
     if len(modes) > 1:
         raise UserError(f"{' and '.join(modes)} do different things; use one of them")
     replay = next((mode for mode in modes if mode in ("--resume", "--reproduce")), None)
@@ -106,6 +113,8 @@ def parse_args(argv):
         if missing:
             raise UserError(f"{' and '.join(missing)} required, e.g. "
                             f"python main.py --experiment=experiment1 --config=configs/config.yml")
+    if args.sweep and args.debug:
+        raise UserError("--sweep records every combination as a run of its own; drop --debug")
     if args.tolerance != 0.0 and args.reproduce is None:
         raise UserError("--tolerance only applies to --reproduce")
     return args, overrides
@@ -127,12 +136,18 @@ def find_experiment(name):
     raise UserError(f"unknown experiment {name!r}{hint}; registered: {', '.join(experiments)}")
 
 
-def new_identity(args, overrides):
-    """The RunIdentity of a fresh launch: experiment, merged config, changed result flags, comment."""
+def new_identity(args, overrides, world_size=1):
+    """The RunIdentity of a fresh launch: experiment, merged config, changed result flags, comment.
+
+    The number of torchrun processes changes the numbers too (BatchNorm sees each rank's shard), so a run on several
+    processes has its world size among its flags.
+    """
     find_experiment(args.experiment)
     config = apply_overrides(load_config(args.config), overrides)
     parser = make_parser()
     flags = {name: getattr(args, name) for name in RESULT_FLAGS if getattr(args, name) != parser.get_default(name)}
+    if world_size > 1:
+        flags["world_size"] = world_size
     return RunIdentity(args.experiment, dump_config(config), flags, args.comment)
 
 
@@ -156,51 +171,163 @@ def main(argv=None):
         return 0
 
     table = RunTable(TABLE_PATH)
+    if args.sweep:
+        return run_sweep(table, args, overrides, argv)
+    world = join_launched_world(args.cpu)
+    if world is None:
+        run, identity, recorded = register_run(table, args, overrides, argv, world_size=1)
+    else:  # torchrun: rank 0 alone checks and registers the run, then tells the other ranks
+        from utils.runtable import Replica
+        outcome = None
+        if world.is_main:
+            try:
+                run, identity, recorded = register_run(table, args, overrides, argv, world_size=world.size)
+                outcome = (run.id, str(run.folder), run.resumed, identity)
+            except UserError:
+                world.broadcast(None)
+                raise
+        outcome = world.broadcast(outcome)
+        if outcome is None:
+            return 2  # rank 0 said why
+        if not world.is_main:
+            run, identity, recorded = Replica(*outcome[:3]), outcome[3], None
+
+    verbose = args.verbose if world is None or world.is_main else 0
+    try:
+        results, code, run_environment = execute(run, identity, verbose, world)
+    finally:
+        if world is not None:
+            from utils.distributed import leave_world
+            leave_world(world)
+    if results is not None and recorded is not None:
+        return report_reproduction(table, recorded, run.id, git_commit(CODE_DIR), git_diff(CODE_DIR), run_environment,
+                                   args.tolerance)
+    return code
+
+
+def register_run(table, args, overrides, argv, world_size):
+    """(Run, RunIdentity, RecordedRun or None) for this launch: a new run, a resumed one, or a reproduction."""
     command = command_line([sys.argv[0], *argv])
-
-    recorded = None
     if args.resume is not None:
+        check_world_size(table.recorded_run(args.resume), world_size, "--resume")
         run, identity = table.resume_run(args.resume)
-    elif args.reproduce is not None:
+        return run, identity, None
+    if args.reproduce is not None:
         recorded = table.recorded_run(args.reproduce)
-        identity = recorded.identity
-        find_experiment(identity.experiment)
-        commit, diff = git_commit(CODE_DIR), git_diff(CODE_DIR)
-        run = table.start_run(identity, config_path=f"(run {recorded.run_id})", command=command, commit=commit,
-                              diff=diff, debug=True)
-    else:
-        identity = new_identity(args, overrides)
-        if not args.debug:
-            table.refuse_duplicate(identity)  # before any data or model is loaded
-        commit, diff = git_commit(CODE_DIR), git_diff(CODE_DIR)
-        run = table.start_run(identity, config_path=args.config, command=command, commit=commit, diff=diff,
-                              debug=args.debug)
+        check_world_size(recorded, world_size, "--reproduce")
+        find_experiment(recorded.identity.experiment)
+        run = table.start_run(recorded.identity, config_path=f"(run {recorded.run_id})", command=command,
+                              commit=git_commit(CODE_DIR), diff=git_diff(CODE_DIR), debug=True)
+        return run, recorded.identity, recorded
+    identity = new_identity(args, overrides, world_size)
+    if not args.debug:
+        table.refuse_duplicate(identity)  # before any data or model is loaded
+    run = table.start_run(identity, config_path=args.config, command=command, commit=git_commit(CODE_DIR),
+                          diff=git_diff(CODE_DIR), debug=args.debug)
+    return run, identity, None
 
-    if args.verbose >= 1:
-        what = f"reproducing run {recorded.run_id} as run -1" if recorded else "debug" if run.id == -1 else ""
+
+def check_world_size(recorded, world_size, mode):
+    """Refuse to resume or reproduce a run on another number of processes than it ran on."""
+    recorded_size = recorded.identity.flags.get("world_size", 1)
+    if recorded_size != world_size:
+        launcher = (f"torchrun --nproc_per_node={recorded_size} main.py" if recorded_size > 1 else "python main.py")
+        raise UserError(f"run {recorded.run_id} ran on {recorded_size} process(es), this launch has {world_size}; "
+                        f"use {launcher} {mode}={recorded.run_id}")
+
+
+def execute(run, identity, verbose, world=None):
+    """(results or None, exit code, environment) of running `identity`'s experiment into `run`.
+
+    Any exception, Ctrl-C and SIGTERM included, marks the run failed after writing what it logged; an interruption
+    returns exit code 130 or 143 with a line on how to resume, any other exception propagates with its traceback.
+    """
+    if verbose >= 1:
+        what = "debug" if run.id == -1 else ""
         print(f"run {run.id}: {identity.experiment}{f' ({what})' if what else ''}, checkpoints in {run.folder}",
               flush=True)
     flags = {**{name: make_parser().get_default(name) for name in RESULT_FLAGS}, **identity.flags}
     try:
-        with run:  # any exception, Ctrl-C and SIGTERM included, marks the run failed after writing what it logged
-            from utils.device import pick_device  # imports torch: only once a run really starts
+        with run:
+            from utils.device import keep_freed_memory, pick_device  # imports torch: only once a run really starts
             from utils.provenance import environment
-            device = pick_device(force_cpu=flags["cpu"])
+            keep_freed_memory()
+            device = pick_device(force_cpu=flags["cpu"], index=world.local_rank if world else 0)
             run_environment = environment(device)
             run.log_text("environment", json.dumps(run_environment, indent=2))
-            # The experiment gets the recorded config back from its canonical text: what runs is what was recorded.
-            results = find_experiment(identity.experiment)(
-                load_config_text(identity.config_text), run, device, watch=flags["watch"], verbose=args.verbose)
+            # The experiment gets the config back from its recorded text: what runs is exactly what was recorded.
+            experiment = find_experiment(identity.experiment)
+            extra = {"world": world} if world is not None else {}
+            results = experiment(load_config_text(identity.config_text), run, device, watch=flags["watch"],
+                                 verbose=verbose, **extra)
     except (KeyboardInterrupt, Terminated) as stop:
         what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
-        print(f"{what}: run {run.id} is marked failed, with all it logged; continue it with "
-              f"python main.py --resume={run.id}", file=sys.stderr)
-        return 130 if isinstance(stop, KeyboardInterrupt) else 143
-    print(f"run {run.id} finished: " + ", ".join(f"{k} {_format(v)}" for k, v in results.items()))
+        if verbose >= 0 and (world is None or world.is_main):
+            print(f"{what}: run {run.id} is marked failed, with all it logged; continue it with "
+                  f"python main.py --resume={run.id}", file=sys.stderr)
+        return None, 130 if isinstance(stop, KeyboardInterrupt) else 143, None
+    if world is None or world.is_main:
+        print(f"run {run.id} finished: " + ", ".join(f"{k} {_format(v)}" for k, v in results.items()), flush=True)
+    return results, 0, run_environment
 
-    if recorded is not None:
-        return report_reproduction(table, recorded, run.id, commit, diff, run_environment, args.tolerance)
-    return 0
+
+def join_launched_world(force_cpu):
+    """torchrun's World when this process was started by it (WORLD_SIZE > 1), else None without importing torch."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return None
+    from utils.distributed import join_world
+    return join_world(force_cpu)
+
+
+def run_sweep(table, args, overrides, argv):
+    """Run every combination of the comma-separated override values, one normal run after another.
+
+    Finished combinations are skipped, so the same command resumes a sweep that crashed or was stopped; failed ones
+    run again. Ends with a table of every combination, its run ID, status and results.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise UserError("--sweep runs its combinations one after another in one process; launch it without torchrun")
+    axes = [[(key, value) for value in sweep_values(text)] for key, text in overrides]
+    combinations = list(itertools.product(*axes))
+    identities = [new_identity(args, combination) for combination in combinations]  # every value checked first
+    print(f"sweep: {len(combinations)} combinations of {', '.join(key for key, _ in overrides) or 'no override'}")
+    rows, code = [], 0
+    for number, (combination, identity) in enumerate(zip(combinations, identities), start=1):
+        label = " ".join(f"{key}={value}" for key, value in combination) or "(the config as it is)"
+        found = table.find_run(identity)
+        if found is not None:
+            run_id, status, *_ = found
+            print(f"[{number}/{len(combinations)}] {label}: skipped, {status} as run {run_id}")
+            rows.append((label, run_id, status, table.recorded_run(run_id).results if status == "finished" else {}))
+            continue
+        print(f"[{number}/{len(combinations)}] {label}", flush=True)
+        command = command_line([sys.argv[0], *[a for a in argv if a != "--sweep" and not a.startswith(OVERRIDE_PREFIX)],
+                                *[f"{OVERRIDE_PREFIX}{key}={value}" for key, value in combination]])
+        run = table.start_run(identity, config_path=args.config, command=command, commit=git_commit(CODE_DIR),
+                              diff=git_diff(CODE_DIR))
+        try:
+            results, stopped, _ = execute(run, identity, args.verbose)
+        except Exception:  # a crash of one combination: show it, keep it failed in the table, go on with the next
+            traceback.print_exc()
+            results, stopped, code = {}, 0, 1
+        rows.append((label, run.id, run.status, results or {}))
+        if stopped:
+            print_sweep_table(rows)
+            print("the sweep stopped; the same command resumes it, skipping the finished combinations",
+                  file=sys.stderr)
+            return stopped
+    print_sweep_table(rows)
+    return code
+
+
+def print_sweep_table(rows):
+    names = sorted({name for *_, results in rows for name in results})
+    header = ["combination", "run", "status", *names]
+    lines = [header] + [[label, str(run_id), status, *(_format(results[n]) if n in results else "" for n in names)]
+                        for label, run_id, status, results in rows]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    for line in lines:
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
 
 
 def report_reproduction(table, recorded, new_run_id, commit, diff, run_environment, tolerance):

@@ -91,19 +91,25 @@ class Batches:
 
     With `shuffle`, every pass draws a new permutation from `generator`; with `shift` > 0, each image is moved by a
     random number of pixels (up to `shift`) in each direction, on the device, also drawn from `generator`.
+    With `world` (several processes under torchrun), each batch is drawn whole on every rank, from the same generator,
+    and each rank keeps its share of it (every `world.size`-th sample from its rank on): the ranks' shards differ, and
+    together they make exactly the batch a single process would have seen.
     """
 
-    def __init__(self, images, labels, batch_size, shuffle=False, shift=0, generator=None, channels_last=False):
+    def __init__(self, images, labels, batch_size, shuffle=False, shift=0, generator=None, channels_last=False,
+                 world=None):
         self.images, self.labels = images, labels
         self.batch_size, self.shuffle, self.shift = batch_size, shuffle, shift
         self.generator = generator
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.rank, self.world_size = (world.rank, world.size) if world is not None else (0, 1)
 
     def __len__(self):
         return math.ceil(len(self.labels) / self.batch_size)
 
     @property
     def num_samples(self):
+        """Samples in one pass, over all ranks together."""
         return len(self.labels)
 
     def __iter__(self):
@@ -118,6 +124,10 @@ class Batches:
             images = normalise(images)
             if self.shift:
                 images = random_shift(images, self.shift, self.generator)
+            if self.world_size > 1:
+                if self.shuffle and len(labels) < self.world_size:
+                    break  # a last batch too small to give every rank a sample: no rank trains on it
+                images, labels = images[self.rank::self.world_size], labels[self.rank::self.world_size]
             yield images.contiguous(memory_format=self.memory_format), labels
 
 
@@ -140,8 +150,11 @@ def random_shift(images, shift, generator):
     return padded[batch, 0, rows, cols].unsqueeze(1)
 
 
-def make_loaders(config, device, seed):
-    """(train, validation, test) Batches for `config['data']`, the data held on `device`, shuffled from `seed`."""
+def make_loaders(config, device, seed, world=None):
+    """(train, validation, test) Batches for `config['data']`, the data held on `device`, shuffled from `seed`.
+
+    With `world` (torchrun), each rank gets its shard of every batch; `data.batch_size` stays the global batch size.
+    """
     cfg = config["data"]
     train_images, train_labels, test_images, test_labels = load_mnist(cfg["path"], cfg["download"])
     train_index, val_index = split_train_val(len(train_labels), cfg["val_size"], cfg["split_seed"])
@@ -151,11 +164,16 @@ def make_loaders(config, device, seed):
     def on_device(images, labels):
         return images.to(device), labels.to(device)
 
+    if world is not None and cfg["batch_size"] % world.size:
+        raise UserError(f"data.batch_size {cfg['batch_size']} is the global batch: it must divide evenly among "
+                        f"{world.size} processes")
     train = Batches(*on_device(train_images[train_index], train_labels[train_index]), cfg["batch_size"],
-                    shuffle=True, shift=cfg["augment_shift"], generator=generator, channels_last=channels_last)
+                    shuffle=True, shift=cfg["augment_shift"], generator=generator, channels_last=channels_last,
+                    world=world)
     val = Batches(*on_device(train_images[val_index], train_labels[val_index]), cfg["eval_batch_size"],
-                  channels_last=channels_last)
-    test = Batches(*on_device(test_images, test_labels), cfg["eval_batch_size"], channels_last=channels_last)
+                  channels_last=channels_last, world=world)
+    test = Batches(*on_device(test_images, test_labels), cfg["eval_batch_size"], channels_last=channels_last,
+                   world=world)
     return train, val, test
 
 

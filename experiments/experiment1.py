@@ -2,20 +2,28 @@
 import time
 
 
-def experiment1(config, run, device, watch="accuracy", verbose=1):
-    """Train the CNN on `device`, keep the epoch with the best validation `watch` metric, record its test accuracy."""
+def experiment1(config, run, device, watch="accuracy", verbose=1, world=None):
+    """Train the CNN on `device`, keep the epoch with the best validation `watch` metric, record its test accuracy.
+
+    `world` is set under torchrun: the model is wrapped for data parallelism and only rank 0 writes checkpoints.
+    """
     # Heavy imports live here, not at the top, so that a refused launch (duplicate, bad flag) answers without torch.
     from data.mnist import make_loaders
     from models.cnn import make_model
     from training.loop import evaluate, train_epoch
     from training.optim import make_optimizer, make_scheduler
     from utils.checkpoint import load_checkpoint, load_training_state, save_checkpoint, save_training_state
+    from utils.device import autocast_dtype, set_threads
+    from utils.distributed import World
     from utils.seed import seed_everything
 
+    world = world or World()
     training = config["training"]
+    threads = set_threads(training["threads"], processes_per_machine=world.local_size)
+    autocast = autocast_dtype(training["autocast"], device)
     seed_everything(config["seed"], deterministic=training["deterministic"])
-    train, val, test = make_loaders(config, device, seed=config["seed"])
-    model = make_model(config, device)
+    train, val, test = make_loaders(config, device, seed=config["seed"], world=world)
+    model = world.wrap(make_model(config, device), device)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch=len(train))
     run.log_hparams({
@@ -23,7 +31,8 @@ def experiment1(config, run, device, watch="accuracy", verbose=1):
         "batch_size": config["data"]["batch_size"], "num_epochs": training["num_epochs"],
         "dropout": config["model"]["dropout"], "optimizer": training["optimizer"], "schedule": training["schedule"],
         "label_smoothing": training["label_smoothing"], "augment_shift": config["data"]["augment_shift"],
-        "channels": config["model"]["channels"], "seed": config["seed"], "watch": watch,
+        "channels": config["model"]["channels"], "seed": config["seed"], "watch": watch, "threads": threads,
+        "autocast": str(autocast).replace("torch.", "") if autocast else "off", "world_size": world.size,
     })
     if verbose >= 2:
         print(f"run {run.id}: {sum(p.numel() for p in model.parameters()):,} parameters on {device}, "
@@ -50,9 +59,10 @@ def experiment1(config, run, device, watch="accuracy", verbose=1):
         train_metrics = train_epoch(
             model, train, optimizer, scheduler, label_smoothing=training["label_smoothing"],
             first_step=(epoch - 1) * len(train), log_every=config["logging"]["log_every"], log_step=log_step,
-            progress=f"epoch {epoch}/{training['num_epochs']}" if verbose >= 1 else None)
+            progress=f"epoch {epoch}/{training['num_epochs']}" if verbose >= 1 else None, autocast=autocast,
+            world=world)
         epoch_time = time.perf_counter() - started
-        val_metrics = evaluate(model, val)
+        val_metrics = evaluate(model, val, autocast=autocast, world=world)
         # Timings are the only values that differ between identical runs; their names say so ("time", "throughput").
         train_metrics.update(epoch_time=epoch_time, throughput=train.num_samples / epoch_time)
         for split, metrics in (("train", train_metrics), ("val", val_metrics)):
@@ -63,17 +73,24 @@ def experiment1(config, run, device, watch="accuracy", verbose=1):
         improved = best_value is None or (value > best_value if watch == "accuracy" else value < best_value)
         if improved:
             best_value, best_epoch = value, epoch
-            save_checkpoint(best_path, model, epoch=epoch, watch=watch, value=value)
-        save_training_state(last_path, model, optimizer, scheduler, train.generator,
-                            epoch=epoch, best_value=best_value, best_epoch=best_epoch)
+        if world.is_main:
+            if improved:
+                save_checkpoint(best_path, model, epoch=epoch, watch=watch, value=value)
+            save_training_state(last_path, model, optimizer, scheduler, train.generator,
+                                epoch=epoch, best_value=best_value, best_epoch=best_epoch)
         run.flush()  # what an epoch logged survives even a SIGKILL
         if verbose >= 1:
             print(f"epoch {epoch}/{training['num_epochs']}: train loss {train_metrics['loss']:.4f} "
                   f"acc {train_metrics['accuracy']:.4f} | val loss {val_metrics['loss']:.4f} "
                   f"acc {val_metrics['accuracy']:.4f} | {epoch_time:.1f}s{' *' if improved else ''}", flush=True)
 
+    if world.distributed:
+        weights = world.check_same_weights(model)  # every rank must end with the same bytes
+        if verbose >= 1:
+            print(f"final weights identical on all {world.size} ranks (sha256 {weights[:16]})")
+    world.barrier()  # rank 0 has written the best checkpoint
     load_checkpoint(best_path, model, device)  # the test set sees only the model that validation picked
-    test_metrics = evaluate(model, test)
+    test_metrics = evaluate(model, test, autocast=autocast, world=world)
     results = {"test_accuracy": test_metrics["accuracy"], "test_loss": test_metrics["loss"],
                "best_epoch": best_epoch, f"best_val_{watch}": best_value}
     run.finish(results)

@@ -113,3 +113,13 @@ def test_the_project_config_runs_with_overrides_and_prints_progress(workdir, mni
     assert lines[0] == "run 1: experiment1, checkpoints in results/1"
     assert lines[1].startswith("epoch 1/1: train loss ") and " | val loss " in lines[1]
     assert lines[2].startswith("run 1 finished: test_accuracy ")
+
+
+def test_the_bf16_autocast_path_used_on_gpus_also_runs_on_the_cpu(workdir):
+    done = run_tiny(workdir, "--config.training.autocast=bf16")
+    assert done.returncode == 0, done.stderr
+    db = workdir / "results" / "resultTable.db"
+    hparams = dict(query(db, "SELECT metric, value FROM Results WHERE is_hparam=1"))
+    assert hparams["autocast"] == "bfloat16" and hparams["world_size"] == 1 and hparams["threads"] >= 1
+    assert results_of(db, 1)["test_accuracy"] > 0.5
+    assert_refused(run_tiny(workdir, "--config.training.autocast=fp8"), "training.autocast must be auto, bf16 or off")

@@ -8,8 +8,11 @@ from tqdm import tqdm
 
 
 def train_epoch(model, batches, optimizer, scheduler, *, label_smoothing=0.0, first_step=0, log_every=1,
-                log_step=None, progress=None):
+                log_step=None, progress=None, autocast=None, world=None):
     """{'loss', 'accuracy'} of one pass over `batches`, updating `model` at each batch.
+
+    With `autocast` (a dtype such as torch.bfloat16), the forward pass runs in that precision; None keeps float32.
+    With `world` (torchrun), the metrics and logged losses are summed over all ranks, so they describe all the data.
 
     Every `log_every` steps, `log_step(step, mean loss of those steps)` is called; reading the loss only then keeps
     the device from waiting on the host at every step. `progress` is the bar's description, or None for no bar; the
@@ -23,8 +26,9 @@ def train_epoch(model, batches, optimizer, scheduler, *, label_smoothing=0.0, fi
     seen, window = 0, 0
     bar = tqdm(batches, desc=progress, leave=False, dynamic_ncols=True, disable=True if progress is None else None)
     for step, (images, labels) in enumerate(bar, start=first_step + 1):
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        with _autocast(device, autocast):
+            logits = model(images)
+        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -36,25 +40,40 @@ def train_epoch(model, batches, optimizer, scheduler, *, label_smoothing=0.0, fi
         correct += (logits.detach().argmax(dim=1) == labels).sum()
         seen, window = seen + len(labels), window + 1
         if window == log_every:
-            mean = window_loss.item() / window
+            mean = _summed(world, window_loss).item() / window / (world.size if world else 1)
             if log_step is not None:
                 log_step(step, mean)
             bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}", refresh=False)
             window_loss.zero_()
             window = 0
     bar.close()
+    total_loss, correct = _summed(world, total_loss), _summed(world, correct)
+    seen = _summed(world, torch.tensor(seen, device=device)).item()
     return {"loss": total_loss.item() / seen, "accuracy": correct.item() / seen}
 
 
 @torch.no_grad()
-def evaluate(model, batches):
-    """{'loss', 'accuracy'} of `model` over `batches`: mean cross-entropy (no smoothing) and share of correct labels."""
+def evaluate(model, batches, autocast=None, world=None):
+    """{'loss', 'accuracy'} of `model` over `batches`: mean cross-entropy (no smoothing) and share of correct labels.
+
+    With `world` (torchrun), each rank evaluates its shard and the sums are added up over the ranks.
+    """
     model.eval()
     device = next(model.parameters()).device
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     for images, labels in batches:
-        logits = model(images)
+        with _autocast(device, autocast):
+            logits = model(images)
         total_loss += F.cross_entropy(logits.float(), labels, reduction="sum")
         correct += (logits.argmax(dim=1) == labels).sum()
+    total_loss, correct = _summed(world, total_loss), _summed(world, correct)
     return {"loss": total_loss.item() / batches.num_samples, "accuracy": correct.item() / batches.num_samples}
+
+
+def _autocast(device, dtype):
+    return torch.autocast(device.type, dtype=dtype, enabled=dtype is not None)
+
+
+def _summed(world, tensor):
+    return world.sum(tensor) if world is not None else tensor

@@ -4,23 +4,25 @@ import random
 import numpy as np
 import torch
 
+from utils.distributed import unwrap
+
 
 def save_checkpoint(path, model, **extra):
     """Write the model weights and any `extra` picklable state (epoch, metric...) to `path`."""
-    _save({"model": model.state_dict(), **extra}, path)
+    _save({"model": unwrap(model).state_dict(), **extra}, path)
 
 
 def load_checkpoint(path, model, device):
     """Load the weights saved at `path` into `model`; the whole checkpoint dict is returned."""
     checkpoint = torch.load(path, map_location=device, weights_only=False)
-    model.load_state_dict(checkpoint["model"])
+    unwrap(model).load_state_dict(checkpoint["model"])
     return checkpoint
 
 
 def save_training_state(path, model, optimizer, scheduler, generator, **extra):
     """Everything needed to continue training bit for bit: weights, optimizer, schedule and every random state."""
     _save({
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+        "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
         "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "numpy_rng": np.random.get_state(), "python_rng": random.getstate(), **extra,

@@ -64,6 +64,20 @@ def parse_override(arg):
     return key, text
 
 
+def sweep_values(text):
+    """The values of one `--sweep` override: `text` split at its top-level commas ('0.1,0.01' -> two values;
+    '[16,32],[32,64]' -> two lists)."""
+    values, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "{": 1, "]": -1, "}": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            values.append(current)
+            current = ""
+        else:
+            current += char
+    return values + [current]
+
+
 def apply_overrides(config, overrides):
     """A copy of `config` with each (dotted key, value text) set, refusing unknown keys and values of the wrong type."""
     merged = copy.deepcopy(config)
@@ -110,7 +124,9 @@ def _typed_value(key, current, text):
         return value
     if isinstance(current, float) and type(value) is int:
         return float(value)
-    raise UserError(f"'{key}' expects {_type_name(current)} (the YAML has {current!r}), got {_type_name(value)} {value!r}")
+    hint = "; to run several values one after another, add --sweep" if "," in text else ""
+    raise UserError(f"'{key}' expects {_type_name(current)} (the YAML has {current!r}), "
+                    f"got {_type_name(value)} {value!r}{hint}")
 
 
 def _type_name(value):

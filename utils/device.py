@@ -1,9 +1,54 @@
-"""Choosing where a run computes."""
+"""Choosing where a run computes, with how many CPU threads, and how its host memory is reused."""
+import ctypes
+import os
+import sys
+
 import torch
 
 
-def pick_device(force_cpu=False):
-    """The first CUDA GPU when there is one and `force_cpu` is false, else the CPU."""
+def pick_device(force_cpu=False, index=0):
+    """CUDA GPU `index` (a torchrun process's local rank) when there is one and `force_cpu` is false, else the CPU."""
     if not force_cpu and torch.cuda.is_available():
-        return torch.device("cuda")
+        return torch.device("cuda", index)
     return torch.device("cpu")
+
+
+def set_threads(threads=0, processes_per_machine=1):
+    """Use `threads` CPU threads, or with 0 this process's share of the cores it may run on.
+
+    torch counts the machine's cores; a cluster job or a `taskset` may be allowed fewer, torchrun may start several
+    processes on them, and more threads than cores slow every step down.
+    """
+    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(threads or max(1, available // processes_per_machine))
+    return torch.get_num_threads()
+
+
+def autocast_dtype(setting, device):
+    """The dtype to autocast to for `training.autocast` ('auto', 'bf16' or 'off') on `device`, or None for none.
+
+    'auto' is bf16 on CUDA, where it is fast, and off on the CPU, where it is not.
+    """
+    if setting == "off" or (setting == "auto" and device.type != "cuda"):
+        return None
+    if setting in ("auto", "bf16"):
+        return torch.bfloat16
+    from utils.errors import UserError
+    raise UserError(f"training.autocast must be auto, bf16 or off, got {setting!r}")
+
+
+def keep_freed_memory(limit_bytes=32 * 2**20):
+    """Ask glibc's malloc to keep freed blocks of up to `limit_bytes` for reuse instead of returning them to the OS.
+
+    A training step allocates and frees the same activation-sized blocks every time; by default glibc hands large
+    ones back to the kernel and the next step pays page faults to touch them again (a quarter of a CPU step for the
+    baseline). No effect, and no harm, outside Linux/glibc. Returns whether the setting was taken.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    return bool(libc.mallopt(m_mmap_threshold, limit_bytes)) and bool(libc.mallopt(m_trim_threshold, 16 * limit_bytes))

@@ -56,7 +56,6 @@ def environment(device):
         "device_type": device.type,
         "device_name": device_name,
         "cuda": torch.version.cuda if device.type == "cuda" else None,
-        "threads": torch.get_num_threads(),
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "executable": sys.executable,

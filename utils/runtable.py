@@ -325,6 +325,34 @@ class Run:
             db.commit()
 
 
+class Replica(Run):
+    """The run as torchrun's ranks other than 0 see it: the same ID and folder, recording nothing (rank 0 records)."""
+
+    def __init__(self, run_id, folder, resumed=False):
+        self.id, self.folder, self.resumed, self.status = run_id, Path(folder), resumed, "running"
+
+    def log_hparams(self, hparams):
+        pass
+
+    def log_text(self, tag, text):
+        pass
+
+    def log_scalar(self, tag, value, step, epoch):
+        pass
+
+    def flush(self):
+        pass
+
+    def discard_logs_after(self, step):
+        pass
+
+    def finish(self, results):
+        self.status = "finished"
+
+    def fail(self):
+        self.status = "failed"
+
+
 def _identity_values(identity):
     return identity.experiment, identity.config_hash, identity.cli, identity.comment
 

@@ -1,0 +1,92 @@
+"""Data-parallel training with torchrun: who this process is, and the few collective operations a run needs.
+
+Without torchrun (no WORLD_SIZE in the environment) everything here is a no-op for a single process, so the same
+experiment code runs either way.
+"""
+import hashlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    """This process's place among the processes of one run."""
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+
+    @property
+    def is_main(self):
+        """Rank 0 alone talks to the run table, writes checkpoints and prints progress."""
+        return self.rank == 0
+
+    @property
+    def distributed(self):
+        return self.size > 1
+
+    def wrap(self, model, device):
+        """`model` wrapped in DistributedDataParallel when there are several processes, else `model` itself."""
+        if not self.distributed:
+            return model
+        return torch.nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+
+    def sum(self, tensor):
+        """`tensor` summed over all processes (in place; returned for convenience)."""
+        if self.distributed:
+            dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+        return tensor
+
+    def barrier(self):
+        if self.distributed:
+            dist.barrier()
+
+    def broadcast(self, value):
+        """Rank 0's `value` (any picklable object), on every rank."""
+        if not self.distributed:
+            return value
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def check_same_weights(self, model):
+        """The sha256 of `model`'s weights, after checking that every rank holds the very same bytes."""
+        digest = hashlib.sha256()
+        for name, tensor in sorted(unwrap(model).state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        mine = digest.hexdigest()
+        if self.distributed:
+            everyone = [None] * self.size
+            dist.all_gather_object(everyone, mine)
+            if len(set(everyone)) != 1:
+                raise RuntimeError(f"the ranks' weights differ after training: {everyone}")
+        return mine
+
+
+def join_world(force_cpu=False):
+    """The World of this process: joins torchrun's process group (NCCL on GPUs, gloo on CPUs) when there is one."""
+    size = int(os.environ.get("WORLD_SIZE", "1"))
+    if size == 1:
+        return World()
+    world = World(rank=int(os.environ["RANK"]), size=size, local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+                  local_size=int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if not dist.is_initialized():
+        use_cuda = torch.cuda.is_available() and not force_cpu
+        if use_cuda:
+            torch.cuda.set_device(world.local_rank)
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return world
+
+
+def leave_world(world):
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def unwrap(model):
+    """The module inside a DistributedDataParallel wrapper (or `model` itself): what checkpoints hold."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
