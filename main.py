@@ -195,6 +195,8 @@ def main(argv=None):
     verbose = args.verbose if world is None or world.is_main else 0
     try:
         results, code, run_environment = execute(run, identity, verbose, world)
+        if world is not None:
+            world.barrier()  # every rank is done with its collectives before the process group goes away
     finally:
         if world is not None:
             from utils.distributed import leave_world
@@ -262,7 +264,7 @@ def execute(run, identity, verbose, world=None):
                                  verbose=verbose, **extra)
     except (KeyboardInterrupt, Terminated) as stop:
         what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
-        if verbose >= 0 and (world is None or world.is_main):
+        if world is None or world.is_main:
             print(f"{what}: run {run.id} is marked failed, with all it logged; continue it with "
                   f"python main.py --resume={run.id}", file=sys.stderr)
         return None, 130 if isinstance(stop, KeyboardInterrupt) else 143, None

@@ -16,7 +16,6 @@ The numbers depend on the machine: say which one ran them when you quote them.
 import argparse
 import gzip
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -154,16 +153,15 @@ def main():
     device_flags = ["--cpu"] if args.cpu else []
     seeds = list(range(args.seeds))
 
-    import torch
-
     from utils.device import keep_freed_memory, pick_device, set_threads
+    from utils.provenance import environment
 
     device = pick_device(force_cpu=args.cpu)
     keep_freed_memory()
     config = load_config(REPO / "configs" / "config.yml")
     config["data"]["path"] = args.data
     threads = set_threads(config["training"]["threads"])
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{platform.processor() or 'CPU'}"
+    where = environment(device)["device_name"]
     print(f"benchmarking on {device.type} ({where}), {threads} threads, {args.seeds} seeds", file=sys.stderr)
 
     default = end_to_end(REPO / "configs" / "config.yml", args.data, seeds, device_flags)
@@ -183,7 +181,7 @@ def main():
         return (f"{100 * statistics.median(accuracies):.2f}% ({100 * min(accuracies):.2f}-{100 * max(accuracies):.2f})",
                 f"{statistics.median(walls):.1f} s ({min(walls):.1f}-{max(walls):.1f})")
 
-    print(f"| measure ({device.type}, {threads} threads, median of {args.seeds} seeds, min-max) | value |")
+    print(f"| measure ({where}, {threads} threads; median of {args.seeds} seeds, min-max) | value |")
     print("|---|---|")
     accuracy, wall = summary(default)
     print(f"| default config: test accuracy | {accuracy} |")
@@ -196,7 +194,7 @@ def main():
           f"({usual_epoch / template_epoch:.2f}x the template's) |")
     print(f"| training step (default config) | {step_ms:.1f} ms |")
     print(f"| run-table logging per step (one point every {log_every} steps; {log_ms:.3f} ms a point) | "
-          f"{per_step_ms:.4f} ms, {100 * per_step_ms / step_ms:.2f}% of the step |")
+          f"{per_step_ms:.4f} ms, {100 * per_step_ms / step_ms:.3f}% of the step |")
     print(f"| refused duplicate launch | {refusal:.2f} s |")
     print(f"| peak resident memory, default config | {max(r[2] for r in default):.0f} MiB |")
 

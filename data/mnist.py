@@ -81,7 +81,8 @@ def load_mnist(data_path, download=True):
 def split_train_val(num_train, val_size, split_seed):
     """(train indices, validation indices): a split of the training set fixed by `split_seed` alone."""
     if not 0 < val_size < num_train:
-        raise UserError(f"data.val_size must be between 1 and {num_train - 1} (the training set size - 1), got {val_size}")
+        raise UserError(f"data.val_size must be between 1 and {num_train - 1} (the training set size - 1), "
+                        f"got {val_size}")
     order = torch.randperm(num_train, generator=torch.Generator().manual_seed(split_seed))
     return order[val_size:], order[:val_size]
 

@@ -6,13 +6,14 @@ from utils.errors import UserError
 
 
 class CNN(nn.Module):
-    """Conv blocks (conv, BatchNorm, ReLU, 2x2 max-pool) for each entry of `channels`, then a hidden layer and 10 logits."""
+    """A conv block (conv, BatchNorm, ReLU, 2x2 max-pool) per entry of `channels`, a hidden layer, and 10 logits."""
 
     def __init__(self, channels=(32, 64), kernel_size=5, hidden=128, dropout=0.1, image_size=28, num_classes=10):
         super().__init__()
         size = feature_size(image_size, len(channels), kernel_size)
         if size < 1:
-            raise ValueError(f"{len(channels)} conv blocks of kernel {kernel_size} shrink a {image_size}px image to nothing")
+            raise ValueError(f"{len(channels)} conv blocks of kernel {kernel_size} shrink a {image_size}px image "
+                             f"to nothing")
         blocks, in_channels = [], 1
         for out_channels in channels:
             blocks += [nn.Conv2d(in_channels, out_channels, kernel_size, bias=False),  # BatchNorm supplies the bias

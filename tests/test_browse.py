@@ -5,9 +5,7 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import urllib.request
-from pathlib import Path
 
 import pytest
 

@@ -1,12 +1,16 @@
 """A run table you can trust: failed, interrupted, killed, resumed and concurrent runs, through real processes."""
+import os
+import shutil
 import signal
+import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers import (assert_refused, logged_epochs, make_mnist_folder, query, recorded_numbers, run_main, run_tiny,
-                     start_main, tiny_config, wait_for)
+from helpers import (MAIN, assert_refused, logged_epochs, make_mnist_folder, query, recorded_numbers, run_main,
+                     run_tiny, start_main, tiny_config, wait_for)
 from utils.runtable import RunIdentity, RunTable
 
 TINY = ("--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0")
@@ -165,3 +169,20 @@ def test_resume_refuses_what_cannot_be_resumed(workdir):
     assert run_tiny(workdir).returncode == 0
     assert_refused(run_main(workdir, "--resume=3"), "there is no run 3")
     assert_refused(run_main(workdir, "--resume=1", "--watch=loss"), "drop --watch")
+
+
+UNSHARE = shutil.which("unshare") if os.geteuid() == 0 else None
+
+
+@pytest.mark.skipif(UNSHARE is None, reason="a read-only folder for root needs a read-only bind mount (unshare, root)")
+def test_a_read_only_results_folder_is_refused_before_training_and_left_alone(workdir):
+    assert run_tiny(workdir, "--comment=first").returncode == 0
+    results = workdir / "results"
+    before = {path.name: path.read_bytes() for path in results.iterdir() if path.is_file()}
+    # The same launch as a user would make it, in a mount namespace where results/ is read-only.
+    command = " ".join([sys.executable, str(MAIN), "--experiment=experiment1", "--config=configs/tiny.yml"])
+    script = f"mount --bind {results} {results} && mount -o remount,bind,ro {results} && exec {command}"
+    done = subprocess.run([UNSHARE, "-m", "--propagation", "private", "sh", "-c", script], cwd=workdir,
+                          capture_output=True, text=True, timeout=300)
+    assert_refused(done, f"cannot write in {Path('results')}", "nothing was changed")
+    assert {path.name: path.read_bytes() for path in results.iterdir() if path.is_file()} == before

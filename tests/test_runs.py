@@ -22,7 +22,8 @@ def test_a_run_records_its_row_hparams_curves_results_and_checkpoint(workdir):
     [(run_id, experiment, config, status, cli, comment, config_text)] = query(
         db, "SELECT E.run_id, experiment, config, status, cli, comment, file_content "
             "FROM Experiments E JOIN ConfigFile C ON E.run_id = C.run_id")
-    assert (run_id, experiment, config, status, cli, comment) == (1, "experiment1", "configs/tiny.yml", "finished", "", "")
+    assert (run_id, experiment, config, status, cli, comment) == (
+        1, "experiment1", "configs/tiny.yml", "finished", "", "")
     assert yaml.safe_load(config_text)["training"]["num_epochs"] == 2  # the merged config is stored
 
     hparams = dict(query(db, "SELECT metric, value FROM Results WHERE run_id=1 AND is_hparam=1"))

@@ -44,7 +44,8 @@ def load_config(path):
     except yaml.YAMLError as e:
         raise UserError(f"config file {path} is not valid YAML: {_first_line(e)}") from None
     if not isinstance(config, dict):
-        raise UserError(f"config file {path} must hold a mapping of sections (data:, model:, ...), not {type(config).__name__}")
+        raise UserError(f"config file {path} must hold a mapping of sections (data:, model:, ...), "
+                        f"not {type(config).__name__}")
     return config
 
 
@@ -120,7 +121,8 @@ def _typed_value(key, current, text):
     value = parse_yaml_value(text)
     if current is None or type(value) is type(current):
         if isinstance(current, list) and current and any(type(v) is not type(current[0]) for v in value):
-            raise UserError(f"'{key}' expects a list like {current!r} (elements: {_type_name(current[0])}), got {value!r}")
+            raise UserError(f"'{key}' expects a list like {current!r} (elements: {_type_name(current[0])}), "
+                            f"got {value!r}")
         return value
     if isinstance(current, float) and type(value) is int:
         return float(value)

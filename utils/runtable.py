@@ -102,8 +102,8 @@ class RunTable:
                 if found is not None:
                     raise UserError(_duplicate_message(identity, *found))
                 # Earlier attempts of this identity failed: keep their data, hidden, and record a fresh run.
-                db.execute("UPDATE Experiments SET hidden=1 WHERE experiment=? AND config_hash=? AND cli=? AND comment=? "
-                           "AND hidden=0 AND run_id!=?", (*_identity_values(identity), DEBUG_RUN_ID))
+                db.execute("UPDATE Experiments SET hidden=1 WHERE experiment=? AND config_hash=? AND cli=? "
+                           "AND comment=? AND hidden=0 AND run_id!=?", (*_identity_values(identity), DEBUG_RUN_ID))
                 run_id = None
             cursor = db.execute(
                 "INSERT INTO Experiments (run_id, experiment, config, config_hash, cli, command, comment, tag, start, "
@@ -359,7 +359,8 @@ def _identity_values(identity):
 
 def _record_launch(db, run_id, flags):
     db.execute("INSERT OR REPLACE INTO TemplateLaunch (run_id, host, pid, process_token, flags) VALUES (?, ?, ?, ?, ?)",
-               (run_id, socket.gethostname(), os.getpid(), _process_token(os.getpid()), json.dumps(flags, sort_keys=True)))
+               (run_id, socket.gethostname(), os.getpid(), _process_token(os.getpid()),
+                json.dumps(flags, sort_keys=True)))
 
 
 def _mark_gone_runs_failed(db):
