@@ -292,7 +292,8 @@ def run_sweep(table, args, overrides, argv):
     axes = [[(key, value) for value in sweep_values(text)] for key, text in overrides]
     combinations = list(itertools.product(*axes))
     identities = [new_identity(args, combination) for combination in combinations]  # every value checked first
-    print(f"sweep: {len(combinations)} combinations of {', '.join(key for key, _ in overrides) or 'no override'}")
+    count = f"{len(combinations)} combination{'s' if len(combinations) > 1 else ''}"
+    print(f"sweep: {count} of {', '.join(key for key, _ in overrides)}" if overrides else f"sweep: {count}")
     rows, code = [], 0
     for number, (combination, identity) in enumerate(zip(combinations, identities), start=1):
         label = " ".join(f"{key}={value}" for key, value in combination) or "(the config as it is)"
@@ -309,6 +310,10 @@ def run_sweep(table, args, overrides, argv):
                               diff=git_diff(CODE_DIR))
         try:
             results, stopped, _ = execute(run, identity, args.verbose)
+        except UserError:  # missing data, a bad value...: every other combination would stop the same way
+            rows.append((label, run.id, run.status, {}))
+            print_sweep_table(rows)
+            raise
         except Exception:  # a crash of one combination: show it, keep it failed in the table, go on with the next
             traceback.print_exc()
             results, stopped, code = {}, 0, 1

@@ -74,6 +74,15 @@ def test_without_sweep_a_comma_is_never_split(workdir):
     assert_refused(run_tiny(workdir, "--config.training.learning_rate=0.05,0.02"), "expects a number",
                    "add --sweep")
     assert_refused(run_tiny(workdir, "--sweep", "--debug", "--config.seed=1,2"), "drop --debug")
+    assert_refused(run_tiny(workdir, "--sweep", "--config.seed=1,x"), "'seed' expects an integer")
+    assert not (workdir / "results").exists()  # every value is checked before the first run
+
+
+def test_a_sweep_stops_with_one_line_on_a_mistake_every_combination_would_repeat(workdir, tmp_path):
+    stopped = run_tiny(workdir, "--sweep", "--config.seed=1,2", f"--config.data.path={tmp_path / 'nothing'}")
+    assert_refused(stopped, "MNIST files missing")
+    assert stopped.stdout.splitlines()[-1].split()[-2:] == ["1", "failed"]
+    assert query(workdir / "results" / "resultTable.db", "SELECT run_id, status FROM Experiments") == [(1, "failed")]
 
 
 def test_a_stopped_sweep_resumes_where_it_was_and_retries_the_failed_combination(tmp_path):
