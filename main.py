@@ -211,12 +211,12 @@ def register_run(table, args, overrides, argv, world_size):
     """(Run, RunIdentity, RecordedRun or None) for this launch: a new run, a resumed one, or a reproduction."""
     command = command_line([sys.argv[0], *argv])
     if args.resume is not None:
-        check_world_size(table.recorded_run(args.resume), world_size, "--resume")
-        run, identity = table.resume_run(args.resume)
+        run, identity = table.resume_run(
+            args.resume, check=lambda identity: check_world_size(identity, args.resume, world_size, "--resume"))
         return run, identity, None
     if args.reproduce is not None:
         recorded = table.recorded_run(args.reproduce)
-        check_world_size(recorded, world_size, "--reproduce")
+        check_world_size(recorded.identity, recorded.run_id, world_size, "--reproduce")
         find_experiment(recorded.identity.experiment)
         run = table.start_run(recorded.identity, config_path=f"(run {recorded.run_id})", command=command,
                               commit=git_commit(CODE_DIR), diff=git_diff(CODE_DIR), debug=True)
@@ -229,13 +229,13 @@ def register_run(table, args, overrides, argv, world_size):
     return run, identity, None
 
 
-def check_world_size(recorded, world_size, mode):
-    """Refuse to resume or reproduce a run on another number of processes than it ran on."""
-    recorded_size = recorded.identity.flags.get("world_size", 1)
+def check_world_size(identity, run_id, world_size, mode):
+    """Refuse to resume or reproduce run `run_id` on another number of processes than it ran on."""
+    recorded_size = identity.flags.get("world_size", 1)
     if recorded_size != world_size:
         launcher = (f"torchrun --nproc_per_node={recorded_size} main.py" if recorded_size > 1 else "python main.py")
-        raise UserError(f"run {recorded.run_id} ran on {recorded_size} process(es), this launch has {world_size}; "
-                        f"use {launcher} {mode}={recorded.run_id}")
+        raise UserError(f"run {run_id} ran on {recorded_size} process(es), this launch has {world_size}; "
+                        f"use {launcher} {mode}={run_id}")
 
 
 def execute(run, identity, verbose, world=None):

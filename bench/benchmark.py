@@ -75,7 +75,6 @@ def refused_duplicate(folder, config_path, data, seed, device_flags, repeats=5):
 def epoch_times(config, data, device):
     """(template epoch s, torchvision pipeline epoch s, steps per epoch) training the same model for one epoch."""
     import torch
-    import torch.nn.functional as F
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
 
@@ -110,18 +109,11 @@ def epoch_times(config, data, device):
                             shuffle=True)
         model, optimizer, scheduler = fresh(len(loader))
         memory_format = torch.channels_last if config["model"]["channels_last"] else torch.contiguous_format
-        model.train()
+        batches = ((images.to(device).contiguous(memory_format=memory_format), labels.to(device))
+                   for images, labels in loader)
         started = time.perf_counter()
-        for images, labels in loader:
-            images = images.to(device).contiguous(memory_format=memory_format)
-            loss = F.cross_entropy(model(images), labels.to(device),
-                                   label_smoothing=config["training"]["label_smoothing"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        train_epoch(model, batches, optimizer, scheduler, label_smoothing=config["training"]["label_smoothing"],
+                    log_every=config["logging"]["log_every"])
         usual = time.perf_counter() - started
     return template, usual, len(train)
 

@@ -14,6 +14,7 @@ def save_checkpoint(path, model, **extra):
 
 def load_checkpoint(path, model, device):
     """Load the weights saved at `path` into `model`; the whole checkpoint dict is returned."""
+    # weights_only=False: the template's own files also hold NumPy and Python RNG states, which the safe loader refuses.
     checkpoint = torch.load(path, map_location=device, weights_only=False)
     unwrap(model).load_state_dict(checkpoint["model"])
     return checkpoint

@@ -119,8 +119,11 @@ class RunTable:
         folder.mkdir(parents=True, exist_ok=True)
         return Run(self, run_id, folder)
 
-    def resume_run(self, run_id):
-        """(Run, RunIdentity) to continue the failed run `run_id` in place, with its recorded config and flags."""
+    def resume_run(self, run_id, check=None):
+        """(Run, RunIdentity) to continue the failed run `run_id` in place, with its recorded config and flags.
+
+        `check(identity)` may refuse (raise) before anything is changed.
+        """
         if not self.path.exists():
             raise UserError(f"there is no run table at {self.path}, so no run {run_id} to resume")
         with self._write() as db:
@@ -131,6 +134,8 @@ class RunTable:
                 raise UserError(f"run {run_id} is still running{_where(db, run_id)}; resume it once it has stopped")
             if row["hidden"]:
                 raise UserError(f"run {run_id} is hidden (it was retried as a new run); resume the newer run instead")
+            if check is not None:
+                check(row["identity"])
             db.execute("UPDATE Experiments SET status='running' WHERE run_id=?", (run_id,))
             _record_launch(db, run_id, row["identity"].flags)
         folder = self._folder(run_id)
