@@ -120,7 +120,8 @@ def epoch_times(config, data, device):
 
 def logging_cost(calls=5000):
     """Milliseconds one Run.log_scalar costs, writes to the table included (amortised over its batched flushes)."""
-    from utils.runtable import RunIdentity, RunTable
+    from utils.runtable.identity import RunIdentity
+    from utils.runtable.registry import RunTable
 
     folder = Path(tempfile.mkdtemp(prefix="bench-log-"))
     table = RunTable(folder / "results" / "resultTable.db")
@@ -153,7 +154,7 @@ def main():
     config = load_config(REPO / "configs" / "config.yml")
     config["data"]["path"] = args.data
     threads = set_threads(config["training"]["threads"])
-    where = environment(device)["device_name"]
+    where = environment(device, threads)["device_name"]
     print(f"benchmarking on {device.type} ({where}), {threads} threads, {args.seeds} seeds", file=sys.stderr)
 
     default = end_to_end(REPO / "configs" / "config.yml", args.data, seeds, device_flags)

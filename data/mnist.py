@@ -1,73 +1,18 @@
-"""MNIST from the four IDX files, held as tensors on the device and served in seeded batches.
-
-Files are read from `<data.path>/MNIST/raw`, gzipped or not; nothing is ever extracted or written there, so the folder
-may be read-only. Missing files are downloaded (md5-checked) only when `data.download` is true.
-"""
-import gzip
+"""MNIST from its four IDX files (see data/idx.py), held as tensors on the device and served in seeded batches."""
 import math
-import struct
-from pathlib import Path
 
 import numpy as np
 import torch
 
+from data.idx import find_files, raw_folder, read_header, read_idx
 from utils.errors import UserError
 
-FILES = {
-    "train_images": "train-images-idx3-ubyte",
-    "train_labels": "train-labels-idx1-ubyte",
-    "test_images": "t10k-images-idx3-ubyte",
-    "test_labels": "t10k-labels-idx1-ubyte",
-}
-MD5 = {  # of the .gz files as published; the same ones torchvision checks
-    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-}
 MEAN, STD = 0.1307, 0.3081  # of the MNIST training images, the usual normalisation
-
-
-def raw_folder(data_path):
-    return Path(data_path).expanduser() / "MNIST" / "raw"
-
-
-def read_idx(path):
-    """The array stored in one IDX file (gzipped or not), validated against its header."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    try:
-        with opener(path, "rb") as f:
-            raw = f.read()
-        zero, dtype_code, ndim = struct.unpack(">HBB", raw[:4])
-        shape = struct.unpack(f">{ndim}I", raw[4:4 + 4 * ndim])
-    except (OSError, EOFError, struct.error) as e:
-        raise UserError(f"cannot read MNIST file {path}: {e}; delete it so it is downloaded again") from None
-    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if zero != 0 or dtype_code != 0x08 or data.size != math.prod(shape):
-        raise UserError(f"{path} is not a uint8 IDX file of shape {shape}; replace it with the original MNIST file")
-    return data.reshape(shape)
-
-
-def find_files(folder, download):
-    """{name: path} of the four MNIST files in `folder`, downloading the missing ones if `download`."""
-    found, missing = {}, []
-    for name, stem in FILES.items():
-        candidates = [folder / stem, folder / f"{stem}.gz"]
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None:
-            missing.append(name)
-        found[name] = path
-    if missing and download:
-        for name in missing:
-            found[name] = _download(folder, f"{FILES[name]}.gz")
-    elif missing:
-        raise UserError(_missing_message(folder, "and data.download is false"))
-    return found
 
 
 def load_mnist(data_path, download=True):
     """(train images, train labels, test images, test labels) as uint8 / int64 tensors on the CPU."""
-    files = find_files(raw_folder(data_path), download)
+    files = find_files(data_path, download)
     arrays = {name: read_idx(path) for name, path in files.items()}
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
@@ -78,11 +23,17 @@ def load_mnist(data_path, download=True):
             torch.from_numpy(arrays["test_images"].copy()), torch.from_numpy(arrays["test_labels"].astype(np.int64)))
 
 
+def check_config(config):
+    """Refuse a validation split the training set cannot give, reading only the files' headers."""
+    cfg = config["data"]
+    files = find_files(cfg["path"], cfg["download"])
+    num_train = read_header(files["train_labels"])[0]
+    _check_val_size(cfg["val_size"], num_train)
+
+
 def split_train_val(num_train, val_size, split_seed):
     """(train indices, validation indices): a split of the training set fixed by `split_seed` alone."""
-    if not 0 < val_size < num_train:
-        raise UserError(f"data.val_size must be between 1 and {num_train - 1} (the training set size - 1), "
-                        f"got {val_size}")
+    _check_val_size(val_size, num_train)
     order = torch.randperm(num_train, generator=torch.Generator().manual_seed(split_seed))
     return order[val_size:], order[:val_size]
 
@@ -178,27 +129,7 @@ def make_loaders(config, device, seed, world=None):
     return train, val, test
 
 
-def _missing_message(folder, reason):
-    names = ", ".join(f"{stem}[.gz]" for stem in FILES.values())
-    return (f"MNIST files missing in {folder} {reason}; put the four files there ({names}) "
-            f"or set --config.data.path to the folder that holds MNIST/raw")
-
-
-def _download(folder, filename):
-    """Path of `filename` downloaded into `folder` (md5-checked), or a UserError naming what is needed."""
-    from torchvision.datasets import MNIST  # only here: reading local files needs no torchvision
-    from torchvision.datasets.utils import download_url
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(_missing_message(folder, f"and the folder cannot be written ({e.strerror})")) from None
-    errors = []
-    for mirror in MNIST.mirrors:
-        try:
-            download_url(f"{mirror}{filename}", root=str(folder), filename=filename, md5=MD5[filename])
-            return folder / filename
-        except Exception as e:  # any network failure: try the next mirror, then explain
-            errors.append(f"{type(e).__name__}")
-            (folder / filename).unlink(missing_ok=True)
-    raise UserError(_missing_message(folder, f"and the download failed ({', '.join(errors)}; offline?)"))
+def _check_val_size(val_size, num_train):
+    if not 0 < val_size < num_train:
+        raise UserError(f"data.val_size must be between 1 and {num_train - 1} (the training set size - 1), "
+                        f"got {val_size}")

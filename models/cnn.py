@@ -38,12 +38,20 @@ def feature_size(image_size, num_blocks, kernel_size):
     return image_size
 
 
-def make_model(config, device):
-    """The CNN described by `config['model']`, on `device`."""
+def check_config(config):
+    """Refuse a network that the images cannot go through."""
     cfg = config["model"]
     if feature_size(28, len(cfg["channels"]), cfg["kernel_size"]) < 1:
         raise UserError(f"model.channels {cfg['channels']} with model.kernel_size {cfg['kernel_size']} shrink the "
                         f"28px images to nothing; use fewer channels entries or a smaller kernel_size")
+    if not 0 <= cfg["dropout"] < 1:
+        raise UserError(f"model.dropout is a probability in [0, 1), got {cfg['dropout']}")
+
+
+def make_model(config, device):
+    """The CNN described by `config['model']`, on `device`."""
+    check_config(config)
+    cfg = config["model"]
     model = CNN(channels=tuple(cfg["channels"]), kernel_size=cfg["kernel_size"], hidden=cfg["hidden"],
                 dropout=cfg["dropout"])
     memory_format = torch.channels_last if cfg.get("channels_last", False) else torch.preserve_format

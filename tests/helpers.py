@@ -1,5 +1,9 @@
-"""Test helpers: small synthetic MNIST-format IDX files, a tiny config, and the real `main.py` run as a process."""
+"""Test helpers: small synthetic MNIST-format IDX files, a tiny config, and the real `main.py`, in process or not."""
+import contextlib
 import gzip
+import io
+import os
+import signal
 import sqlite3
 import struct
 import subprocess
@@ -68,6 +72,31 @@ def run_main(cwd, *args, timeout=300, main=MAIN):
 
 def run_tiny(cwd, *args, main=MAIN):
     return run_main(cwd, "--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0", *args, main=main)
+
+
+def run_in_process(cwd, *args):
+    """main.py's command line run inside this test process, in `cwd`: a CompletedProcess, as run_main gives.
+
+    The fast tier's way to drive the real front door: the same code path as `python main.py ...` minus the
+    interpreter's start and torch's import.
+    """
+    import main
+
+    out, err = io.StringIO(), io.StringIO()
+    previous = os.getcwd(), signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    try:
+        os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main.cli(list(args))
+    finally:
+        os.chdir(previous[0])
+        signal.signal(signal.SIGTERM, previous[1])
+        signal.signal(signal.SIGINT, previous[2])
+    return subprocess.CompletedProcess(["main.py", *args], code, out.getvalue(), err.getvalue())
+
+
+def tiny_in_process(cwd, *args):
+    return run_in_process(cwd, "--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0", *args)
 
 
 def query(db_path, sql, *params):

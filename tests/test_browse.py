@@ -11,6 +11,8 @@ import pytest
 
 from helpers import REPO, run_tiny, wait_for
 
+pytestmark = pytest.mark.slow
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Chromium as root in a closed network: no sandbox, no background connections, a fresh profile.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

@@ -1,9 +1,12 @@
-"""End to end through the real main.py: what a run records, duplicates, debug runs, new runs, checkpoints."""
+"""What a run records, through main.py in process: its row, hparams, curves, results and checkpoints; duplicates,
+debug runs and new runs."""
+import sys
+
 import torch
 import yaml
 
 from data.mnist import make_loaders
-from helpers import REPO, assert_refused, query, run_main, run_tiny
+from helpers import REPO, assert_refused, query, run_in_process, tiny_in_process
 from models.cnn import make_model
 from training.loop import evaluate
 from utils.checkpoint import load_checkpoint
@@ -14,7 +17,7 @@ def results_of(db, run_id):
 
 
 def test_a_run_records_its_row_hparams_curves_results_and_checkpoint(workdir):
-    done = run_tiny(workdir)
+    done = tiny_in_process(workdir)
     assert done.returncode == 0, done.stderr
     assert "run 1 finished: test_accuracy" in done.stdout
     db = workdir / "results" / "resultTable.db"
@@ -26,9 +29,14 @@ def test_a_run_records_its_row_hparams_curves_results_and_checkpoint(workdir):
         1, "experiment1", "configs/tiny.yml", "finished", "", "")
     assert yaml.safe_load(config_text)["training"]["num_epochs"] == 2  # the merged config is stored
 
+    # Every key of the merged config is an hparam, with the flags, the threads and the world size.
     hparams = dict(query(db, "SELECT metric, value FROM Results WHERE run_id=1 AND is_hparam=1"))
-    assert hparams["learning_rate"] == 0.05 and hparams["num_epochs"] == 2 and hparams["batch_size"] == 64
-    assert {"weight_decay", "dropout", "seed", "watch"} <= hparams.keys()
+    config_keys = {f"{section}.{key}" for section, values in yaml.safe_load(config_text).items()
+                   if isinstance(values, dict) for key in values} | {"seed"}
+    assert config_keys <= hparams.keys()
+    assert hparams["training.learning_rate"] == 0.05 and hparams["data.batch_size"] == 64
+    assert hparams["training.momentum"] == 0.9 and hparams["model.channels"] == "[4, 8]"
+    assert hparams["watch"] == "accuracy" and hparams["world_size"] == 1 and hparams["threads"] >= 1
 
     curves = dict(query(db, "SELECT split || '/' || label, COUNT(*) FROM Logs WHERE run_id=1 GROUP BY 1"))
     steps_per_epoch = -(-(640 - 128) // 64)
@@ -41,74 +49,89 @@ def test_a_run_records_its_row_hparams_curves_results_and_checkpoint(workdir):
 
     # The checkpoint on disk is the model that was tested: reload it and evaluate the test set again.
     config = yaml.safe_load(config_text)
-    checkpoint_path = workdir / "results" / "1" / "best.pt"
     model = make_model(config, torch.device("cpu"))
-    checkpoint = load_checkpoint(checkpoint_path, model, torch.device("cpu"))
+    checkpoint = load_checkpoint(workdir / "results" / "1" / "best.pt", model, torch.device("cpu"))
     assert checkpoint["epoch"] == results["best_epoch"]
     _, _, test = make_loaders(config, torch.device("cpu"), seed=config["seed"])
     assert evaluate(model, test)["accuracy"] == results["test_accuracy"]
+    assert (workdir / "results" / "1" / "last.pt").exists()
 
 
 def test_identity_duplicates_debug_runs_and_new_runs(workdir):
     db = workdir / "results" / "resultTable.db"
-    assert run_tiny(workdir).returncode == 0
+    assert tiny_in_process(workdir).returncode == 0
 
-    refused = run_tiny(workdir)
+    refused = tiny_in_process(workdir)
     assert_refused(refused, "run 1", "--debug", "--comment", "--config.KEY=VALUE")
     assert query(db, "SELECT COUNT(*) FROM Experiments") == [(1,)]
     # Setting a key to the value the YAML has is the same config: still a duplicate; --verbose changes nothing.
-    assert_refused(run_tiny(workdir, "--config.training.num_epochs=2", "--verbose=2"), "run 1")
+    assert_refused(tiny_in_process(workdir, "--config.training.num_epochs=2", "--verbose=2"), "run 1")
 
     for attempt in range(2):
-        debug = run_tiny(workdir, "--debug")
+        debug = tiny_in_process(workdir, "--debug")
         assert debug.returncode == 0, debug.stderr
         assert "run -1 finished" in debug.stdout
     assert query(db, "SELECT COUNT(*) FROM Experiments WHERE run_id=-1") == [(1,)]
     assert query(db, "SELECT COUNT(*) FROM Logs WHERE run_id=-1 AND label='accuracy' AND split='val'") == [(2,)]
     assert (workdir / "results" / "debug" / "best.pt").exists()
 
-    assert run_tiny(workdir, "--watch=loss").returncode == 0
-    assert run_tiny(workdir, "--config.training.num_epochs=1").returncode == 0
-    assert run_tiny(workdir, "--comment=same config, new note").returncode == 0
+    assert tiny_in_process(workdir, "--watch=loss").returncode == 0
+    assert tiny_in_process(workdir, "--config.training.num_epochs=1").returncode == 0
+    assert tiny_in_process(workdir, "--comment=same config, new note").returncode == 0
+    assert tiny_in_process(workdir, "--cpu").returncode == 0  # --cpu is part of the identity
     rows = query(db, "SELECT run_id, cli, comment, status FROM Experiments WHERE run_id > 0 ORDER BY run_id")
     assert rows == [(1, "", "", "finished"), (2, "watch=loss", "", "finished"), (3, "", "", "finished"),
-                    (4, "", "same config, new note", "finished")]
+                    (4, "", "same config, new note", "finished"), (5, "cpu=True", "", "finished")]
     assert "best_val_loss" in results_of(db, 2)
-    assert sorted(p.name for p in (workdir / "results").iterdir() if p.is_dir()) == ["1", "2", "3", "4", "debug"]
+    assert sorted(p.name for p in (workdir / "results").iterdir() if p.is_dir()) == ["1", "2", "3", "4", "5", "debug"]
 
-    # Editing the YAML gives a new identity; restoring it gives the old one back.
+    # Editing the YAML gives a new identity; restoring it gives the old one back. The file's path is not identity.
     tiny = workdir / "configs" / "tiny.yml"
     original = tiny.read_text()
     tiny.write_text(original.replace("num_epochs: 2", "num_epochs: 1"))
-    assert_refused(run_tiny(workdir), "run 3")
+    assert_refused(tiny_in_process(workdir), "run 3")
     tiny.write_text(original)
-    assert_refused(run_tiny(workdir), "run 1")
+    (workdir / "configs" / "copy.yml").write_text(original)
+    assert_refused(run_in_process(workdir, "--experiment=experiment1", "--config=configs/copy.yml"), "run 1")
 
 
 def test_the_table_opens_in_deepboard(workdir):
-    assert run_tiny(workdir, "--debug").returncode == 0
+    assert tiny_in_process(workdir, "--debug").returncode == 0
     from deepboard.resultTable import ResultTable
-    table = ResultTable(str(workdir / "results" / "resultTable.db"))
-    writer = table.load_run(-1)
-    assert writer.status == "finished"
-    assert {"train/step_loss", "val/accuracy"} <= set(writer.scalars)
-    assert len(writer.get_scalar("val/accuracy")) == 2
+    hook = sys.excepthook
+    try:
+        table = ResultTable(str(workdir / "results" / "resultTable.db"))
+        writer = table.load_run(-1)  # deepboard's own reader, as its GUI uses it
+        assert writer.status == "finished"
+        assert {"train/step_loss", "val/accuracy"} <= set(writer.scalars)
+        assert len(writer.get_scalar("val/accuracy")) == 2
+    finally:
+        sys.excepthook = hook  # deepboard's writer chained the hook: keep it out of the other tests
 
 
 def test_a_file_that_is_not_a_run_table_is_refused_and_left_alone(workdir):
     (workdir / "results").mkdir()
     db = workdir / "results" / "resultTable.db"
     db.write_text("not a database")
-    assert_refused(run_tiny(workdir), "is not a deepboard run table")
+    assert_refused(tiny_in_process(workdir), "is not a deepboard run table")
     assert db.read_text() == "not a database"
+
+
+def test_a_table_from_another_deepboard_version_is_refused_and_left_alone(workdir):
+    assert tiny_in_process(workdir, "--debug").returncode == 0
+    db = workdir / "results" / "resultTable.db"
+    query(db, "UPDATE Meta SET value='0.2.3' WHERE key='deepboard_version'")
+    before = db.read_bytes()
+    assert_refused(tiny_in_process(workdir), "made by deepboard 0.2.3")
+    assert db.read_bytes() == before
 
 
 def test_the_project_config_runs_with_overrides_and_prints_progress(workdir, mnist_root):
     """The README's command on the real configs/config.yml, shrunk by dotted overrides alone."""
-    done = run_main(workdir, "--experiment=experiment1", f"--config={REPO / 'configs' / 'config.yml'}",
-                    f"--config.data.path={mnist_root}", "--config.data.download=false", "--config.data.val_size=128",
-                    "--config.data.batch_size=64", "--config.model.channels=[4,8]", "--config.model.hidden=16",
-                    "--config.training.num_epochs=1")
+    done = run_in_process(workdir, "--experiment=experiment1", f"--config={REPO / 'configs' / 'config.yml'}",
+                          f"--config.data.path={mnist_root}", "--config.data.download=false",
+                          "--config.data.val_size=128", "--config.data.batch_size=64", "--config.model.channels=[4,8]",
+                          "--config.model.hidden=16", "--config.training.num_epochs=1")
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == "run 1: experiment1, checkpoints in results/1"
@@ -117,10 +140,8 @@ def test_the_project_config_runs_with_overrides_and_prints_progress(workdir, mni
 
 
 def test_the_bf16_autocast_path_used_on_gpus_also_runs_on_the_cpu(workdir):
-    done = run_tiny(workdir, "--config.training.autocast=bf16")
+    done = tiny_in_process(workdir, "--config.training.autocast=bf16")
     assert done.returncode == 0, done.stderr
     db = workdir / "results" / "resultTable.db"
-    hparams = dict(query(db, "SELECT metric, value FROM Results WHERE is_hparam=1"))
-    assert hparams["autocast"] == "bfloat16" and hparams["world_size"] == 1 and hparams["threads"] >= 1
+    assert dict(query(db, "SELECT metric, value FROM Results WHERE is_hparam=1"))["training.autocast"] == "bf16"
     assert results_of(db, 1)["test_accuracy"] > 0.5
-    assert_refused(run_tiny(workdir, "--config.training.autocast=fp8"), "training.autocast must be auto, bf16 or off")

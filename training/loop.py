@@ -2,6 +2,8 @@
 
 They know nothing of the run table: the caller hands `log_step` a callable and records what comes back.
 """
+import time
+
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
@@ -9,7 +11,9 @@ from tqdm import tqdm
 
 def train_epoch(model, batches, optimizer, scheduler, *, label_smoothing=0.0, first_step=0, log_every=1,
                 log_step=None, progress=None, autocast=None, world=None):
-    """{'loss', 'accuracy'} of one pass over `batches`, updating `model` at each batch.
+    """{'loss', 'accuracy', 'epoch_time', 'throughput'} of one pass over `batches`, updating `model` at each batch.
+
+    Timings are the only values that differ between identical runs; their names say so ("time", "throughput").
 
     With `autocast` (a dtype such as torch.bfloat16), the forward pass runs in that precision; None keeps float32.
     With `world` (torchrun), the metrics and logged losses are summed over all ranks, so they describe all the data.
@@ -18,6 +22,7 @@ def train_epoch(model, batches, optimizer, scheduler, *, label_smoothing=0.0, fi
     the device from waiting on the host at every step. `progress` is the bar's description, or None for no bar; the
     bar is shown only on a terminal, so logs of batch jobs stay readable.
     """
+    started = time.perf_counter()
     model.train()
     device = next(model.parameters()).device
     total_loss = torch.zeros((), device=device)
@@ -49,12 +54,14 @@ def train_epoch(model, batches, optimizer, scheduler, *, label_smoothing=0.0, fi
     bar.close()
     total_loss, correct = _summed(world, total_loss), _summed(world, correct)
     seen = _summed(world, torch.tensor(seen, device=device)).item()
-    return {"loss": total_loss.item() / seen, "accuracy": correct.item() / seen}
+    metrics = {"loss": total_loss.item() / seen, "accuracy": correct.item() / seen}
+    epoch_time = time.perf_counter() - started
+    return {**metrics, "epoch_time": epoch_time, "throughput": batches.num_samples / epoch_time}
 
 
 @torch.no_grad()
 def evaluate(model, batches, autocast=None, world=None):
-    """{'loss', 'accuracy'} of `model` over `batches`: mean cross-entropy (no smoothing) and share of correct labels.
+    """{'accuracy', 'loss'} of `model` over `batches`: mean cross-entropy (no smoothing) and share of correct labels.
 
     With `world` (torchrun), each rank evaluates its shard and the sums are added up over the ranks.
     """
@@ -68,7 +75,7 @@ def evaluate(model, batches, autocast=None, world=None):
         total_loss += F.cross_entropy(logits.float(), labels, reduction="sum")
         correct += (logits.argmax(dim=1) == labels).sum()
     total_loss, correct = _summed(world, total_loss), _summed(world, correct)
-    return {"loss": total_loss.item() / batches.num_samples, "accuracy": correct.item() / batches.num_samples}
+    return {"accuracy": correct.item() / batches.num_samples, "loss": total_loss.item() / batches.num_samples}
 
 
 def _autocast(device, dtype):

@@ -106,6 +106,11 @@ def flatten(config, prefix=""):
     return out
 
 
+def flatten_values(config):
+    """{dotted key: value} of every value in `config` (sections themselves left out): what runs record as hparams."""
+    return {key: value for key, value in flatten(config).items() if not isinstance(value, dict)}
+
+
 def dump_config(config):
     """The canonical YAML text of `config`: sorted keys, so equal configs give equal text (and equal run identity)."""
     return yaml.safe_dump(config, sort_keys=True, default_flow_style=False)

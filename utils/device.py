@@ -5,6 +5,8 @@ import sys
 
 import torch
 
+from utils.errors import UserError
+
 
 def pick_device(force_cpu=False, index=0):
     """CUDA GPU `index` (a torchrun process's local rank) when there is one and `force_cpu` is false, else the CPU."""
@@ -24,6 +26,16 @@ def set_threads(threads=0, processes_per_machine=1):
     return torch.get_num_threads()
 
 
+AUTOCAST = ("auto", "bf16", "off")
+
+
+def check_config(config):
+    """Refuse an autocast setting this module does not know."""
+    setting = config["training"]["autocast"]
+    if setting not in AUTOCAST:
+        raise UserError(f"training.autocast must be auto, bf16 or off, got {setting!r}")
+
+
 def autocast_dtype(setting, device):
     """The dtype to autocast to for `training.autocast` ('auto', 'bf16' or 'off') on `device`, or None for none.
 
@@ -31,10 +43,8 @@ def autocast_dtype(setting, device):
     """
     if setting == "off" or (setting == "auto" and device.type != "cuda"):
         return None
-    if setting in ("auto", "bf16"):
-        return torch.bfloat16
-    from utils.errors import UserError
-    raise UserError(f"training.autocast must be auto, bf16 or off, got {setting!r}")
+    check_config({"training": {"autocast": setting}})
+    return torch.bfloat16
 
 
 def keep_freed_memory(limit_bytes=32 * 2**20):

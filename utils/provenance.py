@@ -7,7 +7,7 @@ import sys
 from importlib import metadata
 
 UNTRACKED_FILE_LIMIT = 1_000_000  # bytes; a larger untracked file is named in the diff, not copied into it
-PACKAGES = ("torch", "torchvision", "deepboard", "numpy")
+PACKAGES = ("torchvision", "deepboard", "numpy")  # torch is recorded with its build tag
 
 
 def git_commit(code_dir):
@@ -42,8 +42,8 @@ def command_line(argv):
     return " ".join(shlex.quote(arg) for arg in argv)
 
 
-def environment(device):
-    """Versions, device and host of this process, as text-friendly values."""
+def environment(device, threads):
+    """Versions, device, threads and host of this process, as text-friendly values."""
     import torch  # the caller has imported it already, to pick `device`
 
     if device.type == "cuda":
@@ -53,9 +53,13 @@ def environment(device):
     return {
         "python": platform.python_version(),
         **{name: _version(name) for name in PACKAGES},
+        # The build tag (+cpu, +cu130) matters: CPU-only and CUDA builds of one version run different kernels.
+        "torch": torch.__version__,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "device_type": device.type,
         "device_name": device_name,
         "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "threads": threads,
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
         "executable": sys.executable,

@@ -15,4 +15,19 @@ def seed_everything(seed, deterministic=True):
         # cuBLAS needs a fixed workspace to give the same sums twice; set before its first use.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.backends.cudnn.benchmark = False
+        use_deterministic_algorithms()
+
+
+def use_deterministic_algorithms():
+    """torch.use_deterministic_algorithms(True), without its import of the compiler stack where nothing compiles.
+
+    torch's function also sets torch._inductor.config.deterministic, and importing torch._inductor costs about 3 s
+    of every run's start on a CPU. The kernels' switch is the same C++ call; the compiler's setting is made only
+    where torch.compile is already loaded.
+    """
+    import sys
+
+    if "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
         torch.use_deterministic_algorithms(True)
+    else:
+        torch._C._set_deterministic_algorithms(True, warn_only=False)

@@ -1,4 +1,4 @@
-"""Starting a new experiment the way the README teaches: code, lab book, and a line in main.py's registry."""
+"""--new-experiment=NAME: start an experiment the way the README teaches: code, lab book, a line in the registry."""
 import keyword
 import re
 
@@ -8,6 +8,15 @@ BASE_EXPERIMENT = "experiment1"
 LAB_BOOK_TEMPLATE = "TEMPLATE.md"
 REGISTRY = re.compile(r"^experiments = \{(?P<body>.*?)\}", re.MULTILINE | re.DOTALL)
 IMPORT = re.compile(r"^from experiments\.\w+ import \w+\n", re.MULTILINE)
+
+
+def scaffold(launch):
+    """Write the new experiment's files and say what to do next."""
+    name = launch.args.new_experiment
+    for path in new_experiment(launch.code_dir, name, launch.experiments):
+        print(f"wrote {path.relative_to(launch.code_dir)}")
+    print(f"edit experiments/{name}.py, then: python main.py --experiment={name} --config=configs/config.yml")
+    return 0
 
 
 def new_experiment(code_dir, name, registered):

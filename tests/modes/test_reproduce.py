@@ -2,18 +2,22 @@
 import json
 import subprocess
 
-from helpers import assert_refused, make_mnist_folder, query, recorded_numbers, run_main, run_tiny
+import pytest
+
+from helpers import (assert_refused, make_mnist_folder, query, recorded_numbers, run_in_process, run_main, run_tiny,
+                     tiny_in_process)
 
 
 def test_the_same_command_twice_gives_bit_identical_curves_and_results(workdir):
     db = workdir / "results" / "resultTable.db"
-    assert run_tiny(workdir).returncode == 0
-    assert run_tiny(workdir, "--comment=again").returncode == 0  # a comment changes the identity, not the numbers
+    assert tiny_in_process(workdir).returncode == 0
+    assert tiny_in_process(workdir, "--comment=again").returncode == 0  # a comment changes the identity, not the numbers
     assert recorded_numbers(db, 1) == recorded_numbers(db, 2)
     timings = {label for (label,) in query(db, "SELECT DISTINCT label FROM Logs")} - {"step_loss", "loss", "accuracy"}
     assert timings == {"epoch_time", "throughput"}  # the only values allowed to differ say so in their names
 
 
+@pytest.mark.slow
 def test_a_run_stores_config_command_seed_code_versions_device_and_host(workdir, code_copy):
     (code_copy / "notes_untracked.py").write_text("UNTRACKED_MARKER = 1\n")
     done = run_tiny(workdir, "--config.seed=3", main=code_copy / "main.py")
@@ -37,8 +41,8 @@ def test_a_run_stores_config_command_seed_code_versions_device_and_host(workdir,
 
 
 def test_reproduce_passes_on_an_unchanged_run(workdir):
-    assert run_tiny(workdir).returncode == 0
-    again = run_main(workdir, "--reproduce=1", "--verbose=0")
+    assert tiny_in_process(workdir).returncode == 0
+    again = run_in_process(workdir, "--reproduce=1", "--verbose=0")
     assert again.returncode == 0, again.stdout + again.stderr
     assert "run 1 reproduced: all" in again.stdout
     assert any(line.startswith("test_accuracy") and line.endswith("same") for line in again.stdout.splitlines())
@@ -49,12 +53,12 @@ def test_reproduce_passes_on_an_unchanged_run(workdir):
 
 def test_reproduce_fails_with_a_side_by_side_report_after_the_data_changed(workdir, tmp_path):
     data = make_mnist_folder(tmp_path / "own-data", gz=False)
-    assert run_tiny(workdir, f"--config.data.path={data}").returncode == 0
+    assert tiny_in_process(workdir, f"--config.data.path={data}").returncode == 0
     for path in (data / "MNIST" / "raw").glob("*images*"):  # invert the last images' pixels, sizes unchanged
         raw = bytearray(path.read_bytes())
         raw[-1000:] = bytes(255 - b for b in raw[-1000:])
         path.write_bytes(bytes(raw))
-    again = run_main(workdir, "--reproduce=1", "--verbose=0")
+    again = run_in_process(workdir, "--reproduce=1", "--verbose=0")
     assert again.returncode == 1, again.stdout + again.stderr
     assert "run 1 NOT reproduced" in again.stdout and "Traceback" not in again.stderr
     report = again.stdout.splitlines()
@@ -63,9 +67,10 @@ def test_reproduce_fails_with_a_side_by_side_report_after_the_data_changed(workd
     assert "DIFFERS" in test_loss and len(test_loss.split()) >= 4  # name, recorded value, new value, verdict
     assert "DIFFERS" in next(line for line in report if line.startswith("train/step_loss"))
     # The tolerance is configurable: loose enough, the same comparison passes.
-    assert run_main(workdir, "--reproduce=1", "--verbose=0", "--tolerance=100").returncode == 0
+    assert run_in_process(workdir, "--reproduce=1", "--verbose=0", "--tolerance=100").returncode == 0
 
 
+@pytest.mark.slow
 def test_reproduce_fails_and_warns_after_the_code_changed(workdir, code_copy):
     assert run_tiny(workdir, main=code_copy / "main.py").returncode == 0
     cnn = code_copy / "models" / "cnn.py"
@@ -78,7 +83,7 @@ def test_reproduce_fails_and_warns_after_the_code_changed(workdir, code_copy):
 
 
 def test_reproduce_refuses_flags_it_takes_from_the_record(workdir):
-    assert_refused(run_main(workdir, "--reproduce=1", "--config.seed=2"), "drop --config.*")
-    assert_refused(run_main(workdir, "--reproduce=4"), "no run table")
-    assert_refused(run_main(workdir, "--tolerance=0.1", "--experiment=experiment1", "--config=configs/tiny.yml"),
+    assert_refused(run_in_process(workdir, "--reproduce=1", "--config.seed=2"), "drop --config.*")
+    assert_refused(run_in_process(workdir, "--reproduce=4"), "no run table")
+    assert_refused(run_in_process(workdir, "--tolerance=0.1", "--experiment=experiment1", "--config=configs/tiny.yml"),
                    "--tolerance only applies to --reproduce")

@@ -1,8 +1,49 @@
-"""Comparing a recorded run with its re-run: results and curves side by side, and what changed around them."""
+"""--reproduce=RUNID: run a recorded run again as debug run -1, and compare every result and curve with the record.
+
+Also the comparison itself: results and curves side by side, and what changed around them (code, versions, device).
+"""
 import math
+import sys
+
+from modes.launch import command_of
+from modes.resume import check_world_size
+from modes.run import run_registered
+from utils.provenance import git_commit, git_diff
+from utils.runtable.readers import DEBUG_RUN_ID, read_run
 
 TIMING_WORDS = ("time", "throughput")  # measurements of speed: the only values allowed to differ run to run
-ENVIRONMENT_KEYS = ("python", "torch", "torchvision", "deepboard", "numpy", "device_type", "device_name", "cuda")
+ENVIRONMENT_KEYS = ("python", "torch", "torchvision", "deepboard", "numpy", "device_type", "device_name", "cuda",
+                    "cudnn")
+
+
+def reproduce(launch):
+    """Exit code of re-running run `--reproduce`: 0 when every value matches, 1 when any differs."""
+    table = launch.table
+    recorded = read_run(table.path, launch.args.reproduce)
+
+    def register(world_size):
+        check_world_size(recorded.identity, recorded.run_id, world_size, "--reproduce")
+        launch.find_experiment(recorded.identity.experiment)
+        run = table.start_run(recorded.identity, config_path=f"(run {recorded.run_id})", command=command_of(launch.argv),
+                              commit=git_commit(launch.code_dir), diff=git_diff(launch.code_dir), debug=True)
+        return run, recorded.identity
+
+    results, code, run = run_registered(launch, register)
+    if results is None or run is None:  # failed, or a torchrun rank other than 0
+        return code
+    new = read_run(table.path, DEBUG_RUN_ID)
+    for line in provenance_warnings(recorded, new.commit, new.diff, new.environment):
+        print(line, file=sys.stderr)
+    lines, differing = compare_runs(recorded, new, launch.args.tolerance)
+    print("\n".join(lines))
+    tolerance = launch.args.tolerance
+    if differing:
+        print(f"run {recorded.run_id} NOT reproduced: {differing} of {len(lines) - 1} values differ "
+              f"(tolerance {tolerance:g}; timings are not compared)")
+        return 1
+    print(f"run {recorded.run_id} reproduced: all {len(lines) - 1} results and curves match "
+          f"(tolerance {tolerance:g}; timings are not compared)")
+    return 0
 
 
 def is_timing(name):
@@ -49,7 +90,7 @@ def provenance_warnings(recorded, commit, diff, environment):
                         f"(see its diff in deepboard)")
     for key in ENVIRONMENT_KEYS:
         old, now = recorded.environment.get(key), environment.get(key)
-        if old != now:
+        if key in recorded.environment and old != now:
             warnings.append(f"warning: {key} was {old}, is now {now}; results may differ for that reason alone")
     return warnings
 

@@ -3,8 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from data.mnist import Batches, load_mnist, random_shift, read_idx, split_train_val
-from helpers import make_mnist_folder, query, run_tiny, synthetic_digits, write_idx
+from data.idx import read_header, read_idx
+from data.mnist import Batches, load_mnist, random_shift, split_train_val
+from helpers import assert_refused, make_mnist_folder, synthetic_digits, tiny_in_process, write_idx
 from utils.errors import UserError
 
 
@@ -71,8 +72,18 @@ def test_random_shift_moves_images_by_at_most_the_given_pixels():
     assert all(abs(r - 10) <= 2 and abs(c - 10) <= 2 for r, c in positions)
 
 
-def test_a_run_without_data_fails_cleanly_and_leaves_no_running_run(workdir, tmp_path):
-    result = run_tiny(workdir, f"--config.data.path={tmp_path / 'empty'}")
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert "MNIST files missing" in result.stderr and "t10k-labels-idx1-ubyte" in result.stderr
-    assert query(workdir / "results" / "resultTable.db", "SELECT status FROM Experiments") == [("failed",)]
+def test_a_run_without_data_is_refused_before_it_is_registered(workdir, tmp_path):
+    result = tiny_in_process(workdir, f"--config.data.path={tmp_path / 'empty'}")
+    assert_refused(result, "MNIST files missing", "t10k-labels-idx1-ubyte", "data.download is false")
+    assert not (workdir / "results").exists()
+
+
+def test_the_header_gives_the_training_set_size_and_an_impossible_split_is_refused_before_registering(workdir,
+                                                                                                    mnist_root):
+    assert read_header(mnist_root / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz") == (640,)
+    assert_refused(tiny_in_process(workdir, "--config.data.val_size=640"), "data.val_size must be between 1 and 639")
+    assert_refused(tiny_in_process(workdir, "--config.model.kernel_size=13"),
+                   "shrink the 28px images to nothing")
+    assert_refused(tiny_in_process(workdir, "--config.training.autocast=fp8"), "training.autocast must be")
+    assert_refused(tiny_in_process(workdir, "--config.training.optimizer=adam"), "training.optimizer must be")
+    assert not (workdir / "results").exists()

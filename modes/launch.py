@@ -1,0 +1,141 @@
+"""What one command asks for: its flags and overrides, read and checked, and the identity of the run it would make.
+
+Nothing here imports torch or deepboard, so that a launch refused for a mistake or a duplicate answers at once.
+"""
+import argparse
+import difflib
+import inspect
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from utils.config import OVERRIDE_PREFIX, apply_overrides, dump_config, load_config, load_config_text, parse_override
+from utils.errors import UserError
+from utils.runtable.identity import RunIdentity
+from utils.runtable.registry import RunTable
+
+TABLE_PATH = Path("results") / "resultTable.db"
+# Flags the template itself uses while running an experiment: they need not be parameters of its function.
+TEMPLATE_FLAGS = ("cpu", "verbose")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse that reports a mistake as a UserError (one line, exit code 2) instead of printing usage."""
+
+    def error(self, message):
+        raise UserError(f"{message} (see python main.py --help)")
+
+
+@dataclass
+class Launch:
+    """One command line, read: flags, overrides, and what main.py declares (registry, experiment flags)."""
+    args: argparse.Namespace
+    overrides: list  # [(dotted key, value text)]
+    argv: list
+    experiments: dict  # the registry: name -> function
+    flag_defaults: dict  # experiment flag -> its default
+    output_only: tuple  # experiment flags that change only what is printed
+    code_dir: Path
+
+    @property
+    def table(self):
+        return RunTable(TABLE_PATH)
+
+    def find_experiment(self, name):
+        """The registered experiment function called `name`, or a UserError naming the close ones."""
+        if name in self.experiments:
+            return self.experiments[name]
+        close = difflib.get_close_matches(name, self.experiments, n=1, cutoff=0.3)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UserError(f"unknown experiment {name!r}{hint}; registered: {', '.join(self.experiments)}")
+
+    def result_flags(self):
+        """{flag: value} of the experiment flags of this command that change results and differ from their default.
+
+        Only flags away from their default count, so adding a flag with a default keeps every earlier identity.
+        """
+        return {name: getattr(self.args, name) for name, default in self.flag_defaults.items()
+                if name not in self.output_only and getattr(self.args, name) != default}
+
+    def identity(self, overrides=None, world_size=1):
+        """The RunIdentity of a fresh launch of this command (with `overrides` instead of the command's own)."""
+        self.find_experiment(self.args.experiment)
+        config = apply_overrides(load_config(self.args.config), self.overrides if overrides is None else overrides)
+        flags = self.result_flags()
+        if world_size > 1:  # BatchNorm sees each rank's shard: the numbers differ from a single process
+            flags["world_size"] = world_size
+        return RunIdentity(self.args.experiment, dump_config(config), flags, self.args.comment)
+
+    def experiment_flags(self, recorded_flags):
+        """Every experiment flag's value for a run with `recorded_flags`; output-only ones from this command."""
+        values = {**self.flag_defaults, **{k: v for k, v in recorded_flags.items() if k in self.flag_defaults}}
+        values.update({name: getattr(self.args, name) for name in self.output_only})
+        return values
+
+    def experiment_kwargs(self, experiment, flags):
+        """The keyword arguments `experiment` gets: every flag it has a parameter for.
+
+        A flag away from its default that neither the experiment nor the template uses is refused: it would change
+        the run's identity without changing what it computes.
+        """
+        parameters = inspect.signature(experiment).parameters
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        kwargs = {}
+        for name, value in flags.items():
+            if takes_any or name in parameters:
+                kwargs[name] = value
+            elif name not in TEMPLATE_FLAGS and value != self.flag_defaults[name]:
+                raise UserError(f"experiment {experiment.__name__} has no parameter {name!r} for "
+                                f"--{name.replace('_', '-')}; add {name}={self.flag_defaults[name]!r} to its function")
+        return kwargs
+
+    def check_config(self, identity):
+        """Call check_config(config) of the experiment's module, where it has one: mistakes found before registering.
+
+        It runs after the duplicate check (a duplicate is refused without importing torch) and before the run is
+        registered, so a value the experiment's pieces would refuse leaves no failed row behind.
+        """
+        experiment = self.find_experiment(identity.experiment)
+        check = getattr(sys.modules[experiment.__module__], "check_config", None)
+        if check is not None:
+            check(load_config_text(identity.config_text))
+
+    def check_experiment_takes_flags(self):
+        """Refuse, before anything is registered, a flag the chosen experiment cannot use."""
+        self.experiment_kwargs(self.find_experiment(self.args.experiment), self.experiment_flags(self.result_flags()))
+
+
+def read_command_line(parser, argv):
+    """(flags, [(dotted key, value text)]) of the command line; unknown flags are refused, never ignored."""
+    args, rest = parser.parse_known_args(argv)
+    overrides = []
+    for arg in rest:
+        if arg.startswith(OVERRIDE_PREFIX):
+            overrides.append(parse_override(arg))
+        elif arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            known = [s for action in parser._actions for s in action.option_strings]
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]}?" if close else "see python main.py --help"
+            raise UserError(f"unknown flag {name} ({hint})")
+        else:
+            raise UserError(f"unexpected argument {arg!r}; overrides take the form --config.SECTION.KEY=VALUE")
+    return args, overrides
+
+
+def group_defaults(parser, title):
+    """{dest: default} of the flags in the argument group called `title`."""
+    [group] = [group for group in parser._action_groups if group.title == title]
+    return {action.dest: action.default for action in group._group_actions}
+
+
+def torchrun_world_size():
+    """How many processes torchrun started for this run (1 without torchrun), read without importing torch."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def command_of(argv):
+    """The command line as the user could paste it again."""
+    from utils.provenance import command_line
+    return command_line([sys.argv[0], *argv])

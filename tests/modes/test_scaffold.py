@@ -1,0 +1,106 @@
+"""Commands around the runs: --new-experiment, --list and --print-config; none of them touches the run table."""
+import signal
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from helpers import (assert_refused, logged_epochs, make_mnist_folder, query, recorded_numbers, run_in_process,
+                     run_main, tiny_config, tiny_in_process, wait_for)
+
+
+def snapshot(folder):
+    return {path.relative_to(folder): path.read_bytes() for path in sorted(folder.rglob("*"))
+            if path.is_file() and ".git" not in path.parts}
+
+
+@pytest.mark.slow
+def test_new_experiment_creates_code_lab_book_and_registry_line_and_runs(code_copy, workdir):
+    done = run_main(code_copy, "--new-experiment=wider_net", main=code_copy / "main.py")
+    assert done.returncode == 0, done.stderr
+    assert "wrote experiments/wider_net.py" in done.stdout and "wrote experiments/wider_net.md" in done.stdout
+    code = (code_copy / "experiments" / "wider_net.py").read_text()
+    assert "def wider_net(config, run, device" in code and code.count("experiment1") == 1  # "copied from experiment1"
+    assert (code_copy / "experiments" / "wider_net.md").read_text().startswith("# wider_net: ")
+    main = (code_copy / "main.py").read_text()
+    assert "from experiments.wider_net import wider_net\n" in main
+    assert 'experiments = {"experiment1": experiment1, "wider_net": wider_net}' in main
+
+    listed = run_main(code_copy, "--list", main=code_copy / "main.py")
+    assert listed.returncode == 0
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == ["experiment1", "wider_net"]
+    assert "wider_net: one line that says what this experiment tries" in listed.stdout
+
+    # Short, and with no resume or checkpoint code of its own...
+    assert len(code.splitlines()) <= 60
+    assert not any(word in code for word in ("last.pt", "best.pt", "resumed", "load_checkpoint", "flush"))
+
+    # ...yet it runs, reproduces, sweeps, runs under torchrun and resumes like experiment1.
+    def wider_net(*args, cwd=workdir):
+        return run_main(cwd, "--experiment=wider_net", "--config=configs/tiny.yml", "--verbose=0", *args,
+                        main=code_copy / "main.py")
+
+    db = workdir / "results" / "resultTable.db"
+    assert wider_net().returncode == 0
+    reproduced = run_main(workdir, "--reproduce=1", main=code_copy / "main.py")
+    assert reproduced.returncode == 0 and "run 1 reproduced" in reproduced.stdout, reproduced.stderr
+    assert wider_net("--sweep", "--config.seed=1,2").returncode == 0
+    torchrun = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                               str(code_copy / "main.py"), "--experiment=wider_net", "--config=configs/tiny.yml",
+                               "--verbose=0"], cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert torchrun.returncode == 0, torchrun.stderr
+    assert query(db, "SELECT run_id, experiment, status, cli FROM Experiments WHERE run_id > 0 ORDER BY run_id") == [
+        (1, "wider_net", "finished", ""), (2, "wider_net", "finished", ""), (3, "wider_net", "finished", ""),
+        (4, "wider_net", "finished", "world_size=2")]
+
+    slow = make_mnist_folder(workdir / "slow-data", n_train=2400, n_test=200)
+    config = tiny_config(slow, **{"training.num_epochs": 3, "data.batch_size": 32})
+    (workdir / "configs" / "tiny.yml").write_text(yaml.safe_dump(config))
+    process = subprocess.Popen([sys.executable, str(code_copy / "main.py"), "--experiment=wider_net",
+                                "--config=configs/tiny.yml"], cwd=workdir, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for(lambda: logged_epochs(db, 5) >= 1 or process.poll() is not None, what="the first epoch")
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=120) == 143
+    finally:
+        process.kill()
+    resumed = run_main(workdir, "--resume=5", main=code_copy / "main.py")
+    assert resumed.returncode == 0 and "resuming after epoch" in resumed.stdout, resumed.stderr
+    assert wider_net("--comment=uninterrupted").returncode == 0
+    assert recorded_numbers(db, 5) == recorded_numbers(db, 6)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("experiment1", "exists already"),
+    ("TEMPLATE", "exists already"),
+    ("2nd_try", "cannot name an experiment"),
+    ("my-exp", "cannot name an experiment"),
+    ("class", "cannot name an experiment"),
+])
+def test_new_experiment_refuses_taken_or_invalid_names_and_changes_nothing(code_copy, name, message):
+    before = snapshot(code_copy)
+    assert_refused(run_main(code_copy, f"--new-experiment={name}", main=code_copy / "main.py"), message)
+    assert snapshot(code_copy) == before
+
+
+def test_new_experiment_refuses_a_lab_book_or_file_left_behind(code_copy):
+    (code_copy / "experiments" / "draft.md").write_text("# draft\n")
+    before = snapshot(code_copy)
+    assert_refused(run_main(code_copy, "--new-experiment=draft", main=code_copy / "main.py"),
+                   "experiments/draft.md")
+    assert snapshot(code_copy) == before
+
+
+def test_print_config_and_list_leave_the_run_table_alone(workdir):
+    printed = run_in_process(workdir, "--config=configs/tiny.yml", "--print-config", "--config.training.num_epochs=9")
+    assert printed.returncode == 0, printed.stderr
+    config = yaml.safe_load(printed.stdout)
+    assert config["training"]["num_epochs"] == 9 and config["model"]["channels"] == [4, 8]
+    assert run_in_process(workdir, "--list").stdout.startswith("experiment1")
+    assert_refused(run_in_process(workdir, "--config=configs/tiny.yml", "--print-config", "--config.training.x=1"),
+                   "unknown config key")
+    assert not (workdir / "results").exists()
+    assert tiny_in_process(workdir).returncode == 0  # and a real run afterwards is run 1
+    assert query(workdir / "results" / "resultTable.db", "SELECT run_id FROM Experiments") == [(1,)]

@@ -1,0 +1,97 @@
+"""What every experiment's epoch loop must do alike, in one place: a fix here reaches every experiment.
+
+`Epochs` restores the last finished epoch on --resume, logs what each epoch measured, keeps `best.pt` (by the watched
+validation metric) and `last.pt` (everything needed to continue), reloads the best model before the test set, checks
+that every torchrun rank ends with the same weights, and records the results. The loop itself stays in the
+experiment.
+"""
+from utils.checkpoint import load_checkpoint, load_training_state, save_checkpoint, save_training_state
+
+
+class Epochs:
+    """The bookkeeping around an experiment's epoch loop (see the module docstring)."""
+
+    def __init__(self, run, model, optimizer, scheduler, generator, *, world, watch="accuracy", verbose=1):
+        self.run, self.model, self.world, self.watch, self.verbose = run, model, world, watch, verbose
+        self._training_state = (optimizer, scheduler, generator)
+        self.best_value, self.best_epoch, self.done = None, None, 0
+        self._best_path, self._last_path = run.folder / "best.pt", run.folder / "last.pt"
+        self._epoch, self._total = 0, 0
+        if run.resumed:
+            self._restore()
+
+    def remaining(self, num_epochs):
+        """The epochs still to train, 1-based: all of them, or those after the last finished one on --resume."""
+        self._total = num_epochs
+        for epoch in range(self.done + 1, num_epochs + 1):
+            self._epoch = epoch
+            yield epoch
+
+    def log_step(self, step, loss):
+        """Record the mean training loss of the last logging window (train_epoch's `log_step`)."""
+        self.run.log_scalar("train/step_loss", loss, step=step, epoch=self._epoch)
+        if self.verbose >= 3:
+            print(f"  step {step}: loss {loss:.4f}")
+
+    def progress(self, epoch):
+        """The progress bar's description for `epoch`, or None for no bar."""
+        return f"epoch {epoch}/{self._total}" if self.verbose >= 1 else None
+
+    def end(self, epoch, *, step, train, val):
+        """Close `epoch`, which ended at global `step`: log its `train` and `val` metrics, keep the checkpoints.
+
+        The order of writes is what makes a kill at any instant harmless: the epoch's points reach the table first,
+        then best.pt, then last.pt, the resume point. A resumed run continues from last.pt and first deletes any
+        point logged after it, so every point ends up in the table exactly once; and best.pt is never older than
+        the best epoch that last.pt names.
+        """
+        for split, metrics in (("train", train), ("val", val)):
+            for name, value in metrics.items():
+                self.run.log_scalar(f"{split}/{name}", value, step=step, epoch=epoch)
+        value = val[self.watch]
+        improved = self.best_value is None or (value > self.best_value if self.watch == "accuracy"
+                                               else value < self.best_value)
+        if improved:
+            self.best_value, self.best_epoch = value, epoch
+        self.done = epoch
+        self.run.flush()
+        if self.world.is_main:
+            if improved:
+                save_checkpoint(self._best_path, self.model, epoch=epoch, watch=self.watch, value=value)
+            save_training_state(self._last_path, self.model, *self._training_state, epoch=epoch,
+                                best_value=self.best_value, best_epoch=self.best_epoch)
+        if self.verbose >= 1:
+            timing = f" | {train['epoch_time']:.1f}s" if "epoch_time" in train else ""
+            print(f"epoch {epoch}/{self._total}: train loss {train['loss']:.4f} acc {train['accuracy']:.4f} | "
+                  f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}{timing}{' *' if improved else ''}",
+                  flush=True)
+
+    def best_model(self):
+        """The model with the weights of the best epoch: what the test set may see."""
+        if self.world.distributed:
+            weights = self.world.check_same_weights(self.model)  # every rank must end with the same bytes
+            if self.verbose >= 1:
+                print(f"final weights identical on all {self.world.size} ranks (sha256 {weights[:16]})")
+        self.world.barrier()  # rank 0 has written the best checkpoint
+        load_checkpoint(self._best_path, self.model, self.model_device())
+        return self.model
+
+    def finish(self, test):
+        """Record the results (each `test` metric as test_NAME, the best epoch and its value) and end the run."""
+        results = {**{f"test_{name}": value for name, value in test.items()},
+                   "best_epoch": self.best_epoch, f"best_val_{self.watch}": self.best_value}
+        self.run.finish(results)
+        return results
+
+    def model_device(self):
+        return next(self.model.parameters()).device
+
+    def _restore(self):
+        """Continue from last.pt: every state as it was after the last finished epoch, later points deleted."""
+        if self._last_path.exists():
+            state = load_training_state(self._last_path, self.model, *self._training_state, self.model_device())
+            self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
+            self.done = state["epoch"]
+        self.run.discard_logs_after(epoch=self.done)
+        if self.verbose >= 1:
+            print(f"run {self.run.id}: resuming after epoch {self.done}")

@@ -1,0 +1,111 @@
+"""Reading the run table: recorded runs for --reproduce and friends, and pandas frames for notebooks.
+
+Everything here opens the table read-only with sqlite3 and never builds a deepboard writer: deepboard's
+`ResultTable.load_run` returns a LogWriter that hooks `sys.excepthook` and marks the run failed when the reading
+script later crashes. Reading can never change the table.
+"""
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from utils.errors import UserError
+from utils.runtable.identity import RunIdentity
+from utils.runtable.schema import connect, side_columns
+
+DEBUG_RUN_ID = -1
+
+
+@dataclass
+class RecordedRun:
+    """What the table holds of one run: enough to run it again and to compare the outcome."""
+    run_id: int
+    status: str
+    hidden: bool
+    identity: RunIdentity
+    commit: str
+    diff: str
+    environment: dict  # versions, device, host (see utils.provenance.environment)
+    results: dict  # final results, hparams excluded
+    scalars: dict  # tag -> [(step, value), ...] in step order
+
+
+@dataclass
+class RunRow:
+    """A run's row and its identity, as registering and resuming need them."""
+    run_id: int
+    status: str
+    hidden: bool
+    commit: str
+    diff: str
+    identity: RunIdentity
+
+
+def read_row(db, path, run_id):
+    """The RunRow of `run_id` on an open connection; a UserError if it is missing or was not recorded by main.py."""
+    has_side_table = "flags" in side_columns(db)
+    row = db.execute(
+        "SELECT E.experiment, E.status, E.hidden, E.comment, E.commit_hash, E.diff, C.file_content, "
+        + ("L.flags FROM Experiments E LEFT JOIN TemplateLaunch L ON L.run_id = E.run_id " if has_side_table
+           else "NULL FROM Experiments E ")
+        + "LEFT JOIN ConfigFile C ON C.run_id = E.run_id WHERE E.run_id=?", (run_id,)).fetchone()
+    if row is None:
+        raise UserError(f"there is no run {run_id} in {path}; see the Run ID column of deepboard")
+    experiment, status, hidden, comment, commit, diff, config_text, flags = row
+    if flags is None or config_text is None:
+        raise UserError(f"run {run_id} was not recorded by this template's main.py; its flags are unknown")
+    identity = RunIdentity(experiment, config_text, json.loads(flags), comment)
+    return RunRow(run_id, status, bool(hidden), commit, diff, identity)
+
+
+def read_run(path, run_id):
+    """The RecordedRun of `run_id` in the table at `path`, or a UserError if there is no such run."""
+    with _open(path) as db:
+        row = read_row(db, path, run_id)
+        environment = db.execute("SELECT fragment FROM Fragments WHERE run_id=? AND tag='environment' "
+                                 "ORDER BY id_ DESC LIMIT 1", (run_id,)).fetchone()
+        results = dict(db.execute("SELECT metric, value FROM Results WHERE run_id=? AND is_hparam=0", (run_id,)))
+        scalars = {}
+        for split, label, step, value in db.execute(
+                "SELECT split, label, step, value FROM Logs WHERE run_id=? ORDER BY split, label, step, id_",
+                (run_id,)):
+            scalars.setdefault(f"{split}/{label}" if split else label, []).append((step, value))
+    return RecordedRun(row.run_id, row.status, row.hidden, row.identity, row.commit, row.diff,
+                       json.loads(environment[0]) if environment else {}, results, scalars)
+
+
+def runs_frame(path, show_hidden=False):
+    """A pandas DataFrame with one row per run (index: run ID): its identity, status, hparams and results."""
+    import pandas as pd
+
+    with _open(path) as db:
+        experiments = db.execute(
+            "SELECT run_id, experiment, status, comment, start, commit_hash, hidden FROM Experiments "
+            + ("" if show_hidden else "WHERE hidden=0 ") + "ORDER BY run_id").fetchall()
+        values = {}
+        for run_id, metric, value in db.execute("SELECT run_id, metric, value FROM Results ORDER BY is_hparam DESC, "
+                                                "id_"):
+            values.setdefault(run_id, {})[metric] = value
+    rows = [{"run_id": run_id, "experiment": experiment, "status": status, "comment": comment, "start": start,
+             "commit": commit, "hidden": bool(hidden), **values.get(run_id, {})}
+            for run_id, experiment, status, comment, start, commit, hidden in experiments]
+    return pd.DataFrame(rows).set_index("run_id") if rows else pd.DataFrame()
+
+
+def curves_frame(path, run_ids):
+    """A long pandas DataFrame of every scalar the runs `run_ids` logged: run_id, tag, epoch, step, value."""
+    import pandas as pd
+
+    run_ids = [int(run_id) for run_id in run_ids]
+    with _open(path) as db:
+        rows = []
+        for run_id in run_ids:
+            rows += db.execute("SELECT run_id, CASE WHEN split = '' THEN label ELSE split || '/' || label END, epoch, "
+                               "step, value FROM Logs WHERE run_id=? ORDER BY split, label, step, id_",
+                               (run_id,)).fetchall()
+    return pd.DataFrame(rows, columns=["run_id", "tag", "epoch", "step", "value"])
+
+
+def _open(path):
+    if not Path(path).exists():
+        raise UserError(f"there is no run table at {path}; run an experiment first or point at another table")
+    return connect(path, readonly=True)

@@ -1,0 +1,86 @@
+"""The run table's file: creating it, opening it checked, and the template's side table beside deepboard's.
+
+This is the only module that imports deepboard, and only to create a new table, so that deepboard's GUI and API read
+it as their own; everything else reads and writes it with sqlite3 on deepboard's 0.3 schema.
+"""
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+
+from utils.errors import UserError
+
+UNIQUE_COLUMNS = ("experiment", "config_hash", "cli", "comment")
+SUPPORTED_VERSION_PREFIX = "0.3."  # deepboard's table format; 0.3.x tables are all alike
+BUSY_TIMEOUT_S = 120  # how long a write waits for another process's write before giving up
+
+# The template's own bookkeeping of each run it recorded: which process runs it, with which flags. Columns added
+# later are added to an existing table by the first launch that writes (ALTER TABLE ... ADD COLUMN).
+SIDE_TABLE = "TemplateLaunch"
+SIDE_COLUMNS = {
+    "run_id": "INTEGER PRIMARY KEY", "host": "TEXT NOT NULL", "pid": "INTEGER NOT NULL", "process_token": "TEXT",
+    "flags": "TEXT NOT NULL",
+}
+# Every per-run query filters on run_id: without these, each one scans the whole table (minutes at 10,000 runs).
+INDEXES = {
+    "template_logs_run": "Logs(run_id, split, label, step)",
+    "template_results_run": "Results(run_id)",
+    "template_fragments_run": "Fragments(run_id)",
+    "template_images_run": "Images(run_id)",
+}
+
+
+def create_table(path):
+    """Create a new, empty run table at `path` with deepboard's schema (its GUI expects exactly that)."""
+    from deepboard.resultTable import ResultTable
+    ResultTable(str(path), unique_columns=UNIQUE_COLUMNS)
+
+
+def prepare_for_writing(db):
+    """Add the side table, its newer columns and the indexes to a checked table, changing nothing else in it."""
+    columns = ", ".join(f"{name} {kind}" for name, kind in SIDE_COLUMNS.items())
+    db.execute(f"CREATE TABLE IF NOT EXISTS {SIDE_TABLE} ({columns})")
+    present = {row[1] for row in db.execute(f"PRAGMA table_info({SIDE_TABLE})")}
+    for name, kind in SIDE_COLUMNS.items():
+        if name not in present:
+            db.execute(f"ALTER TABLE {SIDE_TABLE} ADD COLUMN {name} {kind}")
+    for name, target in INDEXES.items():
+        db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
+
+
+@contextmanager
+def connect(path, readonly=False):
+    """A connection to the checked table at `path`; `readonly` opens it so that nothing can be written through it.
+
+    A UserError if the file is not a deepboard 0.3 ResultTable.
+    """
+    path = Path(path)
+    try:
+        if readonly:
+            db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S,
+                                 isolation_level=None)
+        else:
+            db = sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
+    except sqlite3.Error as e:
+        raise UserError(f"cannot open the run table {path}: {e}") from None
+    try:
+        check_version(db, path)
+        yield db
+    finally:
+        db.close()
+
+
+def check_version(db, path):
+    try:
+        row = db.execute("SELECT value FROM Meta WHERE key='deepboard_version'").fetchone()
+    except sqlite3.DatabaseError as e:
+        raise UserError(f"{path} is not a deepboard run table ({e}); move it away or point elsewhere, "
+                        f"nothing was changed") from None
+    version = None if row is None else row[0]
+    if version is None or not version.startswith(SUPPORTED_VERSION_PREFIX):
+        raise UserError(f"{path} was made by deepboard {version or '< 0.3'}, this template reads "
+                        f"{SUPPORTED_VERSION_PREFIX}x tables; move it away to start a new table, nothing was changed")
+
+
+def side_columns(db):
+    """The columns the side table has in this file (an older table may lack some, or the whole table)."""
+    return {row[1] for row in db.execute(f"PRAGMA table_info({SIDE_TABLE})")}
