@@ -1,7 +1,8 @@
 """Run an experiment and record it in the run table (results/resultTable.db).
 
     python main.py --experiment=experiment1 --config=configs/config.yml [flags] [--config.SECTION.KEY=VALUE ...]
-    python main.py --resume=RUNID | --reproduce=RUNID | --list | --new-experiment=NAME | --config=FILE --print-config
+    python main.py --resume=RUNID | --reproduce=RUNID | --verify [RUNID ...] | --list | --new-experiment=NAME
+    python main.py --config=FILE --print-config
 """
 import signal
 import sys
@@ -19,6 +20,9 @@ experiments = {"experiment1": experiment1}
 CODE_DIR = Path(__file__).resolve().parent
 # Experiment flags that change only what is printed: never part of a run's identity.
 OUTPUT_ONLY = ("verbose",)
+# Config keys that say where things are or how they are fetched, not what is computed: never part of a run's
+# identity, and the only overrides --resume, --reproduce and --verify take. Add a key of yours of that kind here.
+WHERE_KEYS = ("data.path", "data.download")
 
 
 def add_experiment_flags(parser):
@@ -48,8 +52,13 @@ def make_parser():
                        help="continue failed run RUNID from its last epoch, with its recorded config and flags")
     modes.add_argument("--reproduce", type=int, metavar="RUNID",
                        help="re-run recorded run RUNID as a debug run and compare every result and curve with it")
+    modes.add_argument("--verify", type=int, nargs="*", metavar="RUNID",
+                       help="replay the first steps of recorded runs (default: the newest finished run of every "
+                            "identity) and check that every logged value comes out the same")
+    modes.add_argument("--steps", type=int, metavar="N",
+                       help="with --verify: replay N steps (default: the first epoch)")
     modes.add_argument("--tolerance", type=float, default=0.0,
-                       help="with --reproduce: largest difference still counted as equal (default 0: exact)")
+                       help="with --reproduce or --verify: largest difference still counted as equal (default 0)")
     modes.add_argument("--sweep", action="store_true",
                        help="split override values at commas and run every combination, skipping finished ones")
     modes.add_argument("--list", action="store_true", help="list the registered experiments and exit")
@@ -63,19 +72,22 @@ def make_parser():
 def choose_mode(args, overrides, parser):
     """The name of the mode this command asks for, after refusing combinations that make no sense."""
     chosen = [mode for mode, on in (("resume", args.resume is not None), ("reproduce", args.reproduce is not None),
-                                    ("list", args.list), ("print_config", args.print_config),
+                                    ("verify", args.verify is not None), ("list", args.list), ("print_config", args.print_config),
                                     ("new_experiment", args.new_experiment is not None), ("sweep", args.sweep)) if on]
     if len(chosen) > 1:
         raise UserError(f"{' and '.join('--' + m.replace('_', '-') for m in chosen)} do different things; "
                         f"use one of them")
     mode = chosen[0] if chosen else "run"
-    if mode in ("resume", "reproduce"):  # the run's recorded experiment, config and flags are used
+    if args.tolerance != 0.0 and mode not in ("reproduce", "verify"):
+        raise UserError("--tolerance only applies to --reproduce and --verify")
+    if args.steps is not None and (mode != "verify" or args.steps < 1):
+        raise UserError("--steps=N (N >= 1) only applies to --verify")
+    if mode in ("resume", "reproduce", "verify"):  # the run's recorded experiment, config and flags are used
         recorded = ("experiment", "config", "comment", "debug", *group_defaults(parser, "experiment flags"))
         given = [f"--{name}" for name in recorded
                  if name not in OUTPUT_ONLY and getattr(args, name) != parser.get_default(name)]
-        if given or overrides:
-            raise UserError(f"--{mode} takes the run's recorded experiment, config and flags; "
-                            f"drop {', '.join(given + ['--config.*'] * bool(overrides))}")
+        if given:  # overrides of where-keys (data.path) are allowed: the launch checks them
+            raise UserError(f"--{mode} takes the run's recorded experiment, config and flags; drop {', '.join(given)}")
     elif mode == "print_config" and args.config is None:
         raise UserError("--print-config needs --config=FILE (and any --config.* overrides)")
     elif mode in ("run", "sweep"):
@@ -85,8 +97,6 @@ def choose_mode(args, overrides, parser):
                             f"python main.py --experiment=experiment1 --config=configs/config.yml")
     if args.sweep and args.debug:
         raise UserError("--sweep records every combination as a run of its own; drop --debug")
-    if args.tolerance != 0.0 and mode != "reproduce":
-        raise UserError("--tolerance only applies to --reproduce")
     return mode
 
 
@@ -98,7 +108,7 @@ def main(argv=None):
     args, overrides = read_command_line(parser, argv)
     mode = choose_mode(args, overrides, parser)
     launch = Launch(args, overrides, argv, experiments, group_defaults(parser, "experiment flags"), OUTPUT_ONLY,
-                    CODE_DIR)
+                    WHERE_KEYS, CODE_DIR)
     if mode == "run":
         from modes.run import run_new
         return run_new(launch)
@@ -108,6 +118,9 @@ def main(argv=None):
     if mode == "reproduce":
         from modes.reproduce import reproduce
         return reproduce(launch)
+    if mode == "verify":
+        from modes.verify import verify
+        return verify(launch)
     if mode == "sweep":
         from modes.sweep import sweep
         return sweep(launch)

@@ -79,6 +79,11 @@ def read_idx(path):
     return data.reshape(shape)
 
 
+def mnist_fingerprint(config, cache_path=None):
+    """The fingerprint of the MNIST files `config['data']` points at (missing ones downloaded where allowed)."""
+    return fingerprint(find_files(config["data"]["path"], config["data"]["download"]), cache_path)
+
+
 def fingerprint(files, cache_path=None):
     """The sha256 of the four files' content (decompressed), the same wherever they lie and however compressed.
 
@@ -114,15 +119,20 @@ def _read_cache(cache_path):
 
 
 def _write_cache(cache_path, cache):
-    """Keep the hashes for the next launch; a folder that cannot be written only costs the next launch 0.4 s."""
+    """Keep the hashes for the next launch, in a folder that exists already (a refused launch creates none); a
+    folder that cannot be written only costs the next launch 0.4 s."""
     cache_path = Path(cache_path)
+    if not cache_path.parent.is_dir():
+        return
     tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
     try:
-        cache_path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(cache, indent=0))
         tmp.replace(cache_path)
     except OSError:
-        tmp.unlink(missing_ok=True)
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only folder: nothing was written
 
 
 def _missing_message(folder, reason):

@@ -1,6 +1,13 @@
 """experiment1: the baseline. A small CNN trained on MNIST; the lab book is experiments/experiment1.md."""
 
 
+def data_fingerprint(config, cache_path):
+    """What the data is, for the run's identity: the same files give the same run wherever they lie."""
+    from data.idx import mnist_fingerprint
+
+    return mnist_fingerprint(config, cache_path)
+
+
 def check_config(config):
     """Refuse, before the run is registered, any value its pieces would refuse later: a mistake leaves no row."""
     import data.mnist, models.cnn, training.optim, utils.device  # noqa: E401

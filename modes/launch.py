@@ -7,10 +7,11 @@ import difflib
 import inspect
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from utils.config import OVERRIDE_PREFIX, apply_overrides, dump_config, load_config, load_config_text, parse_override
+from utils.config import (OVERRIDE_PREFIX, apply_overrides, dump_config, flatten_values, load_config, load_config_text,
+                          parse_override, without_keys)
 from utils.errors import UserError
 from utils.runtable.identity import RunIdentity
 from utils.runtable.registry import RunTable
@@ -36,6 +37,7 @@ class Launch:
     experiments: dict  # the registry: name -> function
     flag_defaults: dict  # experiment flag -> its default
     output_only: tuple  # experiment flags that change only what is printed
+    where_keys: tuple  # config keys that say where things are or how they are fetched: not part of the identity
     code_dir: Path
 
     @property
@@ -65,7 +67,42 @@ class Launch:
         flags = self.result_flags()
         if world_size > 1:  # BatchNorm sees each rank's shard: the numbers differ from a single process
             flags["world_size"] = world_size
-        return RunIdentity(self.args.experiment, dump_config(config), flags, self.args.comment)
+        return RunIdentity(self.args.experiment, dump_config(config), flags, self.args.comment, self.where_keys,
+                           self.data_fingerprint(self.args.experiment, config))
+
+    def relocated(self, identity):
+        """A recorded run's identity with this command's where-key overrides (--config.data.path=DIR) applied.
+
+        Only where-keys may change: anything else would be another run. The data's fingerprint is taken anew.
+        """
+        self.check_only_where_keys_overridden()
+        if not self.overrides:
+            return identity
+        config = apply_overrides(load_config_text(identity.config_text), self.overrides)
+        return replace(identity, config_text=dump_config(config),
+                       data=self.data_fingerprint(identity.experiment, config))
+
+    def check_only_where_keys_overridden(self):
+        others = [key for key, _ in self.overrides if key not in self.where_keys]
+        if others:
+            raise UserError(f"{self.mode_flag()} takes the run's recorded config; of the overrides only where-keys "
+                            f"({', '.join(self.where_keys)}) may change, drop --config.{others[0]}")
+
+    def data_fingerprint(self, experiment, config):
+        """The fingerprint of the data `config` points at, from the experiment module's data_fingerprint(config,
+        cache_path), or None where it declares none."""
+        hook = self.experiment_hook(experiment, "data_fingerprint")
+        if hook is None:
+            return None
+        return hook(without_keys(config, set()), TABLE_PATH.parent / "data_fingerprints.json")
+
+    def experiment_hook(self, experiment, name):
+        """The function `name` of the experiment's module (check_config, data_fingerprint), or None."""
+        return getattr(sys.modules[self.find_experiment(experiment).__module__], name, None)
+
+    def mode_flag(self):
+        return next((f"--{mode}" for mode in ("resume", "reproduce", "verify") if getattr(self.args, mode, None)
+                     is not None), "this command")
 
     def experiment_flags(self, recorded_flags):
         """Every experiment flag's value for a run with `recorded_flags`; output-only ones from this command."""
@@ -96,10 +133,18 @@ class Launch:
         It runs after the duplicate check (a duplicate is refused without importing torch) and before the run is
         registered, so a value the experiment's pieces would refuse leaves no failed row behind.
         """
-        experiment = self.find_experiment(identity.experiment)
-        check = getattr(sys.modules[experiment.__module__], "check_config", None)
+        check = self.experiment_hook(identity.experiment, "check_config")
         if check is not None:
-            check(load_config_text(identity.config_text))
+            check(without_keys(load_config_text(identity.config_text), set()))
+
+    def warn_of_new_keys(self):
+        """Say once (until a run has them) that the YAML sets keys no recorded run of the experiment has."""
+        yaml_keys = flatten_values(without_keys(load_config(self.args.config), set(self.where_keys)))
+        new = self.table.keys_new_to(self.args.experiment, yaml_keys)
+        if new:
+            print(f"warning: {self.args.config} sets {', '.join(new)}, which no recorded run of {self.args.experiment} "
+                  f"has: those runs no longer match it as duplicates (a new key set to null keeps their identity)",
+                  file=sys.stderr)
 
     def check_experiment_takes_flags(self):
         """Refuse, before anything is registered, a flag the chosen experiment cannot use."""

@@ -20,19 +20,20 @@ def reproduce(launch):
     """Exit code of re-running run `--reproduce`: 0 when every value matches, 1 when any differs."""
     table = launch.table
     recorded = read_run(table.path, launch.args.reproduce)
+    identity = launch.relocated(recorded.identity)  # the data may lie elsewhere now: --config.data.path=DIR
 
     def register(world_size):
         check_world_size(recorded.identity, recorded.run_id, world_size, "--reproduce")
         launch.find_experiment(recorded.identity.experiment)
-        run = table.start_run(recorded.identity, config_path=f"(run {recorded.run_id})", command=command_of(launch.argv),
+        run = table.start_run(identity, config_path=f"(run {recorded.run_id})", command=command_of(launch.argv),
                               commit=git_commit(launch.code_dir), diff=git_diff(launch.code_dir), debug=True)
-        return run, recorded.identity
+        return run, identity
 
     results, code, run = run_registered(launch, register)
     if results is None or run is None:  # failed, or a torchrun rank other than 0
         return code
     new = read_run(table.path, DEBUG_RUN_ID)
-    for line in provenance_warnings(recorded, new.commit, new.diff, new.environment):
+    for line in provenance_warnings(recorded, new.commit, new.diff, new.environment, identity.data):
         print(line, file=sys.stderr)
     lines, differing = compare_runs(recorded, new, launch.args.tolerance)
     print("\n".join(lines))
@@ -79,9 +80,12 @@ def compare_runs(recorded, new, tolerance=0.0):
     return [line.rstrip() for line in lines], differing
 
 
-def provenance_warnings(recorded, commit, diff, environment):
-    """Lines warning where the code or environment of a re-run differs from what the recorded run had."""
+def provenance_warnings(recorded, commit, diff, environment, data=None):
+    """Lines warning where the code, data or environment of a re-run differs from what the recorded run had."""
     warnings = []
+    if recorded.identity.data and data != recorded.identity.data:
+        warnings.append(f"warning: the data is not what run {recorded.run_id} was trained on (fingerprint "
+                        f"{(data or 'none')[:12]}, recorded {recorded.identity.data[:12]})")
     if recorded.commit != commit:
         warnings.append(f"warning: run {recorded.run_id} was recorded at commit {recorded.commit or 'none'}, "
                         f"the checkout is at {commit or 'none'}")

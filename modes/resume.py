@@ -1,15 +1,25 @@
 """--resume=RUNID: continue a failed run from its last finished epoch, with its recorded config and flags."""
 from modes.run import run_registered
 from utils.errors import UserError
+from utils.runtable.readers import read_row_of
 
 
 def resume(launch):
-    """Exit code of continuing run `--resume` in place."""
+    """Exit code of continuing run `--resume` in place (on data moved elsewhere with --config.data.path=DIR)."""
     run_id = launch.args.resume
+    if not launch.table.path.exists():
+        raise UserError(f"there is no run table at {launch.table.path}, so no run {run_id} to resume")
+    recorded = read_row_of(launch.table.path, run_id).identity
+    identity = launch.relocated(recorded)
+    if recorded.data and identity.data != recorded.data:
+        raise UserError(f"the data the config now points at is not the data run {run_id} was trained on "
+                        f"(fingerprint {identity.data[:12]}, recorded {recorded.data[:12]}); point "
+                        f"--config.data.path at the run's data")
 
     def register(world_size):
-        return launch.table.resume_run(
+        run, _ = launch.table.resume_run(
             run_id, check=lambda identity: check_world_size(identity, run_id, world_size, "--resume"))
+        return run, identity
 
     _, code, _ = run_registered(launch, register)
     return code

@@ -8,7 +8,7 @@ import json
 import sys
 
 from modes.launch import command_of, torchrun_world_size
-from utils.config import flatten_values, load_config_text
+from utils.config import flatten_values, load_config_text, without_keys
 from utils.errors import Terminated, UserError
 from utils.provenance import git_commit, git_diff
 
@@ -22,6 +22,7 @@ def run_new(launch):
         if not launch.args.debug:
             launch.table.refuse_duplicate(identity)  # before any data or model is loaded
         launch.check_config(identity)
+        launch.warn_of_new_keys()
         run = launch.table.start_run(identity, config_path=launch.args.config, command=command_of(launch.argv),
                                      commit=git_commit(launch.code_dir), diff=git_diff(launch.code_dir),
                                      debug=launch.args.debug)
@@ -70,13 +71,13 @@ def run_registered(launch, register):
         leave_world(world)
 
 
-def execute(launch, run, identity, verbose, world=None):
-    """(results or None, exit code) of running `identity`'s experiment into `run`.
+def execute(launch, run, identity, verbose, world=None, announce=True):
+    """(results or None, exit code) of running `identity`'s experiment into `run`; `announce` prints how it ended.
 
     Any exception, Ctrl-C and SIGTERM included, marks the run failed after writing what it logged; an interruption
     returns exit code 130 or 143 with a line on how to resume, any other exception propagates with its traceback.
     """
-    is_main = world is None or world.is_main
+    speaks = (world is None or world.is_main) and announce
     if verbose >= 1:
         print(f"run {run.id}: {identity.experiment}{' (debug)' if run.id == -1 else ''}, checkpoints in {run.folder}",
               flush=True)
@@ -95,11 +96,11 @@ def execute(launch, run, identity, verbose, world=None):
             world = world or World()
             keep_freed_memory()
             # The experiment gets the config back from its recorded text: what runs is exactly what was recorded.
-            config = load_config_text(identity.config_text)
+            config = without_keys(load_config_text(identity.config_text), set())  # a key set to null is not set
             training = config.get("training", {})
             threads = set_threads(training.get("threads", 0), processes_per_machine=world.local_size)
             seed_everything(config.get("seed", 0), deterministic=training.get("deterministic", True))
-            device = pick_device(force_cpu=flags["cpu"], index=world.local_rank)
+            device = pick_device(force_cpu=flags.get("cpu", False), index=world.local_rank)
             run.log_hparams({**flatten_values(config), **{k: v for k, v in flags.items() if k != "verbose"},
                              "threads": threads, "world_size": world.size})
             run.log_text("environment", json.dumps(environment(device, threads), indent=2))
@@ -108,11 +109,11 @@ def execute(launch, run, identity, verbose, world=None):
                 run.finish(results)
     except (KeyboardInterrupt, Terminated) as stop:
         what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
-        if is_main:
+        if speaks:
             print(f"{what}: run {run.id} is marked failed, with all it logged; continue it with "
                   f"python main.py --resume={run.id}", file=sys.stderr)
         return None, 130 if isinstance(stop, KeyboardInterrupt) else 143
-    if is_main:
+    if speaks:
         print(f"run {run.id} finished: " + ", ".join(f"{k} {format_value(v)}" for k, v in results.items()), flush=True)
     return results, 0
 

@@ -24,6 +24,7 @@ def sweep(launch):
     identities = [launch.identity(overrides=combination) for combination in combinations]  # every value checked first
     for identity in identities:
         launch.check_config(identity)
+    launch.warn_of_new_keys()
     keys = ", ".join(key for key, _ in launch.overrides)
     count = f"{len(combinations)} combination{'s' if len(combinations) > 1 else ''}"
     print(f"sweep: {count} of {keys}" if keys else f"sweep: {count}")

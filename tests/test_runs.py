@@ -1,5 +1,6 @@
 """What a run records, through main.py in process: its row, hparams, curves, results and checkpoints; duplicates,
 debug runs and new runs."""
+import json
 import sys
 
 import torch
@@ -37,6 +38,11 @@ def test_a_run_records_its_row_hparams_curves_results_and_checkpoint(workdir):
     assert hparams["training.learning_rate"] == 0.05 and hparams["data.batch_size"] == 64
     assert hparams["training.momentum"] == 0.9 and hparams["model.channels"] == "[4, 8]"
     assert hparams["watch"] == "accuracy" and hparams["world_size"] == 1 and hparams["threads"] >= 1
+
+    # The environment names torch with its build tag (CPU and CUDA builds run different kernels), cuDNN, threads.
+    environment = json.loads(query(db, "SELECT fragment FROM Fragments WHERE run_id=1 AND tag='environment'")[0][0])
+    assert environment["torch"] == torch.__version__
+    assert environment["cudnn"] == torch.backends.cudnn.version() and environment["threads"] == hparams["threads"]
 
     curves = dict(query(db, "SELECT split || '/' || label, COUNT(*) FROM Logs WHERE run_id=1 GROUP BY 1"))
     steps_per_epoch = -(-(640 - 128) // 64)

@@ -13,6 +13,7 @@ import yaml
 from utils.errors import UserError
 
 OVERRIDE_PREFIX = "--config."
+EXTENDS = "extends"  # the key of a variant config that names its base file
 
 
 class _Loader(yaml.SafeLoader):
@@ -34,11 +35,20 @@ def parse_yaml_value(text):
         raise UserError(f"cannot read {text!r} as a YAML value ({_first_line(e)})") from None
 
 
-def load_config(path):
-    """The config dict of the YAML file at `path`."""
+def load_config(path, _chain=()):
+    """The config dict of the YAML file at `path`, merged onto the file it `extends:` (a chain of them works).
+
+    A variant holds only what it changes: `extends: config.yml` (a path relative to the variant's own folder) and the
+    keys it sets; sections merge key by key, any other value replaces the base's.
+    """
     path = Path(path)
     if not path.is_file():
+        if _chain:
+            raise UserError(f"config file {_chain[-1]} extends {path}, which does not exist; fix its extends: line")
         raise UserError(f"config file {path} not found; pass an existing YAML file, e.g. --config=configs/config.yml")
+    if path.resolve() in _chain:
+        loop = " -> ".join(str(p) for p in (*_chain, path.resolve()))
+        raise UserError(f"config files extend each other in a loop ({loop}); one of them must stand alone")
     try:
         config = yaml.load(path.read_text(), Loader=_Loader)
     except yaml.YAMLError as e:
@@ -46,7 +56,40 @@ def load_config(path):
     if not isinstance(config, dict):
         raise UserError(f"config file {path} must hold a mapping of sections (data:, model:, ...), "
                         f"not {type(config).__name__}")
-    return config
+    base = config.pop(EXTENDS, None)
+    if base is None:
+        return config
+    if not isinstance(base, str):
+        raise UserError(f"config file {path}: {EXTENDS}: names one YAML file, got {base!r}")
+    return merge(load_config(path.parent / base, (*_chain, path.resolve())), config)
+
+
+def merge(base, changes):
+    """A copy of `base` with `changes` applied: sections merge key by key, other values replace."""
+    merged = copy.deepcopy(base)
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def without_keys(config, dotted_keys):
+    """A copy of `config` without the keys named ('data.path'), without every key set to null (null is not set), and
+    without the sections left empty by that."""
+    def strip(section, prefix):
+        kept = {}
+        for name, value in section.items():
+            if value is None or f"{prefix}{name}" in dotted_keys:
+                continue
+            if isinstance(value, dict):
+                value = strip(value, f"{prefix}{name}.")
+                if not value:
+                    continue
+            kept[name] = copy.deepcopy(value)
+        return kept
+    return strip(config, "")
 
 
 def load_config_text(text):

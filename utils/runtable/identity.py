@@ -1,19 +1,36 @@
-"""A run's identity: what makes two launches the same run, so that the second one is refused."""
+"""A run's identity: what makes two launches the same run, so that the second one is refused.
+
+A run's identity is what it computed: its experiment, the flags that change results, its comment, its merged config
+without the keys that only say where things are (`where_keys`: data.path, ...) and without the keys set to null
+(null is not set: the code's own default applies), plus a fingerprint of the data's content. Where the files lie never
+makes a run new; other data always does.
+"""
 import hashlib
 from dataclasses import dataclass, field
+
+from utils.config import dump_config, load_config_text, without_keys
 
 
 @dataclass(frozen=True)
 class RunIdentity:
-    """What makes two runs the same: experiment, merged config, and the flags that change results."""
+    """What makes two runs the same (see the module docstring), and the config as it ran."""
     experiment: str
-    config_text: str  # canonical dump of the merged config (overrides applied)
+    config_text: str  # canonical dump of the merged config as it ran (overrides applied, where-keys included)
     flags: dict = field(default_factory=dict)  # result-changing flags that differ from their defaults
     comment: str = ""
+    where_keys: tuple = ()  # dotted config keys that say where things are, not what is computed
+    data: str | None = None  # fingerprint of the data's content, where the experiment declares one
+    recorded_hash: str | None = None  # the hash a recorded run was registered with (older tables hashed otherwise)
+
+    @property
+    def computed_text(self):
+        """The canonical text of what this run computes: the config that counts, and the data's fingerprint."""
+        text = dump_config(without_keys(load_config_text(self.config_text), set(self.where_keys)))
+        return text + (f"# data: {self.data}\n" if self.data else "")
 
     @property
     def config_hash(self):
-        return hashlib.sha256(self.config_text.encode()).hexdigest()
+        return self.recorded_hash or hashlib.sha256(self.computed_text.encode()).hexdigest()
 
     @property
     def cli(self):

@@ -27,6 +27,7 @@ class RecordedRun:
     environment: dict  # versions, device, host (see utils.provenance.environment)
     results: dict  # final results, hparams excluded
     scalars: dict  # tag -> [(step, value), ...] in step order
+    epoch_ends: dict  # epoch -> the last step at which the run logged a point of that epoch
 
 
 @dataclass
@@ -42,19 +43,26 @@ class RunRow:
 
 def read_row(db, path, run_id):
     """The RunRow of `run_id` on an open connection; a UserError if it is missing or was not recorded by main.py."""
-    has_side_table = "flags" in side_columns(db)
+    columns = side_columns(db)
+    side = [f"L.{name}" if name in columns else "NULL" for name in ("flags", "data_fingerprint")]
     row = db.execute(
-        "SELECT E.experiment, E.status, E.hidden, E.comment, E.commit_hash, E.diff, C.file_content, "
-        + ("L.flags FROM Experiments E LEFT JOIN TemplateLaunch L ON L.run_id = E.run_id " if has_side_table
-           else "NULL FROM Experiments E ")
+        f"SELECT E.experiment, E.status, E.hidden, E.comment, E.commit_hash, E.diff, E.config_hash, C.file_content, "
+        f"{', '.join(side)} FROM Experiments E "
+        + ("LEFT JOIN TemplateLaunch L ON L.run_id = E.run_id " if columns else "")
         + "LEFT JOIN ConfigFile C ON C.run_id = E.run_id WHERE E.run_id=?", (run_id,)).fetchone()
     if row is None:
         raise UserError(f"there is no run {run_id} in {path}; see the Run ID column of deepboard")
-    experiment, status, hidden, comment, commit, diff, config_text, flags = row
+    experiment, status, hidden, comment, commit, diff, config_hash, config_text, flags, data = row
     if flags is None or config_text is None:
         raise UserError(f"run {run_id} was not recorded by this template's main.py; its flags are unknown")
-    identity = RunIdentity(experiment, config_text, json.loads(flags), comment)
+    identity = RunIdentity(experiment, config_text, json.loads(flags), comment, data=data, recorded_hash=config_hash)
     return RunRow(run_id, status, bool(hidden), commit, diff, identity)
+
+
+def read_row_of(path, run_id):
+    """The RunRow of `run_id` in the table at `path` (its identity and status, without its points)."""
+    with _open(path) as db:
+        return read_row(db, path, run_id)
 
 
 def read_run(path, run_id):
@@ -69,8 +77,17 @@ def read_run(path, run_id):
                 "SELECT split, label, step, value FROM Logs WHERE run_id=? ORDER BY split, label, step, id_",
                 (run_id,)):
             scalars.setdefault(f"{split}/{label}" if split else label, []).append((step, value))
+        epoch_ends = dict(db.execute("SELECT epoch, MAX(step) FROM Logs WHERE run_id=? GROUP BY epoch", (run_id,)))
     return RecordedRun(row.run_id, row.status, row.hidden, row.identity, row.commit, row.diff,
-                       json.loads(environment[0]) if environment else {}, results, scalars)
+                       json.loads(environment[0]) if environment else {}, results, scalars, epoch_ends)
+
+
+def newest_finished_runs(path):
+    """The run IDs of the newest finished, visible run of every distinct identity in the table, in order."""
+    with _open(path) as db:
+        return [run_id for (run_id,) in db.execute(
+            "SELECT MAX(run_id) FROM Experiments WHERE status='finished' AND hidden=0 AND run_id>0 "
+            "GROUP BY experiment, config_hash, cli, comment ORDER BY 1")]
 
 
 def runs_frame(path, show_hidden=False):

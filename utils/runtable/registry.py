@@ -13,6 +13,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
+from utils.config import flatten_values, load_config_text, without_keys
 from utils.errors import UserError
 from utils.runtable import liveness
 from utils.runtable.readers import DEBUG_RUN_ID, read_row
@@ -100,10 +101,32 @@ class RunTable:
             if check is not None:
                 check(row.identity)
             db.execute("UPDATE Experiments SET status='running' WHERE run_id=?", (run_id,))
-            _record_launch(db, run_id, row.identity)
+            process = liveness.this_process()
+            db.execute("UPDATE TemplateLaunch SET host=?, pid=?, process_token=? WHERE run_id=?",
+                       (process.host, process.pid, process.token, run_id))
         folder = self.folder(run_id)
         folder.mkdir(parents=True, exist_ok=True)
         return Run(self.path, run_id, folder, resumed=True), row.identity
+
+    def keys_new_to(self, experiment, keys):
+        """Those of the dotted `keys` that every recorded run of `experiment` lacks; empty once one run has them all.
+
+        A YAML that gains a key with a value changes the identity of every config it holds: the launch says so, once
+        (the first run with the key makes the warning stop).
+        """
+        if not self.path.exists():
+            return []
+        with connect(self.path, readonly=True) as db:
+            if "config_keys" not in side_columns(db):
+                return []
+            recorded = [set(json.loads(keys)) for (keys,) in db.execute(
+                "SELECT DISTINCT L.config_keys FROM TemplateLaunch L JOIN Experiments E ON E.run_id = L.run_id "
+                "WHERE E.experiment=? AND E.run_id!=? AND L.config_keys IS NOT NULL",
+                (experiment, DEBUG_RUN_ID))]
+        keys = set(keys)
+        if not recorded or any(keys <= known for known in recorded):
+            return []
+        return sorted(keys - set.union(*recorded))
 
     def status(self, run_id):
         """The status of run `run_id` ('running', 'finished', 'failed'), or None if there is no such run."""
@@ -155,8 +178,16 @@ def _find(db, identity):
 
 def _record_launch(db, run_id, identity):
     process = liveness.this_process()
-    db.execute("INSERT OR REPLACE INTO TemplateLaunch (run_id, host, pid, process_token, flags) VALUES (?, ?, ?, ?, ?)",
-               (run_id, process.host, process.pid, process.token, json.dumps(identity.flags, sort_keys=True)))
+    db.execute("INSERT OR REPLACE INTO TemplateLaunch (run_id, host, pid, process_token, flags, data_fingerprint, "
+               "config_keys) VALUES (?, ?, ?, ?, ?, ?, ?)",
+               (run_id, process.host, process.pid, process.token, json.dumps(identity.flags, sort_keys=True),
+                identity.data, json.dumps(config_keys(identity))))
+
+
+def config_keys(identity):
+    """The dotted keys that count in `identity`'s config (set, and not where-keys)."""
+    config = without_keys(load_config_text(identity.config_text), set(identity.where_keys))
+    return sorted(flatten_values(config))
 
 
 def _process(db, run_id):

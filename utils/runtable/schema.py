@@ -19,6 +19,8 @@ SIDE_TABLE = "TemplateLaunch"
 SIDE_COLUMNS = {
     "run_id": "INTEGER PRIMARY KEY", "host": "TEXT NOT NULL", "pid": "INTEGER NOT NULL", "process_token": "TEXT",
     "flags": "TEXT NOT NULL",
+    "data_fingerprint": "TEXT",  # what the data was (the identity hashes it with the config)
+    "config_keys": "TEXT",  # the dotted keys the run's config set (JSON), to tell when a config gains a key
 }
 # Every per-run query filters on run_id: without these, each one scans the whole table (minutes at 10,000 runs).
 INDEXES = {

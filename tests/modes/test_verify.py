@@ -1,0 +1,100 @@
+"""--verify: replaying the first steps of recorded runs proves that a code change kept (or broke) their numbers."""
+import subprocess
+
+import pytest
+import torch.nn.functional
+
+from helpers import assert_refused, query, run_in_process, run_main, run_tiny, tiny_in_process
+
+
+def test_verify_passes_on_unchanged_code_records_nothing_and_names_a_run_whose_numbers_moved(workdir, monkeypatch):
+    assert tiny_in_process(workdir).returncode == 0
+    assert tiny_in_process(workdir, "--config.seed=3").returncode == 0
+    assert tiny_in_process(workdir, "--config.seed=3", "--comment=twin").returncode == 0
+    db = workdir / "results" / "resultTable.db"
+    before = db.read_bytes()
+
+    done = run_in_process(workdir, "--verify")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines() == [
+        "run 1 (experiment1): matches (8 values of steps 1-8)",
+        "run 2 (experiment1): matches (8 values of steps 1-8)",
+        "run 3 (experiment1 'twin'): matches (8 values of steps 1-8)",
+        "all 3 replayed runs match their record"]
+    assert db.read_bytes() == before  # nothing added, nothing changed
+    assert run_in_process(workdir, "--verify", "2", "--steps=4").stdout.startswith(
+        "run 2 (experiment1): matches (2 values of steps 1-4)")
+
+    cross_entropy = torch.nn.functional.cross_entropy
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda *a, **k: cross_entropy(*a, **k) * 1.01)
+    changed = run_in_process(workdir, "--verify", "1", "3")
+    assert changed.returncode == 1
+    lines = changed.stdout.splitlines()
+    assert lines[0].startswith("run 1 (experiment1): DIFFERS first at train/step_loss step 2: recorded ")
+    assert lines[1].startswith("run 3 (experiment1 'twin'): DIFFERS")
+    assert lines[-1] == "2 of 2 replayed runs DIFFER from their record"
+    assert db.read_bytes() == before
+
+
+def test_verify_refuses_what_it_cannot_do(workdir):
+    assert_refused(run_in_process(workdir, "--verify"), "no run table")
+    assert tiny_in_process(workdir).returncode == 0
+    assert_refused(run_in_process(workdir, "--verify", "--config.seed=2"), "only where-keys", "drop --config.seed")
+    assert_refused(run_in_process(workdir, "--verify", "--watch=loss"), "drop --watch")
+    assert_refused(run_in_process(workdir, "--steps=3"), "--steps=N (N >= 1) only applies to --verify")
+    assert_refused(run_in_process(workdir, "--verify", "7"), "there is no run 7")
+
+
+def test_a_run_recorded_on_another_device_type_is_skipped_unless_a_tolerance_is_given(workdir):
+    assert tiny_in_process(workdir).returncode == 0
+    db = workdir / "results" / "resultTable.db"
+    query(db, "UPDATE Fragments SET fragment=replace(fragment, '\"device_type\": \"cpu\"', '\"device_type\": \"cuda\"') "
+              "WHERE tag='environment'")
+    skipped = run_in_process(workdir, "--verify")
+    assert skipped.returncode == 0
+    assert "run 1 (experiment1): skipped: recorded on cuda, this replay would run on cpu" in skipped.stdout
+    compared = run_in_process(workdir, "--verify", "--tolerance=1e-3")
+    assert compared.returncode == 0 and "matches (8 values of steps 1-8, tolerance 0.001)" in compared.stdout
+
+
+@pytest.mark.slow
+def test_a_code_change_that_keeps_behaviour_passes_and_one_that_alters_it_fails(workdir, code_copy):
+    main = code_copy / "main.py"
+    assert run_tiny(workdir, main=main).returncode == 0
+    assert run_tiny(workdir, "--config.seed=2", main=main).returncode == 0
+    loop = code_copy / "training" / "loop.py"
+    original = loop.read_text()
+
+    def change_loop(*replacements):
+        text = original
+        for old, new in replacements:
+            assert old in text
+            text = text.replace(old, new)
+        loop.write_text(text)
+        return run_main(workdir, "--verify", main=main)
+
+    def clipping(default):
+        return (("log_step=None, progress=None, autocast=None, world=None):",
+                 f"log_step=None, progress=None, autocast=None, world=None, clip={default}):"),
+                ("        optimizer.step()",
+                 "        if clip is not None:\n"
+                 "            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)\n"
+                 "        optimizer.step()"))
+
+    # A new parameter whose default keeps the old behaviour: every run still matches.
+    neutral = change_loop(*clipping(None))
+    assert neutral.returncode == 0, neutral.stdout + neutral.stderr
+    assert neutral.stdout.splitlines()[-1] == "all 2 replayed runs match their record"
+
+    # The same parameter with a default that does something: both runs are named as differing.
+    clipped = change_loop(*clipping(0.01))
+    assert clipped.returncode == 1
+    assert [line.split(":")[0] for line in clipped.stdout.splitlines()[:2]] == [
+        "run 1 (experiment1)", "run 2 (experiment1)"]
+    assert all("DIFFERS" in line for line in clipped.stdout.splitlines()[:2])
+
+    # A changed loss.
+    loss = change_loop(("label_smoothing=label_smoothing)", "label_smoothing=label_smoothing / 2)"))
+    assert loss.returncode == 1 and "run 1 (experiment1): DIFFERS first at train/step_loss" in loss.stdout
+    assert subprocess.run(["git", "-C", str(code_copy), "checkout", "-q", "--", "."]).returncode == 0
+    assert run_main(workdir, "--verify", main=main).returncode == 0

@@ -1,0 +1,180 @@
+"""A run's identity is what it computed: where-keys and null keys left out, the data's content in, flags a user adds,
+variant configs, and tables recorded before these rules."""
+import hashlib
+import shutil
+
+import pytest
+import yaml
+
+import main
+from helpers import REPO, assert_refused, make_mnist_folder, query, run_in_process, tiny_in_process
+from utils.config import load_config
+from utils.errors import UserError
+from utils.runtable.readers import runs_frame
+
+
+@pytest.fixture
+def db(workdir):
+    assert tiny_in_process(workdir).returncode == 0
+    return workdir / "results" / "resultTable.db"
+
+
+def edit_tiny(workdir, change):
+    tiny = workdir / "configs" / "tiny.yml"
+    config = yaml.safe_load(tiny.read_text())
+    change(config)
+    tiny.write_text(yaml.safe_dump(config))
+
+
+def test_the_same_data_in_another_folder_is_the_same_run_and_other_data_is_another(workdir, db, mnist_root, tmp_path):
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(mnist_root, moved)
+    assert_refused(tiny_in_process(workdir, f"--config.data.path={moved}"), "run 1")
+    assert_refused(tiny_in_process(workdir, "--config.data.download=true"), "run 1")  # how, not what
+
+    # Unzipped, the content is the same: still the same run.
+    for path in (moved / "MNIST" / "raw").glob("*.gz"):
+        import gzip
+        path.with_suffix("").write_bytes(gzip.decompress(path.read_bytes()))
+        path.unlink()
+    assert_refused(tiny_in_process(workdir, f"--config.data.path={moved}"), "run 1")
+
+    other = make_mnist_folder(tmp_path / "other", n_train=700)  # another training set
+    done = tiny_in_process(workdir, f"--config.data.path={other}")
+    assert done.returncode == 0, done.stderr
+    fingerprints = query(db, "SELECT run_id, data_fingerprint FROM TemplateLaunch ORDER BY run_id")
+    assert fingerprints[0][1] != fingerprints[1][1] and len(fingerprints[0][1]) == 64
+
+
+def test_a_key_set_to_null_is_not_set_and_a_yaml_gaining_a_key_warns_once(workdir, db):
+    edit_tiny(workdir, lambda config: config["training"].update(mixup=None))
+    assert_refused(tiny_in_process(workdir), "run 1")  # a feature added as null keeps every identity
+    done = tiny_in_process(workdir, "--config.training.mixup=0.2")  # null takes any type; a value is a new run
+    assert done.returncode == 0 and "warning" not in done.stderr, done.stderr
+    hparams = dict(query(db, "SELECT metric, value FROM Results WHERE run_id=2 AND is_hparam=1"))
+    assert hparams["training.mixup"] == 0.2
+
+    edit_tiny(workdir, lambda config: config["model"].update(width_multiplier=1))
+    first = tiny_in_process(workdir)
+    assert first.returncode == 0
+    assert first.stderr.count("warning: configs/tiny.yml sets model.width_multiplier, which no recorded run of "
+                              "experiment1 has") == 1
+    second = tiny_in_process(workdir, "--config.seed=5")
+    assert second.returncode == 0 and "warning" not in second.stderr  # once: run 3 has the key now
+
+
+def test_a_flag_added_to_main_reaches_the_experiment_and_counts_only_away_from_its_default(workdir, db, monkeypatch):
+    received = []
+    original_flags = main.add_experiment_flags
+
+    def add_flags(parser):
+        original_flags(parser)
+        parser.add_argument("--mixup", type=float, default=0.0)
+
+    def experiment1(config, run, device, world, watch="accuracy", verbose=1, mixup=0.0):
+        received.append(mixup)
+        return main.experiment1(config, run, device, world, watch=watch, verbose=verbose)
+
+    experiment1.__module__ = main.experiment1.__module__  # its module's check_config and data_fingerprint apply
+    monkeypatch.setattr(main, "add_experiment_flags", add_flags)
+    monkeypatch.setitem(main.experiments, "experiment1", experiment1)
+
+    assert_refused(tiny_in_process(workdir), "run 1")  # adding a flag with a default keeps every identity
+    assert tiny_in_process(workdir, "--mixup=0.2").returncode == 0
+    assert received == [0.2]
+    assert query(db, "SELECT run_id, cli FROM Experiments ORDER BY run_id") == [(1, ""), (2, "mixup=0.2")]
+    assert dict(query(db, "SELECT metric, value FROM Results WHERE run_id=2 AND is_hparam=1"))["mixup"] == 0.2
+
+    monkeypatch.setitem(main.experiments, "experiment1", main.experiment1)  # an experiment without the parameter
+    assert_refused(tiny_in_process(workdir, "--mixup=0.3"), "experiment1 has no parameter 'mixup'")
+
+
+def test_a_variant_holds_only_its_changes_and_means_the_same_as_the_full_file(workdir, db):
+    configs = workdir / "configs"
+    (configs / "variant.yml").write_text("extends: tiny.yml\ntraining:\n  num_epochs: 1\n")
+    full = yaml.safe_load((configs / "tiny.yml").read_text())
+    full["training"]["num_epochs"] = 1
+    (configs / "full.yml").write_text(yaml.safe_dump(full))
+    assert load_config(configs / "variant.yml") == full
+
+    assert run_in_process(workdir, "--experiment=experiment1", "--config=configs/variant.yml",
+                          "--verbose=0").returncode == 0
+    assert_refused(run_in_process(workdir, "--experiment=experiment1", "--config=configs/full.yml"), "run 2")
+    printed = run_in_process(workdir, "--config=configs/variant.yml", "--print-config", "--config.model.hidden=8")
+    assert yaml.safe_load(printed.stdout) == {**full, "model": {**full["model"], "hidden": 8}}
+    assert "extends" not in printed.stdout
+
+    (configs / "chain.yml").write_text("extends: variant.yml\nseed: 4\n")
+    assert load_config(configs / "chain.yml") == {**full, "seed": 4}
+    assert_refused(run_in_process(workdir, "--config=configs/chain.yml", "--print-config", "--config.model.hiden=8"),
+                   "unknown config key 'model.hiden'")
+    (configs / "a.yml").write_text("extends: b.yml\n")
+    (configs / "b.yml").write_text("extends: a.yml\n")
+    with pytest.raises(UserError, match="extend each other in a loop"):
+        load_config(configs / "a.yml")
+    (configs / "orphan.yml").write_text("extends: gone.yml\n")
+    assert_refused(run_in_process(workdir, "--config=configs/orphan.yml", "--print-config"),
+                   "extends", "gone.yml, which does not exist")
+
+
+def test_the_shipped_fast_config_is_a_variant_of_the_baseline():
+    fast = load_config(REPO / "configs" / "fast.yml")
+    base = load_config(REPO / "configs" / "config.yml")
+    assert "extends: config.yml" in (REPO / "configs" / "fast.yml").read_text()
+    assert fast.keys() == base.keys() and fast != base
+
+
+def interrupt_after_first_epoch(monkeypatch):
+    """Make the next in-process run stop like Ctrl-C right after its first epoch's checkpoints."""
+    from utils.epochs import Epochs
+
+    end = Epochs.end
+
+    def end_then_stop(self, epoch, **metrics):
+        end(self, epoch, **metrics)
+        monkeypatch.setattr(Epochs, "end", end)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Epochs, "end", end_then_stop)
+
+
+def test_resume_and_reproduce_take_the_data_from_where_it_lies_now(workdir, mnist_root, tmp_path, monkeypatch):
+    db = workdir / "results" / "resultTable.db"
+    interrupt_after_first_epoch(monkeypatch)
+    assert tiny_in_process(workdir).returncode == 130
+    moved = tmp_path / "moved"
+    shutil.copytree(mnist_root, moved)
+    other = make_mnist_folder(tmp_path / "other", n_train=700)
+
+    assert_refused(run_in_process(workdir, "--resume=1", f"--config.data.path={other}"),
+                   "not the data run 1 was trained on")
+    assert_refused(run_in_process(workdir, "--resume=1", "--config.seed=3"), "drop --config.seed")
+    resumed = run_in_process(workdir, "--resume=1", f"--config.data.path={moved}", "--verbose=0")
+    assert resumed.returncode == 0, resumed.stderr
+    reproduced = run_in_process(workdir, "--reproduce=1", f"--config.data.path={moved}", "--verbose=0")
+    assert reproduced.returncode == 0 and "run 1 reproduced" in reproduced.stdout, reproduced.stdout
+    assert "warning" not in reproduced.stderr
+    differs = run_in_process(workdir, "--reproduce=1", f"--config.data.path={other}", "--verbose=0")
+    assert differs.returncode == 1 and "the data is not what run 1 was trained on" in differs.stderr
+
+
+def test_a_table_recorded_before_these_rules_still_lists_reproduces_and_resumes(workdir, db, monkeypatch):
+    interrupt_after_first_epoch(monkeypatch)
+    assert tiny_in_process(workdir, "--config.seed=2").returncode == 130
+    # What an older template wrote: the hash of the whole config text, no data fingerprint, no key list.
+    for run_id, text in query(db, "SELECT run_id, file_content FROM ConfigFile"):
+        query(db, "UPDATE Experiments SET config_hash=? WHERE run_id=?", hashlib.sha256(text.encode()).hexdigest(),
+              run_id)
+    for column in ("data_fingerprint", "config_keys"):
+        query(db, f"ALTER TABLE TemplateLaunch DROP COLUMN {column}")
+
+    assert list(runs_frame(db).index) == [1, 2]
+    reproduced = run_in_process(workdir, "--reproduce=1", "--verbose=0")
+    assert reproduced.returncode == 0 and "run 1 reproduced" in reproduced.stdout, reproduced.stdout + reproduced.stderr
+    assert run_in_process(workdir, "--resume=2", "--verbose=0").returncode == 0
+    # Its runs were hashed another way: the same command is a new run now (the README says so).
+    again = tiny_in_process(workdir)
+    assert again.returncode == 0, again.stderr
+    assert query(db, "SELECT run_id, status FROM Experiments WHERE run_id > 0 ORDER BY run_id") == [
+        (1, "finished"), (2, "finished"), (3, "finished")]
+    assert_refused(tiny_in_process(workdir), "run 3")
