@@ -1,14 +1,16 @@
 """Run an experiment and record it in the run table (results/resultTable.db).
 
     python main.py --experiment=experiment1 --config=configs/config.yml [flags] [--config.SECTION.KEY=VALUE ...]
-    python main.py --resume=RUNID | --reproduce=RUNID | --verify [RUNID ...] | --list | --new-experiment=NAME
-    python main.py --config=FILE --print-config
+        [--seeds=N] [--sweep]
+    python main.py --resume=RUNID | --reproduce=RUNID | --verify [RUNID ...] | --compare [RUNID ...]
+    python main.py --list | --new-experiment=NAME | --config=FILE --print-config
 """
+import importlib
 import signal
 import sys
 from pathlib import Path
 
-from modes.launch import Launch, Parser, group_defaults, read_command_line
+from modes.launch import Launch, Parser, choose_mode, group_defaults, read_command_line
 from utils.errors import Terminated, UserError
 
 # ---- Register your experiments here: `from experiments.NAME import NAME` and a "NAME": NAME entry. ----
@@ -23,6 +25,11 @@ OUTPUT_ONLY = ("verbose",)
 # Config keys that say where things are or how they are fetched, not what is computed: never part of a run's
 # identity, and the only overrides --resume, --reproduce and --verify take. Add a key of yours of that kind here.
 WHERE_KEYS = ("data.path", "data.download")
+# Each mode and the function that carries it out.
+MODES = {"run": "modes.run:run_new", "resume": "modes.resume:resume", "reproduce": "modes.reproduce:reproduce",
+         "verify": "modes.verify:verify", "sweep": "modes.sweep:sweep", "compare": "modes.compare:compare_mode",
+         "new_experiment": "modes.scaffold:scaffold", "list": "modes.info:list_experiments",
+         "print_config": "modes.info:print_config"}
 
 
 def add_experiment_flags(parser):
@@ -61,6 +68,15 @@ def make_parser():
                        help="with --reproduce or --verify: largest difference still counted as equal (default 0)")
     modes.add_argument("--sweep", action="store_true",
                        help="split override values at commas and run every combination, skipping finished ones")
+    modes.add_argument("--seeds", metavar="N|A,B,...",
+                       help="run every configuration with N seeds (the config's seed and the next N-1) or these seeds")
+    modes.add_argument("--compare", type=int, nargs="*", metavar="RUNID",
+                       help="groups of runs differing only in their seed: means, 95%% intervals and tests against a "
+                            "reference group (filter with run IDs, --experiment, --config and overrides)")
+    modes.add_argument("--against", type=int, metavar="RUNID",
+                       help="with --compare: the reference is this run's group (default: the baseline config's)")
+    modes.add_argument("--format", choices=("table", "markdown", "json"), default="table",
+                       help="with --compare: a table (default), Markdown for a lab book, or JSON")
     modes.add_argument("--list", action="store_true", help="list the registered experiments and exit")
     modes.add_argument("--print-config", action="store_true",
                        help="print the merged config (--config and overrides) and exit")
@@ -69,66 +85,17 @@ def make_parser():
     return parser
 
 
-def choose_mode(args, overrides, parser):
-    """The name of the mode this command asks for, after refusing combinations that make no sense."""
-    chosen = [mode for mode, on in (("resume", args.resume is not None), ("reproduce", args.reproduce is not None),
-                                    ("verify", args.verify is not None), ("list", args.list), ("print_config", args.print_config),
-                                    ("new_experiment", args.new_experiment is not None), ("sweep", args.sweep)) if on]
-    if len(chosen) > 1:
-        raise UserError(f"{' and '.join('--' + m.replace('_', '-') for m in chosen)} do different things; "
-                        f"use one of them")
-    mode = chosen[0] if chosen else "run"
-    if args.tolerance != 0.0 and mode not in ("reproduce", "verify"):
-        raise UserError("--tolerance only applies to --reproduce and --verify")
-    if args.steps is not None and (mode != "verify" or args.steps < 1):
-        raise UserError("--steps=N (N >= 1) only applies to --verify")
-    if mode in ("resume", "reproduce", "verify"):  # the run's recorded experiment, config and flags are used
-        recorded = ("experiment", "config", "comment", "debug", *group_defaults(parser, "experiment flags"))
-        given = [f"--{name}" for name in recorded
-                 if name not in OUTPUT_ONLY and getattr(args, name) != parser.get_default(name)]
-        if given:  # overrides of where-keys (data.path) are allowed: the launch checks them
-            raise UserError(f"--{mode} takes the run's recorded experiment, config and flags; drop {', '.join(given)}")
-    elif mode == "print_config" and args.config is None:
-        raise UserError("--print-config needs --config=FILE (and any --config.* overrides)")
-    elif mode in ("run", "sweep"):
-        missing = [f"--{name}" for name in ("experiment", "config") if getattr(args, name) is None]
-        if missing:
-            raise UserError(f"{' and '.join(missing)} required, e.g. "
-                            f"python main.py --experiment=experiment1 --config=configs/config.yml")
-    if args.sweep and args.debug:
-        raise UserError("--sweep records every combination as a run of its own; drop --debug")
-    return mode
-
-
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGTERM, _raise_terminated)
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C interrupts even where SIGINT was ignored
     parser = make_parser()
     args, overrides = read_command_line(parser, argv)
-    mode = choose_mode(args, overrides, parser)
+    mode = choose_mode(args, overrides, parser, OUTPUT_ONLY)
     launch = Launch(args, overrides, argv, experiments, group_defaults(parser, "experiment flags"), OUTPUT_ONLY,
                     WHERE_KEYS, CODE_DIR)
-    if mode == "run":
-        from modes.run import run_new
-        return run_new(launch)
-    if mode == "resume":
-        from modes.resume import resume
-        return resume(launch)
-    if mode == "reproduce":
-        from modes.reproduce import reproduce
-        return reproduce(launch)
-    if mode == "verify":
-        from modes.verify import verify
-        return verify(launch)
-    if mode == "sweep":
-        from modes.sweep import sweep
-        return sweep(launch)
-    if mode == "new_experiment":
-        from modes.scaffold import scaffold
-        return scaffold(launch)
-    from modes.info import list_experiments, print_config
-    return list_experiments(launch) if mode == "list" else print_config(launch)
+    module, function = MODES[mode].split(":")  # imported only when chosen: a refusal stays fast
+    return getattr(importlib.import_module(module), function)(launch)
 
 
 def _raise_terminated(signum, frame):

@@ -60,10 +60,14 @@ class Launch:
         return {name: getattr(self.args, name) for name, default in self.flag_defaults.items()
                 if name not in self.output_only and getattr(self.args, name) != default}
 
+    def config(self, overrides=None):
+        """The merged config of this command (with `overrides` instead of the command's own)."""
+        return apply_overrides(load_config(self.args.config), self.overrides if overrides is None else overrides)
+
     def identity(self, overrides=None, world_size=1):
         """The RunIdentity of a fresh launch of this command (with `overrides` instead of the command's own)."""
         self.find_experiment(self.args.experiment)
-        config = apply_overrides(load_config(self.args.config), self.overrides if overrides is None else overrides)
+        config = self.config(overrides)
         flags = self.result_flags()
         if world_size > 1:  # BatchNorm sees each rank's shard: the numbers differ from a single process
             flags["world_size"] = world_size
@@ -149,6 +153,44 @@ class Launch:
     def check_experiment_takes_flags(self):
         """Refuse, before anything is registered, a flag the chosen experiment cannot use."""
         self.experiment_kwargs(self.find_experiment(self.args.experiment), self.experiment_flags(self.result_flags()))
+
+
+def choose_mode(args, overrides, parser, output_only):
+    """The name of the mode this command asks for, after refusing combinations that make no sense."""
+    chosen = [mode for mode, on in (
+        ("resume", args.resume is not None), ("reproduce", args.reproduce is not None),
+        ("verify", args.verify is not None), ("compare", args.compare is not None), ("list", args.list),
+        ("print_config", args.print_config), ("new_experiment", args.new_experiment is not None),
+        ("sweep", args.sweep or args.seeds is not None)) if on]
+    if len(chosen) > 1:
+        named = ["--seeds" if mode == "sweep" and not args.sweep else "--" + mode.replace("_", "-") for mode in chosen]
+        raise UserError(f"{' and '.join(named)} do different things; use one of them")
+    mode = chosen[0] if chosen else "run"
+    for flag, value, default, modes in (("--tolerance", args.tolerance, 0.0, ("reproduce", "verify")),
+                                        ("--steps", args.steps, None, ("verify",)),
+                                        ("--against", args.against, None, ("compare",)),
+                                        ("--format", args.format, "table", ("compare",))):
+        if value != default and mode not in modes:
+            raise UserError(f"{flag} only applies to {' and '.join('--' + m for m in modes)}")
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps=N replays N >= 1 steps, got {args.steps}")
+    if mode in ("resume", "reproduce", "verify"):  # the run's recorded experiment, config and flags are used
+        recorded = ("experiment", "config", "comment", "debug", *group_defaults(parser, "experiment flags"))
+        given = [f"--{name}" for name in recorded
+                 if name not in output_only and getattr(args, name) != parser.get_default(name)]
+        if given:  # overrides of where-keys (data.path) are allowed: the launch checks them
+            raise UserError(f"--{mode} takes the run's recorded experiment, config and flags; drop {', '.join(given)}")
+    elif mode == "print_config" and args.config is None:
+        raise UserError("--print-config needs --config=FILE (and any --config.* overrides)")
+    elif mode in ("run", "sweep"):
+        missing = [f"--{name}" for name in ("experiment", "config") if getattr(args, name) is None]
+        if missing:
+            raise UserError(f"{' and '.join(missing)} required, e.g. "
+                            f"python main.py --experiment=experiment1 --config=configs/config.yml")
+    if mode == "sweep" and args.debug:
+        raise UserError(f"{'--sweep' if args.sweep else '--seeds'} records every run as a run of its own; "
+                        f"drop --debug")
+    return mode
 
 
 def read_command_line(parser, argv):

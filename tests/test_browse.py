@@ -21,9 +21,9 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 @pytest.fixture
 def table_with_runs(workdir):
-    """A run table made by two tiny runs that differ by their learning rate."""
-    assert run_tiny(workdir).returncode == 0
-    assert run_tiny(workdir, "--config.training.learning_rate=0.02").returncode == 0
+    """A run table made by two groups of two seeds each, which differ by their learning rate (runs 1-2 and 3-4)."""
+    assert run_tiny(workdir, "--seeds=2").returncode == 0
+    assert run_tiny(workdir, "--seeds=2", "--config.training.learning_rate=0.02").returncode == 0
     return workdir / "results" / "resultTable.db"
 
 
@@ -40,9 +40,10 @@ def test_the_analysis_notebook_runs_top_to_bottom_and_draws_its_figures(table_wi
     figures = [output for output in outputs if "image/png" in output.get("data", {})]
     assert len(figures) == 3
     text = "".join(output.get("text", "") for output in outputs)
-    assert f"run table: {table_with_runs}" in text and "2 runs, 2 finished" in text
+    assert f"run table: {table_with_runs}" in text and "4 runs, 4 finished" in text and "2 groups" in text
     tables = "".join(output["data"].get("text/html", "") for output in outputs if "data" in output)
     assert "learning_rate" in tables and "test_accuracy" in tables and "0.02" in tables
+    assert "training.learning_rate=0.02" in tables and "paired t" in tables  # the groups' comparison
 
 
 def free_port():
@@ -88,7 +89,7 @@ def test_deepboard_shows_the_runs_in_a_browser(deepboard_server, tmp_path):
     dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, *profile, "--dump-dom", deepboard_server + "/"],
                          capture_output=True, text=True, timeout=120).stdout
     assert "Run ID" in dom
-    assert dom.count("experiment1") >= 2  # one row per run
+    assert dom.count("experiment1") >= 4  # one row per run
     for column in ("learning_rate", "test_accuracy"):
         assert column in dom
     screenshot = tmp_path / "deepboard.png"
@@ -101,9 +102,9 @@ def test_deepboard_renders_a_runs_curves_config_and_provenance(deepboard_server)
     # What a click on a row fetches (the page's htmx comes from a CDN, so the request is made here directly).
     browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
     browser.open(deepboard_server + "/").read()
-    panel = browser.open(deepboard_server + "/click_row?run_id=2&fullscreen=false").read().decode()
+    panel = browser.open(deepboard_server + "/click_row?run_id=3&fullscreen=false").read().decode()
     assert "step_loss" in panel and "accuracy" in panel and "epoch_time" in panel  # the curves' charts
-    config = browser.open(deepboard_server + "/fillpanel?run_id=2&tab=config").read().decode()
+    config = browser.open(deepboard_server + "/fillpanel?run_id=3&tab=config").read().decode()
     assert "learning_rate: 0.02" in config and "--config.training.learning_rate=0.02" in config
-    text = browser.open(deepboard_server + "/fillpanel?run_id=2&tab=text").read().decode()
+    text = browser.open(deepboard_server + "/fillpanel?run_id=3&tab=text").read().decode()
     assert "environment" in text and "torchvision" in text and "device_name" in text

@@ -41,7 +41,8 @@ def test_verify_refuses_what_it_cannot_do(workdir):
     assert tiny_in_process(workdir).returncode == 0
     assert_refused(run_in_process(workdir, "--verify", "--config.seed=2"), "only where-keys", "drop --config.seed")
     assert_refused(run_in_process(workdir, "--verify", "--watch=loss"), "drop --watch")
-    assert_refused(run_in_process(workdir, "--steps=3"), "--steps=N (N >= 1) only applies to --verify")
+    assert_refused(run_in_process(workdir, "--steps=3"), "--steps only applies to --verify")
+    assert_refused(run_in_process(workdir, "--verify", "--steps=0"), "--steps=N replays N >= 1 steps")
     assert_refused(run_in_process(workdir, "--verify", "7"), "there is no run 7")
 
 

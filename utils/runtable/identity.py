@@ -6,9 +6,12 @@ without the keys that only say where things are (`where_keys`: data.path, ...) a
 makes a run new; other data always does.
 """
 import hashlib
+import json
 from dataclasses import dataclass, field
 
 from utils.config import dump_config, load_config_text, without_keys
+
+SEED_KEY = "seed"  # the config key that only picks the random draw: runs differing in it alone form a group
 
 
 @dataclass(frozen=True)
@@ -33,9 +36,21 @@ class RunIdentity:
         return self.recorded_hash or hashlib.sha256(self.computed_text.encode()).hexdigest()
 
     @property
+    def group_hash(self):
+        """What this run shares with its seed siblings: its identity without the seed and without the data."""
+        return group_hash(self.experiment, self.config_text, self.cli, self.comment, self.where_keys)
+
+    @property
     def cli(self):
         return " ".join(f"{name}={value}" for name, value in sorted(self.flags.items()))
 
     def key(self):
         """The values of deepboard's unique columns (experiment, config_hash, cli, comment) for this identity."""
         return self.experiment, self.config_hash, self.cli, self.comment
+
+
+def group_hash(experiment, config_text, cli, comment, where_keys):
+    """The hash that runs differing only in their seed (or in where their files lie) share."""
+    config = without_keys(load_config_text(config_text), {*where_keys, SEED_KEY})
+    text = json.dumps([experiment, dump_config(config), cli, comment])
+    return hashlib.sha256(text.encode()).hexdigest()

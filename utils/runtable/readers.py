@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from utils.errors import UserError
-from utils.runtable.identity import RunIdentity
+from utils.runtable.identity import SEED_KEY, RunIdentity, group_hash
 from utils.runtable.schema import connect, side_columns
 
 DEBUG_RUN_ID = -1
@@ -88,6 +88,60 @@ def newest_finished_runs(path):
         return [run_id for (run_id,) in db.execute(
             "SELECT MAX(run_id) FROM Experiments WHERE status='finished' AND hidden=0 AND run_id>0 "
             "GROUP BY experiment, config_hash, cli, comment ORDER BY 1")]
+
+
+@dataclass
+class FinishedRun:
+    """A finished, visible run as comparisons see it: which group it belongs to, its seed and its results."""
+    run_id: int
+    experiment: str
+    cli: str
+    comment: str
+    group: tuple  # (group hash, data fingerprint): the runs that differ only in their seed
+    seed: object
+    results: dict
+
+
+def finished_runs(path, where_keys=()):
+    """Every finished, visible run of the table (debug run aside), in run ID order, as FinishedRuns.
+
+    Runs of tables written before groups were recorded get their group from their config (slower, once per read).
+    """
+    with _open(path) as db:
+        columns = side_columns(db)
+        side = [f"L.{name}" if name in columns else "NULL" for name in ("group_hash", "data_fingerprint")]
+        rows = db.execute(
+            f"SELECT E.run_id, E.experiment, E.cli, E.comment, {', '.join(side)} FROM Experiments E "
+            + ("LEFT JOIN TemplateLaunch L ON L.run_id = E.run_id " if columns else "")
+            + "WHERE E.status='finished' AND E.hidden=0 AND E.run_id>0 ORDER BY E.run_id").fetchall()
+        results, seeds = {}, {}
+        for run_id, metric, value, is_hparam in db.execute(
+                "SELECT R.run_id, R.metric, R.value, R.is_hparam FROM Results R JOIN Experiments E "
+                "ON E.run_id = R.run_id WHERE E.status='finished' AND E.hidden=0 AND E.run_id>0 "
+                "AND (R.is_hparam=0 OR R.metric=?) ORDER BY R.id_", (SEED_KEY,)):
+            if is_hparam:
+                seeds[run_id] = value
+            else:
+                results.setdefault(run_id, {})[metric] = value
+        ungrouped = [row[0] for row in rows if row[4] is None]
+        configs = dict(db.execute(f"SELECT run_id, file_content FROM ConfigFile WHERE run_id IN "
+                                  f"({', '.join('?' * len(ungrouped))})", ungrouped)) if ungrouped else {}
+    runs = []
+    for run_id, experiment, cli, comment, group, data in rows:
+        if group is None:
+            group = group_hash(experiment, configs[run_id], cli, comment, where_keys)
+        runs.append(FinishedRun(run_id, experiment, cli, comment, (group, data), seeds.get(run_id),
+                                results.get(run_id, {})))
+    return runs
+
+
+def config_text_of(path, run_id):
+    """The merged config run `run_id` ran with, as recorded."""
+    with _open(path) as db:
+        row = db.execute("SELECT file_content FROM ConfigFile WHERE run_id=?", (run_id,)).fetchone()
+    if row is None:
+        raise UserError(f"there is no run {run_id} in {path}; see the Run ID column of deepboard")
+    return row[0]
 
 
 def runs_frame(path, show_hidden=False):

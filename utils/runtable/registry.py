@@ -179,9 +179,9 @@ def _find(db, identity):
 def _record_launch(db, run_id, identity):
     process = liveness.this_process()
     db.execute("INSERT OR REPLACE INTO TemplateLaunch (run_id, host, pid, process_token, flags, data_fingerprint, "
-               "config_keys) VALUES (?, ?, ?, ?, ?, ?, ?)",
+               "config_keys, group_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                (run_id, process.host, process.pid, process.token, json.dumps(identity.flags, sort_keys=True),
-                identity.data, json.dumps(config_keys(identity))))
+                identity.data, json.dumps(config_keys(identity)), identity.group_hash))
 
 
 def config_keys(identity):

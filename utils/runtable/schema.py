@@ -21,6 +21,7 @@ SIDE_COLUMNS = {
     "flags": "TEXT NOT NULL",
     "data_fingerprint": "TEXT",  # what the data was (the identity hashes it with the config)
     "config_keys": "TEXT",  # the dotted keys the run's config set (JSON), to tell when a config gains a key
+    "group_hash": "TEXT",  # shared by the runs that differ only in their seed (see identity.group_hash)
 }
 # Every per-run query filters on run_id: without these, each one scans the whole table (minutes at 10,000 runs).
 INDEXES = {

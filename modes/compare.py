@@ -1,0 +1,222 @@
+"""--compare: groups of runs that differ only in their seed, their means with 95% intervals, and whether each group
+really differs from a reference group (a paired t-test over shared seeds, Welch's otherwise).
+
+    python main.py --compare [RUNID ...] [--experiment=NAME] [--config=FILE [overrides]] [--against=RUNID]
+                   [--format=table|markdown|json]
+"""
+import json
+import math
+import sys
+import warnings
+
+from utils.config import flatten_values, load_config_text, without_keys
+from utils.errors import UserError
+from utils.runtable.identity import SEED_KEY
+from utils.runtable.readers import config_text_of, finished_runs
+from utils.stats import compare, summarise
+
+BASELINE_CONFIG = "configs/config.yml"  # the reference group: this config of the same experiment, as it is
+SIGNIFICANCE = 0.05
+
+
+def compare_mode(launch):
+    """Print the comparison in the chosen format; exit code 0 (a comparison is a reading, never a verdict)."""
+    groups = compared_groups(launch)
+    fmt = launch.args.format
+    print(json.dumps(groups, indent=2) if fmt == "json" else render(groups, markdown=fmt == "markdown"))
+    return 0
+
+
+def compared_groups(launch):
+    """The groups the command selects, as the JSON format lists them: the references first, then the others."""
+    path = launch.table.path
+    if not path.exists():
+        raise UserError(f"there is no run table at {path}, so no run to compare")
+    groups = grouped_runs(path, launch.where_keys)
+    chosen = choose_groups(launch, groups)
+    against = launch.args.against
+    return comparison(path, groups, chosen, launch.code_dir, launch.where_keys, against)
+
+
+def grouped_runs(path, where_keys=()):
+    """{group key: [FinishedRun, ...]} of every finished run in the table, in order of the groups' first runs."""
+    groups = {}
+    for run in finished_runs(path, where_keys):
+        groups.setdefault(run.group, []).append(run)
+    if not groups:
+        raise UserError(f"{path} holds no finished run to compare")
+    return groups
+
+
+def comparison(path, groups, chosen=None, code_dir=None, where_keys=(), against=None):
+    """The `chosen` groups (default: all) described, each against its experiment's reference group.
+
+    The reference is the group of run `against`, else the group of `code_dir`/configs/config.yml as it is, else the
+    experiment's first group (with a note on stderr). References come first.
+    """
+    chosen = list(groups) if chosen is None else chosen
+    references = {}
+    for key in chosen:
+        experiment = groups[key][0].experiment
+        if experiment not in references:
+            references[experiment] = reference_group(groups, experiment, code_dir, where_keys, against)
+        if references[experiment] is None:  # no run of the baseline config: the experiment's first group stands in
+            first = next(key for key, members in groups.items() if members[0].experiment == experiment)
+            references[experiment] = first
+            print(f"note: no finished run of {experiment} with {BASELINE_CONFIG} as it is; the reference is the group "
+                  f"of run {groups[first][0].run_id} (name another with --against=RUNID)", file=sys.stderr)
+    shown = list(dict.fromkeys([*references.values(), *chosen]))
+    return [describe_group(path, groups[key], groups[references[groups[key][0].experiment]],
+                           key in references.values(), where_keys) for key in shown]
+
+
+def choose_groups(launch, groups):
+    """The group keys that the command's filters select, in order of their first run."""
+    args = launch.args
+    if args.compare:
+        wanted = set(args.compare)
+        found = {run.run_id for members in groups.values() for run in members}
+        missing = sorted(wanted - found)
+        if missing:
+            raise UserError(f"run {missing[0]} is not a finished, visible run of {launch.table.path}; "
+                            f"--compare groups finished runs only")
+        return [key for key, members in groups.items() if wanted & {run.run_id for run in members}]
+    if args.config is not None:
+        if args.experiment is None:
+            raise UserError("--compare with --config needs --experiment=NAME too (a group is one experiment's)")
+        wanted = launch.identity().group_hash
+        chosen = [key for key in groups if key[0] == wanted]
+        if not chosen:
+            raise UserError(f"no finished run of {args.experiment} with {args.config} and these overrides and flags; "
+                            f"run some with --seeds=N")
+        return chosen
+    return [key for key, members in groups.items() if args.experiment in (None, members[0].experiment)]
+
+
+def reference_group(groups, experiment, code_dir, where_keys, against):
+    """The key of the reference group for `experiment`: --against's, or the baseline config's; or None."""
+    if against is not None:
+        for key, members in groups.items():
+            if against in {run.run_id for run in members}:
+                return key
+        raise UserError(f"--against={against} is not a finished, visible run; name one of --compare's")
+    baseline = code_dir / BASELINE_CONFIG if code_dir is not None else None
+    if baseline is None or not baseline.exists():
+        return None
+    from utils.config import dump_config, load_config
+    from utils.runtable.identity import RunIdentity
+    wanted = RunIdentity(experiment, dump_config(load_config(baseline)), where_keys=where_keys).group_hash
+    return next((key for key in groups if key[0] == wanted and groups[key][0].experiment == experiment), None)
+
+
+def describe_group(path, runs, reference, is_reference, where_keys=()):
+    """One group as the JSON format gives it: runs, seeds, differing config, metric summaries, test vs reference."""
+    config = _settings(path, runs[0], where_keys)
+    reference_config = _settings(path, reference[0], where_keys)
+    differing = {key: value for key, value in config.items() if reference_config.get(key) != value}
+    differing.update({key: None for key in reference_config if key not in config})
+    group = {"runs": [run.run_id for run in runs], "seeds": [run.seed for run in runs],
+             "experiment": runs[0].experiment, "flags": runs[0].cli, "comment": runs[0].comment,
+             "config": differing, "reference": is_reference, "metrics": {}}
+    names = [name for name in runs[0].results if all(_is_number(run.results.get(name)) for run in runs)]
+    for name in names:
+        summary = summarise([run.results[name] for run in runs])
+        group["metrics"][name] = {"n": summary.n, "mean": summary.mean, "std": summary.std,
+                                  "ci95": list(summary.ci95) if summary.ci95 else None}
+    if not is_reference:
+        group["vs_reference"] = {}
+        for name in names:
+            if not all(_is_number(run.results.get(name)) for run in reference):
+                continue
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # scipy warns on identical values; its NaN p is handled
+                difference = compare({run.seed: run.results[name] for run in runs},
+                                     {run.seed: run.results[name] for run in reference})
+            group["vs_reference"][name] = None if difference is None else {
+                "diff": difference.diff, "ci95": list(difference.ci95), "p_value": difference.p_value,
+                "test": difference.test, "n": difference.n}
+    return group
+
+
+def sentence(name, n_runs, comparison):
+    """What a comparison means, in plain words."""
+    if comparison is None:
+        return f"{name}: too few runs to test a difference (each group needs 2; add seeds with --seeds=N)"
+    scale, unit = (100, " points") if "accuracy" in name else (1, "")
+    diff, (low, high), p = comparison["diff"], comparison["ci95"], comparison["p_value"]
+    numbers = (f"95% CI {low * scale:+.3g} to {high * scale:+.3g}{unit}, p={p:.2g}, {comparison['test']} over "
+               f"{comparison['n']} {'seeds' if comparison['test'] == 'paired t' else 'runs'}")
+    if p >= SIGNIFICANCE:
+        return (f"{name}: no detectable difference with {n_runs} seed{'s' if n_runs != 1 else ''} "
+                f"({diff * scale:+.3g}{unit}, {numbers})")
+    lower_is_better = "loss" in name or "error" in name
+    higher_is_better = "accuracy" in name
+    if higher_is_better or lower_is_better:
+        word = "better" if (diff > 0) == higher_is_better else "worse"
+    else:
+        word = "higher" if diff > 0 else "lower"
+    return f"{name}: {word} by {abs(diff) * scale:.3g}{unit} ({numbers})"
+
+
+def render(groups, markdown=False):
+    """The groups as readable text (or Markdown tables to paste into a lab book)."""
+    out = []
+    for group in groups:
+        title = _title(group)
+        out.append(f"### {title}" if markdown else title)
+        header = ["metric", "n", "mean", "std", "95% CI"]
+        versus = group.get("vs_reference")
+        if versus is not None:
+            header += ["vs reference", "95% CI", "p", "test"]
+        rows = []
+        for name, metric in group["metrics"].items():
+            row = [name, str(metric["n"]), _num(metric["mean"]), _num(metric["std"]), _interval(metric["ci95"])]
+            if versus is not None:
+                comparison = versus.get(name)
+                row += (["", "", "", "too few runs"] if comparison is None else
+                        [f"{comparison['diff']:+.5g}", _interval(comparison["ci95"]), f"{comparison['p_value']:.2g}",
+                         comparison["test"]])
+            rows.append(row)
+        out += _table(header, rows, markdown)
+        if versus is not None:
+            n_runs = len(group["runs"])
+            out += [("- " if markdown else "  ") + sentence(name, n_runs, versus.get(name))
+                    for name in group["metrics"] if name.startswith("test_") and name in versus]
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def _title(group):
+    seeds = ", ".join(str(seed) for seed in group["seeds"])
+    settings = " ".join(f"{key}={value}" for key, value in group["config"].items())
+    what = " ".join(filter(None, [group["experiment"], settings, group["flags"],
+                                  group["comment"] and repr(group["comment"])]))
+    role = " (reference)" if group["reference"] else ""
+    runs = ", ".join(str(run) for run in group["runs"])
+    return f"{what}{role}: {len(group['runs'])} run{'s' if len(group['runs']) > 1 else ''} ({runs}), seeds {seeds}"
+
+
+def _settings(path, run, where_keys):
+    """The flattened config of a run without its seed and where-keys: what its group shares."""
+    return flatten_values(without_keys(load_config_text(config_text_of(path, run.run_id)), {SEED_KEY, *where_keys}))
+
+
+def _table(header, rows, markdown):
+    if markdown:
+        return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
+            "| " + " | ".join(row) + " |" for row in rows]
+    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
+    return ["  " + "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
+            for line in [header, *rows]]
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)
+
+
+def _num(value):
+    return "" if value is None else f"{value:.5g}"
+
+
+def _interval(interval):
+    return "no interval (1 run)" if interval is None else f"{interval[0]:.5g} to {interval[1]:.5g}"

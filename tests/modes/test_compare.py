@@ -1,0 +1,89 @@
+"""--seeds and --compare end to end on tiny runs: groups of seeds, intervals, tests against a reference, formats."""
+import json
+
+import pytest
+
+from helpers import assert_refused, query, run_in_process, run_main, tiny_in_process
+
+
+def test_seeds_record_one_run_each_and_the_same_command_completes_an_interrupted_study(workdir):
+    done = tiny_in_process(workdir, "--seeds=3")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("seeds: 3 runs, seeds 0, 1, 2\n")
+    db = workdir / "results" / "resultTable.db"
+    assert query(db, "SELECT metric, value FROM Results WHERE is_hparam=1 AND metric='seed' ORDER BY run_id") == [
+        ("seed", 0), ("seed", 1), ("seed", 2)]
+    query(db, "UPDATE Experiments SET status='failed' WHERE run_id=3")  # as a killed study would leave it
+    again = tiny_in_process(workdir, "--seeds=4")
+    assert again.returncode == 0
+    assert again.stdout.count("skipped, finished as run") == 2
+    assert query(db, "SELECT run_id, status, hidden FROM Experiments ORDER BY run_id") == [
+        (1, "finished", 0), (2, "finished", 0), (3, "failed", 1), (4, "finished", 0), (5, "finished", 0)]
+    explicit = tiny_in_process(workdir, "--seeds=0,7", "--config.training.learning_rate=0.1")
+    assert "seeds: 2 runs, seeds 0, 7" in explicit.stdout
+    assert query(db, "SELECT COUNT(*) FROM Experiments") == [(7,)]
+
+
+def test_seeds_refuse_what_makes_no_sense(workdir):
+    assert_refused(tiny_in_process(workdir, "--seeds=x"), "--seeds takes a number of seeds")
+    assert_refused(tiny_in_process(workdir, "--seeds=0"), "--seeds takes a number of seeds")
+    assert_refused(tiny_in_process(workdir, "--seeds=2", "--debug"), "--seeds records every run")
+    assert_refused(tiny_in_process(workdir, "--seeds=2", "--sweep", "--config.seed=1,2"), "drop the --config.seed")
+    assert_refused(tiny_in_process(workdir, "--seeds=2", "--reproduce=1"), "--reproduce and --seeds")
+    assert not (workdir / "results").exists()
+
+
+def test_compare_groups_seeds_and_tests_each_group_against_the_reference(workdir):
+    assert tiny_in_process(workdir, "--seeds=3").returncode == 0
+    assert tiny_in_process(workdir, "--seeds=3", "--config.training.learning_rate=0.1").returncode == 0
+    assert tiny_in_process(workdir, "--config.training.learning_rate=0.2").returncode == 0  # a group of one
+
+    listed = run_in_process(workdir, "--compare", "--format=json")
+    assert listed.returncode == 0, listed.stderr
+    assert "the reference is the group of run 1" in listed.stderr  # tiny.yml is not configs/config.yml
+    groups = json.loads(listed.stdout)
+    assert [group["runs"] for group in groups] == [[1, 2, 3], [4, 5, 6], [7]]
+    reference, faster, single = groups
+    assert reference["seeds"] == [0, 1, 2] and reference["config"] == {} and "vs_reference" not in reference
+    assert faster["config"] == {"training.learning_rate": 0.1}
+    accuracy = faster["metrics"]["test_accuracy"]
+    assert accuracy["n"] == 3 and accuracy["ci95"][0] < accuracy["mean"] < accuracy["ci95"][1]
+    versus = faster["vs_reference"]["test_accuracy"]
+    assert versus["test"] == "paired t" and set(versus) == {"diff", "ci95", "p_value", "test", "n"}
+    assert versus["diff"] == pytest.approx(accuracy["mean"] - reference["metrics"]["test_accuracy"]["mean"])
+    assert single["metrics"]["test_accuracy"]["ci95"] is None and single["vs_reference"]["test_accuracy"] is None
+
+    table = run_in_process(workdir, "--compare").stdout
+    assert "experiment1 (reference): 3 runs (1, 2, 3), seeds 0, 1, 2" in table
+    assert "experiment1 training.learning_rate=0.1: 3 runs (4, 5, 6), seeds 0, 1, 2" in table
+    assert "no interval (1 run)" in table and "test_accuracy: too few runs to test a difference" in table
+    sentences = [line.strip() for line in table.splitlines() if line.strip().startswith("test_accuracy: ")]
+    assert any(word in sentences[0] for word in ("better by", "worse by", "no detectable difference with 3 seeds"))
+    assert "paired t over 3 seeds" in sentences[0]
+
+    markdown = run_in_process(workdir, "--compare", "4", "--format=markdown").stdout
+    assert markdown.startswith("### experiment1 (reference)") and "| test_accuracy | 3 |" in markdown
+    assert "### experiment1 training.learning_rate=0.1" in markdown and "run 7" not in markdown
+
+    against = json.loads(run_in_process(workdir, "--compare", "--against=4", "--format=json").stdout)
+    assert [group["runs"] for group in against] == [[4, 5, 6], [1, 2, 3], [7]]
+    by_config = json.loads(run_in_process(workdir, "--compare", "--experiment=experiment1", "--config=configs/tiny.yml",
+                                          "--config.training.learning_rate=0.1", "--format=json").stdout)
+    assert [group["runs"] for group in by_config] == [[1, 2, 3], [4, 5, 6]]
+
+
+@pytest.mark.slow
+def test_the_baseline_config_is_the_default_reference(workdir, code_copy):
+    # A template whose baseline (configs/config.yml) is the tiny config, so that its runs take seconds.
+    (code_copy / "configs" / "config.yml").write_text((workdir / "configs" / "tiny.yml").read_text())
+    launch = ["--experiment=experiment1", f"--config={code_copy / 'configs' / 'config.yml'}", "--verbose=0"]
+    main = code_copy / "main.py"
+    assert run_main(workdir, *launch, "--seeds=2", "--config.model.hidden=8", main=main).returncode == 0
+    assert run_main(workdir, *launch, "--seeds=2", main=main).returncode == 0
+    compared = run_main(workdir, "--compare", "--format=json", main=main)
+    assert compared.returncode == 0 and "note" not in compared.stderr, compared.stderr
+    groups = json.loads(compared.stdout)
+    assert [(group["runs"], group["reference"]) for group in groups] == [([3, 4], True), ([1, 2], False)]
+    assert groups[1]["config"] == {"model.hidden": 8}
+    assert_refused(run_main(workdir, "--compare", "9", main=main), "run 9 is not a finished, visible run")
+    assert_refused(run_main(workdir, "--format=json", main=main), "--format only applies to --compare")
