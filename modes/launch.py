@@ -8,6 +8,7 @@ import inspect
 import os
 import sys
 from dataclasses import dataclass, replace
+from functools import cached_property
 from pathlib import Path
 
 from utils.config import (OVERRIDE_PREFIX, apply_overrides, dump_config, flatten_values, load_config, load_config_text,
@@ -40,7 +41,7 @@ class Launch:
     where_keys: tuple  # config keys that say where things are or how they are fetched: not part of the identity
     code_dir: Path
 
-    @property
+    @cached_property
     def table(self):
         return RunTable(TABLE_PATH)
 

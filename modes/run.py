@@ -9,7 +9,7 @@ import sys
 
 from modes.launch import command_of, torchrun_world_size
 from utils.config import flatten_values, load_config_text, without_keys
-from utils.errors import Terminated, UserError
+from utils.errors import DiskFull, Terminated, UserError
 from utils.provenance import git_commit, git_diff
 
 
@@ -107,6 +107,9 @@ def execute(launch, run, identity, verbose, world=None, announce=True):
             results = experiment(config, run, device, world, **kwargs)
             if run.status == "running":
                 run.finish(results)
+    except DiskFull as full:  # the run is failed (or left for the next launch to mark): say how to continue it
+        raise DiskFull(full.what, f"free some space, then continue run {run.id} with python main.py --resume={run.id}"
+                       ) from None
     except (KeyboardInterrupt, Terminated) as stop:
         what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
         if speaks:

@@ -30,7 +30,8 @@ def sweep(launch):
     print(sweep_header(launch))
     table, rows, code = launch.table, [], 0
     for number, (combination, identity) in enumerate(zip(combinations, identities), start=1):
-        label = " ".join(f"{key}={value}" for key, value in combination) or "(the config as it is)"
+        label = " ".join(f"{key}={value}" for key, value in combination
+                         if key not in launch.where_keys) or "(the config as it is)"
         found = table.find_run(identity)
         if found is not None:
             print(f"[{number}/{len(combinations)}] {label}: skipped, {found.status} as run {found.run_id}")

@@ -3,6 +3,7 @@ import contextlib
 import gzip
 import io
 import os
+import shutil
 import signal
 import sqlite3
 import struct
@@ -150,3 +151,32 @@ def recorded_numbers(db_path, run_id):
               if not any(word in row[1] for word in timing)]
     results = query(db_path, "SELECT metric, value FROM Results WHERE run_id=? AND is_hparam=0 ORDER BY metric", run_id)
     return curves, results
+
+
+def private_mounts_work(tmp_path):
+    """Whether this process may mount in a private mount namespace (root, unshare): tried, not assumed."""
+    unshare = shutil.which("unshare")
+    if unshare is None or os.geteuid() != 0:
+        return False
+    target = tmp_path / "mount-probe"
+    target.mkdir(exist_ok=True)
+    probe = subprocess.run([unshare, "-m", "--propagation", "private", "sh", "-c",
+                            f"mount -t tmpfs -o size=1m tmpfs {target} && touch {target}/inside && "
+                            f"test -e {target}/inside"], capture_output=True, timeout=60)
+    mounted_here = (target / "inside").exists()  # a private mount never shows outside its namespace
+    target.rmdir() if not mounted_here else None
+    return probe.returncode == 0 and not mounted_here
+
+
+def interrupt_after_first_epoch(monkeypatch):
+    """Make the next in-process run stop as Ctrl-C would, right after its first epoch's checkpoints."""
+    from utils.epochs import Epochs
+
+    end = Epochs.end
+
+    def end_then_stop(self, epoch, **metrics):
+        end(self, epoch, **metrics)
+        monkeypatch.setattr(Epochs, "end", end)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Epochs, "end", end_then_stop)

@@ -7,7 +7,8 @@ import pytest
 import yaml
 
 import main
-from helpers import REPO, assert_refused, make_mnist_folder, query, run_in_process, tiny_in_process
+from helpers import (REPO, assert_refused, interrupt_after_first_epoch, make_mnist_folder, query, run_in_process,
+                     tiny_in_process)
 from utils.config import load_config
 from utils.errors import UserError
 from utils.runtable.readers import runs_frame
@@ -124,22 +125,7 @@ def test_the_shipped_fast_config_is_a_variant_of_the_baseline():
     assert fast.keys() == base.keys() and fast != base
 
 
-def interrupt_after_first_epoch(monkeypatch):
-    """Make the next in-process run stop like Ctrl-C right after its first epoch's checkpoints."""
-    from utils.epochs import Epochs
-
-    end = Epochs.end
-
-    def end_then_stop(self, epoch, **metrics):
-        end(self, epoch, **metrics)
-        monkeypatch.setattr(Epochs, "end", end)
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(Epochs, "end", end_then_stop)
-
-
 def test_resume_and_reproduce_take_the_data_from_where_it_lies_now(workdir, mnist_root, tmp_path, monkeypatch):
-    db = workdir / "results" / "resultTable.db"
     interrupt_after_first_epoch(monkeypatch)
     assert tiny_in_process(workdir).returncode == 130
     moved = tmp_path / "moved"

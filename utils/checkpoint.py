@@ -1,10 +1,12 @@
 """Checkpoints in a run's folder: the best model, and the full training state for resuming."""
+import io
 import random
 
 import numpy as np
 import torch
 
 from utils.distributed import unwrap
+from utils.errors import disk_full, is_disk_full
 
 
 def save_checkpoint(path, model, **extra):
@@ -45,6 +47,23 @@ def load_training_state(path, model, optimizer, scheduler, generator, device):
 
 
 def _save(state, path):
+    """Write `state` to `path` whole or not at all: a crash or a full disk never leaves a truncated file behind."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    data = buffer.getbuffer()
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)  # a crash mid-write never leaves a truncated checkpoint behind
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        tmp.replace(path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if is_disk_full(e):
+            raise disk_full(path.parent, path.name, len(data)) from None
+        raise
+
+
+def remove_partial_files(folder):
+    """Delete the *.tmp files a process killed mid-write left in `folder` (a resumed run starts clean)."""
+    for tmp in folder.glob("*.tmp"):
+        tmp.unlink(missing_ok=True)

@@ -5,7 +5,8 @@ validation metric) and `last.pt` (everything needed to continue), reloads the be
 that every torchrun rank ends with the same weights, and records the results. The loop itself stays in the
 experiment.
 """
-from utils.checkpoint import load_checkpoint, load_training_state, save_checkpoint, save_training_state
+from utils.checkpoint import (load_checkpoint, load_training_state, remove_partial_files, save_checkpoint,
+                              save_training_state)
 
 
 class Epochs:
@@ -88,6 +89,7 @@ class Epochs:
 
     def _restore(self):
         """Continue from last.pt: every state as it was after the last finished epoch, later points deleted."""
+        remove_partial_files(self.run.folder)
         if self._last_path.exists():
             state = load_training_state(self._last_path, self.model, *self._training_state, self.model_device())
             self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]

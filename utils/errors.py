@@ -1,9 +1,46 @@
-"""The one exception type for mistakes a user can fix."""
+"""The exception types main.py turns into one line and an exit code: mistakes a user can fix, and a full disk."""
+import errno
+import shutil
+import sqlite3
 
 
 class UserError(Exception):
     """A problem with the user's input or environment: main.py prints the message alone and exits with code 2."""
 
 
+class DiskFull(UserError):
+    """The disk that holds results/ filled up: what was written before stays, the launch stops with one line."""
+
+    def __init__(self, what, advice="free some space and launch again"):
+        super().__init__(f"{what}; {advice}")
+        self.what = what
+
+
 class Terminated(BaseException):
     """SIGTERM arrived (cluster walltime, scancel, kill): unwinds like Ctrl-C so that the run is marked failed."""
+
+
+def disk_full(folder, what, needed):
+    """The DiskFull error for writing `what` (`needed` bytes, or None if unknown) into `folder`."""
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        free = None
+    need = f"needed {_size(needed)}" if needed else "needed more space"
+    left = f" ({_size(free)} free)" if free is not None else ""
+    return DiskFull(f"the disk holding {folder} is full{left}: writing {what} {need}, nothing written before was lost")
+
+
+def is_disk_full(error):
+    """True for the errors a full disk raises: ENOSPC/EDQUOT from the OS, SQLITE_FULL from the run table."""
+    if isinstance(error, sqlite3.OperationalError):
+        code = getattr(error, "sqlite_errorcode", None)
+        return code == sqlite3.SQLITE_FULL if code is not None else "full" in str(error)
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def _size(count):
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if count < 1024 or unit == "GiB":
+            return f"{count:.0f} {unit}" if unit == "bytes" else f"{count:.1f} {unit}"
+        count /= 1024

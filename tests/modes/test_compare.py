@@ -3,17 +3,19 @@ import json
 
 import pytest
 
-from helpers import assert_refused, query, run_in_process, run_main, tiny_in_process
+from helpers import (assert_refused, interrupt_after_first_epoch, query, run_in_process, run_main,
+                     tiny_in_process)
 
 
-def test_seeds_record_one_run_each_and_the_same_command_completes_an_interrupted_study(workdir):
-    done = tiny_in_process(workdir, "--seeds=3")
+def test_seeds_record_one_run_each_and_the_same_command_completes_an_interrupted_study(workdir, monkeypatch):
+    done = tiny_in_process(workdir, "--seeds=2")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("seeds: 3 runs, seeds 0, 1, 2\n")
+    assert done.stdout.startswith("seeds: 2 runs, seeds 0, 1\n")
     db = workdir / "results" / "resultTable.db"
     assert query(db, "SELECT metric, value FROM Results WHERE is_hparam=1 AND metric='seed' ORDER BY run_id") == [
-        ("seed", 0), ("seed", 1), ("seed", 2)]
-    query(db, "UPDATE Experiments SET status='failed' WHERE run_id=3")  # as a killed study would leave it
+        ("seed", 0), ("seed", 1)]
+    interrupt_after_first_epoch(monkeypatch)  # Ctrl-C in the third seed's run stops the study
+    assert tiny_in_process(workdir, "--seeds=3").returncode == 130
     again = tiny_in_process(workdir, "--seeds=4")
     assert again.returncode == 0
     assert again.stdout.count("skipped, finished as run") == 2

@@ -8,17 +8,23 @@ outright (SIGKILL, out-of-memory, reboot) is recognised as failed by the next la
 import fcntl
 import json
 import shutil
+import sqlite3
+import sys
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
 from utils.config import flatten_values, load_config_text, without_keys
-from utils.errors import UserError
+from utils.errors import UserError, disk_full, is_disk_full
 from utils.runtable import liveness
 from utils.runtable.readers import DEBUG_RUN_ID, read_row
 from utils.runtable.run import Run
-from utils.runtable.schema import connect, create_table, prepare_for_writing, side_columns
+from utils.runtable.schema import (connect, create_table, network_filesystem_warning, prepare_for_writing,
+                                   side_columns)
+
+
+PROCESS_COLUMNS = ("host", "pid", "process_token", "heartbeat")  # liveness.Process, as the side table holds it
 
 
 class FoundRun(NamedTuple):
@@ -34,6 +40,7 @@ class RunTable:
     def __init__(self, path):
         self.path = Path(path)
         self.results_dir = self.path.parent
+        self._warned = False  # about a network filesystem: once per launch
 
     def find_run(self, identity):
         """The FoundRun with this identity that blocks a new one, or None.
@@ -102,8 +109,8 @@ class RunTable:
                 check(row.identity)
             db.execute("UPDATE Experiments SET status='running' WHERE run_id=?", (run_id,))
             process = liveness.this_process()
-            db.execute("UPDATE TemplateLaunch SET host=?, pid=?, process_token=? WHERE run_id=?",
-                       (process.host, process.pid, process.token, run_id))
+            db.execute("UPDATE TemplateLaunch SET host=?, pid=?, process_token=?, heartbeat=? WHERE run_id=?",
+                       (process.host, process.pid, process.token, process.heartbeat, run_id))
         folder = self.folder(run_id)
         folder.mkdir(parents=True, exist_ok=True)
         return Run(self.path, run_id, folder, resumed=True), row.identity
@@ -148,29 +155,42 @@ class RunTable:
             self.results_dir.mkdir(parents=True, exist_ok=True)
             lock = open(self.path.with_name(self.path.name + ".lock"), "a")
         except OSError as e:
+            if is_disk_full(e):
+                raise disk_full(self.results_dir, "the run table's lock file", None) from None
             raise UserError(f"cannot write in {self.results_dir} ({e.strerror}); "
                             f"run from a folder where results/ is writable, nothing was changed") from None
+        if not self._warned:
+            self._warned = True
+            warning = network_filesystem_warning(self.results_dir)
+            if warning:
+                print(warning, file=sys.stderr)
         with lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            if not self.path.exists():
-                create_table(self.path)
-            with connect(self.path) as db:
-                db.execute("BEGIN IMMEDIATE")  # check and insert in one write transaction
-                prepare_for_writing(db)
-                _mark_gone_runs_failed(db)
-                yield db
-                db.commit()
+            try:
+                if not self.path.exists():
+                    create_table(self.path)
+                with connect(self.path) as db:
+                    db.execute("BEGIN IMMEDIATE")  # check and insert in one write transaction
+                    prepare_for_writing(db)
+                    _mark_gone_runs_failed(db)
+                    yield db
+                    db.commit()
+            except (sqlite3.OperationalError, OSError) as e:
+                if is_disk_full(e):
+                    raise disk_full(self.results_dir, "to the run table", None) from None
+                raise
 
 
 def _find(db, identity):
-    has_side_table = "host" in side_columns(db)
+    columns = side_columns(db)
+    process_columns = ", ".join(f"L.{name}" if name in columns else "NULL" for name in PROCESS_COLUMNS)
     rows = db.execute(
-        "SELECT E.run_id, E.status, " + ("L.host, L.pid, L.process_token " if has_side_table else "NULL, NULL, NULL ")
-        + "FROM Experiments E " + ("LEFT JOIN TemplateLaunch L ON L.run_id = E.run_id " if has_side_table else "")
+        f"SELECT E.run_id, E.status, {process_columns} FROM Experiments E "
+        + ("LEFT JOIN TemplateLaunch L ON L.run_id = E.run_id " if columns else "")
         + "WHERE experiment=? AND config_hash=? AND cli=? AND comment=? AND hidden=0 AND E.run_id!=? "
           "AND status!='failed' ORDER BY E.run_id", (*identity.key(), DEBUG_RUN_ID)).fetchall()
-    for run_id, status, host, pid, token in rows:
-        process = liveness.Process(host, pid, token) if host is not None else None
+    for run_id, status, *process in rows:
+        process = liveness.Process(*process) if process[0] is not None else None
         if status == "finished" or not liveness.is_gone(process):
             return FoundRun(run_id, status, process)
     return None
@@ -178,10 +198,11 @@ def _find(db, identity):
 
 def _record_launch(db, run_id, identity):
     process = liveness.this_process()
-    db.execute("INSERT OR REPLACE INTO TemplateLaunch (run_id, host, pid, process_token, flags, data_fingerprint, "
-               "config_keys, group_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-               (run_id, process.host, process.pid, process.token, json.dumps(identity.flags, sort_keys=True),
-                identity.data, json.dumps(config_keys(identity)), identity.group_hash))
+    db.execute("INSERT OR REPLACE INTO TemplateLaunch (run_id, host, pid, process_token, heartbeat, flags, "
+               "data_fingerprint, config_keys, group_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               (run_id, process.host, process.pid, process.token, process.heartbeat,
+                json.dumps(identity.flags, sort_keys=True), identity.data, json.dumps(config_keys(identity)),
+                identity.group_hash))
 
 
 def config_keys(identity):
@@ -191,13 +212,14 @@ def config_keys(identity):
 
 
 def _process(db, run_id):
-    row = db.execute("SELECT host, pid, process_token FROM TemplateLaunch WHERE run_id=?", (run_id,)).fetchone()
+    row = db.execute(f"SELECT {', '.join(PROCESS_COLUMNS)} FROM TemplateLaunch WHERE run_id=?", (run_id,)).fetchone()
     return None if row is None else liveness.Process(*row)
 
 
 def _mark_gone_runs_failed(db):
-    """Mark failed every run left 'running' by a process of this host that no longer exists (SIGKILL, OOM, reboot)."""
-    rows = db.execute("SELECT E.run_id, L.host, L.pid, L.process_token FROM Experiments E "
+    """Mark failed every run left 'running' by a process that is gone: of this host and no longer there (SIGKILL,
+    OOM, reboot), or of another host and silent for longer than the heartbeat lease (a dead node)."""
+    rows = db.execute(f"SELECT E.run_id, {', '.join('L.' + name for name in PROCESS_COLUMNS)} FROM Experiments E "
                       "JOIN TemplateLaunch L ON L.run_id = E.run_id WHERE E.status='running'").fetchall()
     gone = [(run_id,) for run_id, *process in rows if liveness.is_gone(liveness.Process(*process))]
     db.executemany("UPDATE Experiments SET status='failed' WHERE run_id=?", gone)

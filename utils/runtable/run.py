@@ -1,18 +1,28 @@
-"""The logging API of one registered run: hparams, texts, scalars and results, ending finished or failed."""
+"""The logging API of one registered run: hparams, texts, scalars and results, ending finished or failed.
+
+While it runs, a background thread writes a heartbeat to the table, so that a run that dies on another host without
+a word is recognised as dead once its heartbeat is older than the lease (see liveness.py).
+"""
+import sqlite3
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
+from utils.errors import DiskFull, disk_full, is_disk_full
+from utils.runtable.liveness import heartbeat_interval
 from utils.runtable.schema import connect
 
 FLUSH_EVERY = 200  # scalars buffered before they are written (also written at every flush() and at the end)
+POINT_BYTES = 64  # about what one logged point takes in the table, to say how much a full disk lacked
 
 
 class Run:
     """One registered run: records hparams, scalars and results in the table, and ends finished or failed.
 
-    Used as a context manager, a run that leaves the block by an exception (Ctrl-C and SIGTERM included) is marked
-    failed, after every scalar it logged has been written. Once finished, nothing can change it.
+    Used as a context manager, the run beats its heartbeat while inside the block, and a run that leaves the block by
+    an exception (Ctrl-C and SIGTERM included) is marked failed, after every scalar it logged has been written. Once
+    finished, nothing can change it.
     """
 
     def __init__(self, table_path, run_id, folder, resumed=False):
@@ -23,19 +33,20 @@ class Run:
         self._path = table_path
         self._buffer = []
         self._start = time.monotonic()
+        self._heart = None
 
     def log_hparams(self, hparams):
         """Record hyperparameters (deepboard shows them as columns); lists and None are stored as text."""
         rows = [(self.id, name, value if isinstance(value, (int, float, str)) else str(value), 1)
                 for name, value in hparams.items()]
-        with self._writing() as db:
+        with self._writing("the hparams", needed=POINT_BYTES * len(rows)) as db:
             db.executemany("DELETE FROM Results WHERE run_id=? AND metric=? AND is_hparam=1",
                            [(self.id, name) for name in hparams])
             db.executemany("INSERT INTO Results (run_id, metric, value, is_hparam) VALUES (?, ?, ?, ?)", rows)
 
     def log_text(self, tag, text):
         """Record a text under `tag` (deepboard shows it in the run's text fragments); replaces an earlier one."""
-        with self._writing() as db:
+        with self._writing(f"the text {tag!r}", needed=len(text)) as db:
             db.execute("DELETE FROM Fragments WHERE run_id=? AND tag=?", (self.id, tag))
             db.execute("INSERT INTO Fragments (run_id, step, epoch, run_rep, fragment_type, tag, fragment) "
                        "VALUES (?, 0, 0, 0, 'RAW', ?, ?)", (self.id, tag, text))
@@ -51,58 +62,103 @@ class Run:
     def flush(self):
         """Write the buffered scalars now."""
         if self._buffer:
-            with self._writing() as db:
+            with self._writing(f"{len(self._buffer)} points", needed=POINT_BYTES * len(self._buffer)) as db:
                 db.executemany("INSERT INTO Logs (run_id, epoch, step, split, label, value, wall_time, run_rep) "
                                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._buffer)
             self._buffer = []
 
     def discard_logs_after(self, epoch):
         """Delete this run's scalars of epochs after `epoch`: a resumed run replays them from its last checkpoint."""
-        with self._writing() as db:
+        with self._writing("the resume point") as db:
             db.execute("DELETE FROM Logs WHERE run_id=? AND epoch>?", (self.id, epoch))
 
     def finish(self, results):
         """Record the final results and mark the run finished; the run is read-only afterwards."""
         self.flush()
-        with self._writing() as db:
+        with self._writing("the results", needed=POINT_BYTES * len(results)) as db:
             db.executemany("DELETE FROM Results WHERE run_id=? AND metric=? AND is_hparam=0",
                            [(self.id, name) for name in results])
             db.executemany("INSERT INTO Results (run_id, metric, value, is_hparam) VALUES (?, ?, ?, 0)",
                            [(self.id, name, value) for name, value in results.items()])
             db.execute("UPDATE Experiments SET status='finished' WHERE run_id=?", (self.id,))
         self.status = "finished"
+        self._stop_heartbeat()
 
     def fail(self):
-        """Write every buffered scalar, then mark the run failed so that its config can be run (or resumed) again."""
+        """Write every buffered scalar, then mark the run failed so that its config can be run (or resumed) again.
+
+        On a full disk neither may be possible: the points already written stay, and the run, left "running" by a
+        process that is about to end, is marked failed by the next launch that finds its process gone.
+        """
         if self.status != "running":
             return
+        self._stop_heartbeat()
         try:
             self.flush()
+        except DiskFull:
+            pass
         finally:
-            with self._writing(check_open=False) as db:
-                db.execute("UPDATE Experiments SET status='failed' WHERE run_id=?", (self.id,))
+            try:
+                with self._writing("the failed status", check_open=False) as db:
+                    db.execute("UPDATE Experiments SET status='failed' WHERE run_id=?", (self.id,))
+            except DiskFull:
+                pass
             self.status = "failed"
 
     def __enter__(self):
+        self._heart = _Heartbeat(self._path, self.id)
         return self
 
     def __exit__(self, exc_type, exc, tb):
+        self._stop_heartbeat()
         if exc_type is not None:
             self.fail()
         return False
+
+    def _stop_heartbeat(self):
+        if self._heart is not None:
+            self._heart.stop()
+            self._heart = None
 
     def _check_open(self):
         if self.status != "running":
             raise RuntimeError(f"run {self.id} is {self.status}; nothing more can be recorded in it")
 
     @contextmanager
-    def _writing(self, check_open=True):
+    def _writing(self, what, needed=None, check_open=True):
         if check_open:
             self._check_open()
-        with connect(self._path) as db:
-            db.execute("BEGIN IMMEDIATE")
-            yield db
-            db.commit()
+        try:
+            with connect(self._path) as db:
+                db.execute("BEGIN IMMEDIATE")
+                yield db
+                db.commit()
+        except (sqlite3.OperationalError, OSError) as e:
+            if is_disk_full(e):
+                raise disk_full(Path(self._path).parent, f"{what} of run {self.id} to the run table", needed) from None
+            raise
+
+
+class _Heartbeat:
+    """A daemon thread that writes the time to the run's row every heartbeat_interval() seconds until stopped."""
+
+    def __init__(self, table_path, run_id):
+        self._path, self._run_id = table_path, run_id
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"heartbeat of run {run_id}", daemon=True)
+        self._thread.start()
+
+    def _beat(self):
+        while not self._stopped.wait(heartbeat_interval()):
+            try:
+                with connect(self._path) as db:
+                    db.execute("UPDATE TemplateLaunch SET heartbeat=? WHERE run_id=?", (time.time(), self._run_id))
+            except (sqlite3.Error, OSError, DiskFull):
+                pass  # a busy or full table: the next beat tries again, and the lease is many beats long
+
+    def stop(self):
+        self._stopped.set()
+        self._thread.join()
 
 
 class Replica(Run):
@@ -110,6 +166,9 @@ class Replica(Run):
 
     def __init__(self, run_id, folder, resumed=False):
         super().__init__(None, run_id, folder, resumed)
+
+    def __enter__(self):
+        return self
 
     def log_hparams(self, hparams):
         pass

@@ -22,6 +22,7 @@ SIDE_COLUMNS = {
     "data_fingerprint": "TEXT",  # what the data was (the identity hashes it with the config)
     "config_keys": "TEXT",  # the dotted keys the run's config set (JSON), to tell when a config gains a key
     "group_hash": "TEXT",  # shared by the runs that differ only in their seed (see identity.group_hash)
+    "heartbeat": "REAL",  # when the running process last said it was alive (epoch seconds; see liveness.py)
 }
 # Every per-run query filters on run_id: without these, each one scans the whole table (minutes at 10,000 runs).
 INDEXES = {
@@ -38,8 +39,15 @@ def create_table(path):
     ResultTable(str(path), unique_columns=UNIQUE_COLUMNS)
 
 
+# A finished run's status is final, whoever writes: deepboard's own writers (which its GUI, and scripts calling
+# ResultTable.load_run, build for reading) flip every run they loaded to "failed" when their process later crashes.
+FINISHED_IS_FINAL = """CREATE TRIGGER IF NOT EXISTS template_finished_is_final BEFORE UPDATE OF status ON Experiments
+    WHEN OLD.status = 'finished' AND NEW.status != 'finished' BEGIN SELECT RAISE(IGNORE); END"""
+
+
 def prepare_for_writing(db):
-    """Add the side table, its newer columns and the indexes to a checked table, changing nothing else in it."""
+    """Add the side table, its newer columns, the indexes and the trigger that keeps finished runs finished to a
+    checked table, changing nothing else in it."""
     columns = ", ".join(f"{name} {kind}" for name, kind in SIDE_COLUMNS.items())
     db.execute(f"CREATE TABLE IF NOT EXISTS {SIDE_TABLE} ({columns})")
     present = {row[1] for row in db.execute(f"PRAGMA table_info({SIDE_TABLE})")}
@@ -48,6 +56,7 @@ def prepare_for_writing(db):
             db.execute(f"ALTER TABLE {SIDE_TABLE} ADD COLUMN {name} {kind}")
     for name, target in INDEXES.items():
         db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
+    db.execute(FINISHED_IS_FINAL)
 
 
 @contextmanager
@@ -87,3 +96,39 @@ def check_version(db, path):
 def side_columns(db):
     """The columns the side table has in this file (an older table may lack some, or the whole table)."""
     return {row[1] for row in db.execute(f"PRAGMA table_info({SIDE_TABLE})")}
+
+
+# Filesystems whose POSIX locks SQLite cannot always rely on (their lock daemons and caches differ by setup).
+NETWORK_FILESYSTEMS = ("nfs", "nfs4", "cifs", "smb3", "smbfs", "lustre", "gpfs", "beegfs", "ceph", "glusterfs",
+                       "fuse.glusterfs", "fuse.sshfs", "fuse.s3fs", "9p", "afs", "ocfs2", "panfs", "pvfs2", "orangefs")
+
+
+def filesystem_type(path, mounts="/proc/mounts"):
+    """The type of the filesystem that holds `path` (its nearest existing folder), from the mount table; or None."""
+    path = Path(path).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    best, kind = "", None
+    try:
+        lines = Path(mounts).read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ").replace("\\011", "\t").replace("\\134", "\\")
+        inside = str(path) == point or str(path).startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, kind = point, fields[2]
+    return kind
+
+
+def network_filesystem_warning(path, mounts="/proc/mounts"):
+    """A one-line warning when `path` lies on a network filesystem, else None."""
+    kind = filesystem_type(path, mounts)
+    if kind is None or kind not in NETWORK_FILESYSTEMS:
+        return None
+    return (f"warning: {path} lies on a network filesystem ({kind}): the run table relies on working POSIX locks "
+            f"there; if they are broken, concurrent launches can corrupt it (see the README: results on a shared "
+            f"filesystem)")
