@@ -70,6 +70,8 @@ def make_parser():
                        help="split override values at commas and run every combination, skipping finished ones")
     modes.add_argument("--seeds", metavar="N|A,B,...",
                        help="run every configuration with N seeds (the config's seed and the next N-1) or these seeds")
+    modes.add_argument("--workers", type=int, metavar="N",
+                       help="with --sweep or --seeds: start N local workers that share the runs, and wait for them")
     modes.add_argument("--compare", type=int, nargs="*", metavar="RUNID",
                        help="groups of runs differing only in their seed: means, 95%% intervals and tests against a "
                             "reference group (filter with run IDs, --experiment, --config and overrides)")

@@ -170,9 +170,11 @@ def choose_mode(args, overrides, parser, output_only):
     for flag, value, default, modes in (("--tolerance", args.tolerance, 0.0, ("reproduce", "verify")),
                                         ("--steps", args.steps, None, ("verify",)),
                                         ("--against", args.against, None, ("compare",)),
-                                        ("--format", args.format, "table", ("compare",))):
+                                        ("--format", args.format, "table", ("compare",)),
+                                        ("--workers", args.workers, None, ("sweep",))):
         if value != default and mode not in modes:
-            raise UserError(f"{flag} only applies to {' and '.join('--' + m for m in modes)}")
+            named = " and ".join("--sweep or --seeds" if m == "sweep" else f"--{m}" for m in modes)
+            raise UserError(f"{flag} only applies to {named}")
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps=N replays N >= 1 steps, got {args.steps}")
     if mode in ("resume", "reproduce", "verify"):  # the run's recorded experiment, config and flags are used

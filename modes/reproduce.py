@@ -13,7 +13,7 @@ from utils.runtable.readers import DEBUG_RUN_ID, read_run
 
 TIMING_WORDS = ("time", "throughput")  # measurements of speed: the only values allowed to differ run to run
 ENVIRONMENT_KEYS = ("python", "torch", "torchvision", "deepboard", "numpy", "device_type", "device_name", "cuda",
-                    "cudnn")
+                    "cudnn", "threads")
 
 
 def reproduce(launch):
@@ -29,7 +29,7 @@ def reproduce(launch):
                               commit=git_commit(launch.code_dir), diff=git_diff(launch.code_dir), debug=True)
         return run, identity
 
-    results, code, run = run_registered(launch, register)
+    results, code, run = run_registered(launch, register, threads=recorded.threads)
     if results is None or run is None:  # failed, or a torchrun rank other than 0
         return code
     new = read_run(table.path, DEBUG_RUN_ID)

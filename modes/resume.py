@@ -9,7 +9,8 @@ def resume(launch):
     run_id = launch.args.resume
     if not launch.table.path.exists():
         raise UserError(f"there is no run table at {launch.table.path}, so no run {run_id} to resume")
-    recorded = read_row_of(launch.table.path, run_id).identity
+    row = read_row_of(launch.table.path, run_id)
+    recorded = row.identity
     identity = launch.relocated(recorded)
     if recorded.data and identity.data != recorded.data:
         raise UserError(f"the data the config now points at is not the data run {run_id} was trained on "
@@ -21,7 +22,7 @@ def resume(launch):
             run_id, check=lambda identity: check_world_size(identity, run_id, world_size, "--resume"))
         return run, identity
 
-    _, code, _ = run_registered(launch, register)
+    _, code, _ = run_registered(launch, register, threads=row.threads)
     return code
 
 

@@ -32,7 +32,7 @@ def run_new(launch):
     return code
 
 
-def run_registered(launch, register):
+def run_registered(launch, register, threads=None):
     """(results, exit code, run) of a run that `register(world_size)` records, under torchrun or not.
 
     The run is None on torchrun's ranks other than 0, which record nothing.
@@ -42,7 +42,7 @@ def run_registered(launch, register):
     """
     if torchrun_world_size() <= 1:
         run, identity = register(1)
-        results, code = execute(launch, run, identity, launch.args.verbose)
+        results, code = execute(launch, run, identity, launch.args.verbose, threads=threads)
         return results, code, run
 
     from utils.distributed import join_world, leave_world
@@ -64,15 +64,18 @@ def run_registered(launch, register):
         if not world.is_main:
             run, identity = Replica(*outcome[:3]), outcome[3]
         verbose = launch.args.verbose if world.is_main else 0
-        results, code = execute(launch, run, identity, verbose, world)
+        results, code = execute(launch, run, identity, verbose, world, threads=threads)
         world.barrier()  # every rank is done with its collectives before the process group goes away
         return results, code, run if world.is_main else None
     finally:
         leave_world(world)
 
 
-def execute(launch, run, identity, verbose, world=None, announce=True):
+def execute(launch, run, identity, verbose, world=None, announce=True, threads=None):
     """(results or None, exit code) of running `identity`'s experiment into `run`; `announce` prints how it ended.
+
+    `threads` is the CPU thread count a recorded run had (a resume, a reproduction, a replay): CPU kernels sum in
+    another order with another count, so the same count gives the same numbers. By default, the config's.
 
     Any exception, Ctrl-C and SIGTERM included, marks the run failed after writing what it logged; an interruption
     returns exit code 130 or 143 with a line on how to resume, any other exception propagates with its traceback.
@@ -98,7 +101,7 @@ def execute(launch, run, identity, verbose, world=None, announce=True):
             # The experiment gets the config back from its recorded text: what runs is exactly what was recorded.
             config = without_keys(load_config_text(identity.config_text), set())  # a key set to null is not set
             training = config.get("training", {})
-            threads = set_threads(training.get("threads", 0), processes_per_machine=world.local_size)
+            threads = set_threads(threads or training.get("threads", 0), processes_per_machine=world.local_size)
             seed_everything(config.get("seed", 0), deterministic=training.get("deterministic", True))
             device = pick_device(force_cpu=flags.get("cpu", False), index=world.local_rank)
             run.log_hparams({**flatten_values(config), **{k: v for k, v in flags.items() if k != "verbose"},

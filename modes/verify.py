@@ -82,7 +82,7 @@ def verify_run(launch, recorded):
     with tempfile.TemporaryDirectory(prefix="verify-") as folder:
         replay = Replay(recorded.run_id, folder, last_step)
         try:
-            execute(launch, replay, identity, verbose=0, announce=False)
+            execute(launch, replay, identity, verbose=0, announce=False, threads=recorded.threads)
         except EnoughSteps:
             pass
     return compare_window(recorded.scalars, replay.points, last_step, tolerance)

@@ -180,3 +180,8 @@ def interrupt_after_first_epoch(monkeypatch):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(Epochs, "end", end_then_stop)
+
+
+def unprefixed(output):
+    """The lines of a sweep worker's output without the worker's name in front."""
+    return [line.split("] ", 1)[1] if line.startswith("[") else line for line in output.splitlines()]

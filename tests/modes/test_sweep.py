@@ -1,17 +1,23 @@
-"""--sweep: the product of comma-separated values, each combination a run, finished ones skipped on a relaunch."""
+"""--sweep: the product of comma-separated values, each combination a run; any number of identical commands (or
+--workers=N) share one sweep to the end."""
+import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import yaml
 
-from helpers import (MAIN, assert_refused, logged_epochs, make_mnist_folder, query, tiny_config, tiny_in_process,
-                     wait_for)
+import main
+from helpers import (MAIN, assert_refused, logged_epochs, make_mnist_folder, query, recorded_numbers, start_main,
+                     tiny_config, tiny_in_process, unprefixed, wait_for)
 from modes.sweep import sweep_combinations
 from utils.config import sweep_values
 
 SWEEP = ("--sweep", "--config.training.learning_rate=0.05,0.02", "--config.model.channels=[4,8],[8,8]")
+TINY = ("--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0")
 
 
 def test_values_split_at_top_level_commas_only():
@@ -26,21 +32,23 @@ def test_values_split_at_top_level_commas_only():
 def test_a_sweep_runs_the_product_and_a_second_launch_skips_what_finished(workdir):
     done = tiny_in_process(workdir, *SWEEP)
     assert done.returncode == 0, done.stderr
-    assert "sweep: 4 combinations of training.learning_rate, model.channels" in done.stdout
+    lines = unprefixed(done.stdout)
+    assert all(line.startswith(f"[{socket.gethostname()}:{os.getpid()}] ") for line in done.stdout.splitlines())
+    assert "sweep: 4 combinations of training.learning_rate, model.channels" in lines
     db = workdir / "results" / "resultTable.db"
     configs = [yaml.safe_load(text) for (text,) in query(db, "SELECT file_content FROM ConfigFile ORDER BY run_id")]
     assert [(c["training"]["learning_rate"], c["model"]["channels"]) for c in configs] == [
         (0.05, [4, 8]), (0.05, [8, 8]), (0.02, [4, 8]), (0.02, [8, 8])]
     commands = [command for (command,) in query(db, "SELECT command FROM Experiments ORDER BY run_id")]
     assert "--sweep" not in commands[1] and "--config.model.channels=[8,8]" in commands[1]  # each run's own command
-    table = done.stdout.splitlines()[-5:]
+    table = lines[-5:]
     assert table[0].split()[:3] == ["combination", "run", "status"] and "test_accuracy" in table[0]
     assert [line.split()[2:4] for line in table[1:]] == [["1", "finished"], ["2", "finished"], ["3", "finished"],
                                                           ["4", "finished"]]
 
-    again = tiny_in_process(workdir, *SWEEP)
+    again = tiny_in_process(workdir, *SWEEP)  # after the sweep, the same command prints its table again
     assert again.returncode == 0
-    assert again.stdout.count("skipped, finished as run") == 4
+    assert again.stdout.count("skipped, finished as run") == 4 and unprefixed(again.stdout)[-5:] == table
     assert query(db, "SELECT COUNT(*) FROM Experiments") == [(4,)]
 
 
@@ -49,6 +57,7 @@ def test_without_sweep_a_comma_is_never_split(workdir):
                    "add --sweep")
     assert_refused(tiny_in_process(workdir, "--sweep", "--debug", "--config.seed=1,2"), "drop --debug")
     assert_refused(tiny_in_process(workdir, "--sweep", "--config.seed=1,x"), "'seed' expects an integer")
+    assert_refused(tiny_in_process(workdir, "--workers=2"), "--workers only applies to --sweep or --seeds")
     assert not (workdir / "results").exists()  # every value is checked before the first run
 
 
@@ -61,30 +70,141 @@ def test_a_sweep_refuses_a_mistake_every_combination_would_repeat_before_the_fir
     assert not (workdir / "results").exists()
 
 
-@pytest.mark.slow
-def test_a_stopped_sweep_resumes_where_it_was_and_retries_the_failed_combination(tmp_path):
-    data = make_mnist_folder(tmp_path / "data", n_train=2400, n_test=200)
-    (tmp_path / "configs").mkdir()
-    config = tiny_config(data, **{"training.num_epochs": 4, "data.batch_size": 32})
-    (tmp_path / "configs" / "tiny.yml").write_text(yaml.safe_dump(config))
-    db = tmp_path / "results" / "resultTable.db"
-    sweep = ["--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0", "--sweep",
-             "--config.seed=1,2,3"]
+def test_a_combination_whose_code_crashes_is_retried_once_then_reported_failed(workdir, monkeypatch):
+    attempts = []
 
-    process = subprocess.Popen([sys.executable, str(MAIN), *sweep], cwd=tmp_path, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    wait_for(lambda: logged_epochs(db, 2) >= 1 or process.poll() is not None, what="the second combination")
-    process.send_signal(signal.SIGTERM)
-    out, err = process.communicate(timeout=120)
+    def experiment1(config, run, device, world, watch="accuracy", verbose=1):
+        attempts.append(config["seed"])
+        if config["seed"] == 2:
+            raise RuntimeError("a bug that only seed 2 meets")
+        return main.experiment1(config, run, device, world, watch=watch, verbose=verbose)
+
+    experiment1.__module__ = main.experiment1.__module__
+    monkeypatch.setitem(main.experiments, "experiment1", experiment1)
+    done = tiny_in_process(workdir, "--sweep", "--config.seed=1,2,3")
+    assert done.returncode == 1
+    assert done.stderr.count("RuntimeError: a bug that only seed 2 meets") == 2  # its traceback, each time
+    assert attempts == [1, 2, 3, 2]
+    table = unprefixed(done.stdout)[-4:]
+    assert [line.split()[:3] for line in table[1:]] == [["seed=1", "1", "finished"], ["seed=2", "4", "failed"],
+                                                        ["seed=3", "3", "finished"]]
+    again = tiny_in_process(workdir, "--sweep", "--config.seed=1,2,3")  # the same code: no third attempt
+    assert again.returncode == 1 and attempts == [1, 2, 3, 2]
+    db = workdir / "results" / "resultTable.db"
+    assert query(db, "SELECT run_id, status, hidden FROM Experiments ORDER BY run_id") == [
+        (1, "finished", 0), (2, "failed", 1), (3, "finished", 0), (4, "failed", 0)]
+
+
+@pytest.fixture
+def slow_sweep(tmp_path):
+    """A folder whose configs/tiny.yml trains long enough (3 epochs of 2,400 images) to be stopped in a run."""
+    folder = tmp_path / "slow"
+    data = make_mnist_folder(folder / "data", n_train=2400, n_test=200)
+    (folder / "configs").mkdir()
+    config = tiny_config(data, **{"training.num_epochs": 3, "data.batch_size": 32})
+    (folder / "configs" / "tiny.yml").write_text(yaml.safe_dump(config))
+    return folder
+
+
+@pytest.mark.slow
+def test_a_stopped_sweep_resumes_where_it_was(slow_sweep):
+    db = slow_sweep / "results" / "resultTable.db"
+    sweep = [*TINY, "--sweep", "--config.seed=1,2,3"]
+    process = start_main(slow_sweep, *sweep)
+    try:
+        wait_for(lambda: logged_epochs(db, 2) >= 1 or process.poll() is not None, what="the second combination")
+        process.send_signal(signal.SIGTERM)
+        out, err = process.communicate(timeout=120)
+    finally:
+        process.kill()
     assert process.returncode == 143, out + err
     assert "the same command resumes it" in err
     assert query(db, "SELECT run_id, status FROM Experiments ORDER BY run_id") == [(1, "finished"), (2, "failed")]
 
-    again = subprocess.run([sys.executable, str(MAIN), *sweep], cwd=tmp_path, capture_output=True, text=True,
+    again = subprocess.run([sys.executable, str(MAIN), *sweep], cwd=slow_sweep, capture_output=True, text=True,
                            timeout=300)
     assert again.returncode == 0, again.stderr
-    assert "[1/3] seed=1: skipped, finished as run 1" in again.stdout
+    lines = unprefixed(again.stdout)
+    assert "[1/3] seed=1: skipped, finished as run 1" in lines and "[2/3] seed=2: run 2, resumed" in lines
     assert query(db, "SELECT run_id, status, hidden FROM Experiments ORDER BY run_id") == [
-        (1, "finished", 0), (2, "failed", 1), (3, "finished", 0), (4, "finished", 0)]
-    assert [line.split()[:3] for line in again.stdout.splitlines()[-3:]] == [
-        ["seed=1", "1", "finished"], ["seed=2", "3", "finished"], ["seed=3", "4", "finished"]]
+        (1, "finished", 0), (2, "finished", 0), (3, "finished", 0)]
+    assert [line.split()[:3] for line in lines[-3:]] == [
+        ["seed=1", "1", "finished"], ["seed=2", "2", "finished"], ["seed=3", "3", "finished"]]
+
+
+@pytest.mark.slow
+def test_three_workers_started_at_once_run_each_of_six_combinations_once(workdir):
+    sweep = [*TINY, "--sweep", "--config.seed=1,2,3,4,5,6"]
+    workers = [start_main(workdir, *sweep) for _ in range(3)]
+    try:
+        outcomes = [(worker.wait(timeout=300), *worker.communicate()) for worker in workers]
+    finally:
+        for worker in workers:
+            worker.kill()
+    assert [code for code, _, _ in outcomes] == [0, 0, 0], outcomes
+    db = workdir / "results" / "resultTable.db"
+    assert query(db, "SELECT COUNT(*), SUM(status='finished'), COUNT(DISTINCT config_hash) FROM Experiments") == [
+        (6, 6, 6)]
+    tables = [out for _, out, _ in outcomes if "combination  run  status" in out]
+    assert len(tables) == 1  # the worker that ended last prints the whole sweep's table, once
+    assert sum(line.split("] ", 1)[1].startswith("seed=") for line in tables[0].splitlines()) == 6
+    started = [line for _, out, _ in outcomes for line in unprefixed(out) if ": run " in line]
+    assert len(started) == 6  # each combination was started by exactly one worker
+
+
+@pytest.mark.slow
+def test_when_a_worker_is_killed_the_survivor_resumes_its_combination_and_ends_the_sweep(slow_sweep):
+    db = slow_sweep / "results" / "resultTable.db"
+    sweep = [*TINY, "--sweep", "--config.seed=1,2,3"]
+    first = start_main(slow_sweep, *sweep)
+    second = None
+    try:
+        wait_for(lambda: logged_epochs(db, 1) >= 1 or first.poll() is not None, what="the first worker's run")
+        second = start_main(slow_sweep, *sweep)  # claims combination 2 while the first is in combination 1
+        wait_for(lambda: logged_epochs(db, 2) >= 1 or second.poll() is not None, what="the second worker's run")
+        [(killed_run,)] = query(db, "SELECT E.run_id FROM Experiments E JOIN TemplateLaunch L ON L.run_id = E.run_id "
+                                    "WHERE E.status='running' AND L.pid=?", first.pid)
+        first.kill()  # SIGKILL in the middle of its combination
+        first.wait()
+        out, err = second.communicate(timeout=300)
+    finally:
+        for process in (first, second):
+            if process is not None:
+                process.kill()
+    assert second.returncode == 0, out + err
+    assert f": run {killed_run}, resumed" in out  # the survivor took it over; no one ran the command again
+    assert query(db, "SELECT run_id, status, hidden FROM Experiments ORDER BY run_id") == [
+        (1, "finished", 0), (2, "finished", 0), (3, "finished", 0)]
+    curves, _ = recorded_numbers(db, 1)
+    assert len(curves) == len({(split, label, step) for split, label, _, step, _ in curves})  # every point once
+
+
+@pytest.mark.slow
+def test_workers_option_runs_the_sweep_and_ctrl_c_stops_every_worker(workdir, slow_sweep):
+    done = subprocess.run([sys.executable, str(MAIN), *TINY, "--sweep", "--config.seed=1,2,3", "--workers=2"],
+                          cwd=workdir, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.startswith("workers: 2 processes")
+    assert {line[:4] for line in done.stdout.splitlines()[1:]} == {"[w1]", "[w2]"}
+    assert query(workdir / "results" / "resultTable.db", "SELECT COUNT(*), SUM(status='finished') "
+                                                          "FROM Experiments") == [(3, 3)]
+
+    db = slow_sweep / "results" / "resultTable.db"
+    parent = start_main(slow_sweep, *TINY, "--sweep", "--config.seed=1,2,3", "--workers=2")
+    try:
+        wait_for(lambda: logged_epochs(db, 1) >= 1 and logged_epochs(db, 2) >= 1 or parent.poll() is not None,
+                 what="both workers' runs")
+        pids = [pid for (pid,) in query(db, "SELECT pid FROM TemplateLaunch")]
+        parent.send_signal(signal.SIGINT)  # what Ctrl-C sends to the command in the foreground
+        out, err = parent.communicate(timeout=120)
+    finally:
+        parent.kill()
+    assert parent.returncode == 130, out + err
+    assert "stopped all 2 workers" in err
+    time.sleep(0.5)
+    assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]  # no process left
+    assert query(db, "SELECT status FROM Experiments ORDER BY run_id") == [("failed",), ("failed",)]
+    resumed = subprocess.run([sys.executable, str(MAIN), *TINY, "--sweep", "--config.seed=1,2,3", "--workers=2"],
+                             cwd=slow_sweep, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0 and resumed.stdout.count(", resumed") == 2, resumed.stdout + resumed.stderr
+    assert query(db, "SELECT COUNT(*), SUM(status='finished') FROM Experiments") == [(3, 3)]

@@ -28,6 +28,7 @@ class RecordedRun:
     results: dict  # final results, hparams excluded
     scalars: dict  # tag -> [(step, value), ...] in step order
     epoch_ends: dict  # epoch -> the last step at which the run logged a point of that epoch
+    threads: int | None  # the CPU threads it computed with
 
 
 @dataclass
@@ -39,6 +40,7 @@ class RunRow:
     commit: str
     diff: str
     identity: RunIdentity
+    threads: int | None  # the CPU threads it computed with (recorded as an hparam)
 
 
 def read_row(db, path, run_id):
@@ -56,7 +58,9 @@ def read_row(db, path, run_id):
     if flags is None or config_text is None:
         raise UserError(f"run {run_id} was not recorded by this template's main.py; its flags are unknown")
     identity = RunIdentity(experiment, config_text, json.loads(flags), comment, data=data, recorded_hash=config_hash)
-    return RunRow(run_id, status, bool(hidden), commit, diff, identity)
+    threads = db.execute("SELECT value FROM Results WHERE run_id=? AND metric='threads' AND is_hparam=1",
+                         (run_id,)).fetchone()
+    return RunRow(run_id, status, bool(hidden), commit, diff, identity, threads[0] if threads else None)
 
 
 def read_row_of(path, run_id):
@@ -79,7 +83,7 @@ def read_run(path, run_id):
             scalars.setdefault(f"{split}/{label}" if split else label, []).append((step, value))
         epoch_ends = dict(db.execute("SELECT epoch, MAX(step) FROM Logs WHERE run_id=? GROUP BY epoch", (run_id,)))
     return RecordedRun(row.run_id, row.status, row.hidden, row.identity, row.commit, row.diff,
-                       json.loads(environment[0]) if environment else {}, results, scalars, epoch_ends)
+                       json.loads(environment[0]) if environment else {}, results, scalars, epoch_ends, row.threads)
 
 
 def newest_finished_runs(path):

@@ -6,6 +6,7 @@ is registered under a file lock in one write transaction, and records its host a
 outright (SIGKILL, out-of-memory, reboot) is recognised as failed by the next launch.
 """
 import fcntl
+import hashlib
 import json
 import shutil
 import sqlite3
@@ -25,6 +26,14 @@ from utils.runtable.schema import (connect, create_table, network_filesystem_war
 
 
 PROCESS_COLUMNS = ("host", "pid", "process_token", "heartbeat")  # liveness.Process, as the side table holds it
+
+
+class Claim(NamedTuple):
+    """What a sweep's worker got for one combination: a Run to execute, or why not (finished, running, crashed)."""
+    run: Run | None
+    state: str
+    run_id: int | None
+    threads: int | None = None  # of a run to resume: the CPU threads it computed with
 
 
 class FoundRun(NamedTuple):
@@ -65,28 +74,84 @@ class RunTable:
             if debug:
                 _refuse_live_debug_run(db)
                 _delete_run(db, DEBUG_RUN_ID)
-                run_id = DEBUG_RUN_ID
             else:
                 found = _find(db, identity)
                 if found is not None:
                     raise UserError(_duplicate_message(identity, found))
-                # Earlier attempts of this identity failed: keep their data, hidden, and record a fresh run.
-                db.execute("UPDATE Experiments SET hidden=1 WHERE experiment=? AND config_hash=? AND cli=? "
-                           "AND comment=? AND hidden=0 AND run_id!=?", (*identity.key(), DEBUG_RUN_ID))
-                run_id = None
-            cursor = db.execute(
-                "INSERT INTO Experiments (run_id, experiment, config, config_hash, cli, command, comment, tag, start, "
-                "status, commit_hash, diff) VALUES (?, ?, ?, ?, ?, ?, ?, '', ?, 'running', ?, ?)",
-                (run_id, identity.experiment, str(config_path), identity.config_hash, identity.cli, command,
-                 identity.comment, datetime.now().isoformat(sep=" "), commit, diff))
-            run_id = cursor.lastrowid if run_id is None else run_id
-            db.execute("INSERT INTO ConfigFile (run_id, file_content) VALUES (?, ?)", (run_id, identity.config_text))
-            _record_launch(db, run_id, identity)
+            run_id = _insert_run(db, identity, config_path, command, commit, diff,
+                                 DEBUG_RUN_ID if debug else None)
         folder = self.folder(run_id)
         if debug:
             shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
         return Run(self.path, run_id, folder)
+
+    def claim(self, identity, *, config_path, command, commit, diff, max_crashes=2):
+        """A Claim of `identity` for a sweep's worker, decided in one write transaction.
+
+        A new run when the identity never ran (or only crashed fewer than `max_crashes` times with this code); the
+        failed run itself, to resume, when it stopped for another reason (a kill, a signal, a full disk); no run when
+        it finished, runs in a live process, or crashed `max_crashes` times with this very code.
+        """
+        with self._write() as db:
+            rows = db.execute(
+                "SELECT E.run_id, E.status, E.hidden, L.failure, L.code FROM Experiments E "
+                "LEFT JOIN TemplateLaunch L ON L.run_id = E.run_id WHERE E.experiment=? AND E.config_hash=? "
+                "AND E.cli=? AND E.comment=? AND E.run_id!=? ORDER BY E.run_id", (*identity.key(), DEBUG_RUN_ID))
+            rows = rows.fetchall()
+            visible = [row for row in rows if not row[2]]
+            if any(status == "finished" for _, status, *_ in visible):
+                return Claim(None, "finished", visible[-1][0])
+            if any(status == "running" for _, status, *_ in visible):
+                return Claim(None, "running", visible[-1][0])
+            crashes = sum(failure == "crash" and code == code_of(commit, diff) for *_, failure, code in rows)
+            if crashes >= max_crashes:
+                return Claim(None, "crashed", visible[-1][0] if visible else rows[-1][0])
+            threads = None
+            if visible and visible[-1][3] != "crash":  # killed, interrupted or out of disk: continue where it was
+                run_id = visible[-1][0]
+                db.execute("UPDATE Experiments SET status='running' WHERE run_id=?", (run_id,))
+                _record_process(db, run_id, code_of(commit, diff))
+                resumed = True
+                threads = read_row(db, self.path, run_id).threads
+            else:
+                run_id = _insert_run(db, identity, config_path, command, commit, diff)
+                resumed = False
+        folder = self.folder(run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        return Claim(Run(self.path, run_id, folder, resumed=resumed), "claimed", run_id, threads)
+
+    def latest_run(self, identity):
+        """(run ID, status) of the visible run of `identity` (a failed one included), or None."""
+        if not self.path.exists():
+            return None
+        with connect(self.path, readonly=True) as db:
+            row = db.execute("SELECT run_id, status FROM Experiments WHERE experiment=? AND config_hash=? AND cli=? "
+                             "AND comment=? AND hidden=0 AND run_id!=? ORDER BY run_id DESC LIMIT 1",
+                             (*identity.key(), DEBUG_RUN_ID)).fetchone()
+        return None if row is None else tuple(row)
+
+    def join_sweep(self, sweep, worker):
+        """Record that `worker` (this process) works on `sweep`."""
+        process = liveness.this_process()
+        with self._write() as db:
+            db.execute("INSERT OR REPLACE INTO TemplateSweepWorker (sweep, worker, host, pid, process_token, "
+                       "heartbeat, done) VALUES (?, ?, ?, ?, ?, ?, 0)",
+                       (sweep, worker, process.host, process.pid, process.token, process.heartbeat))
+
+    def beat_in_sweep(self, sweep, worker):
+        """Say that `worker`, waiting for others' combinations, is still alive."""
+        with self._write() as db:
+            db.execute("UPDATE TemplateSweepWorker SET heartbeat=? WHERE sweep=? AND worker=?",
+                       (liveness.this_process().heartbeat, sweep, worker))
+
+    def leave_sweep(self, sweep, worker):
+        """Record that `worker` is done with `sweep`; True when no other worker of it is still at work (the last)."""
+        with self._write() as db:
+            db.execute("UPDATE TemplateSweepWorker SET done=1 WHERE sweep=? AND worker=?", (sweep, worker))
+            others = db.execute(f"SELECT {', '.join(PROCESS_COLUMNS)} FROM TemplateSweepWorker WHERE sweep=? "
+                                f"AND worker!=? AND done=0", (sweep, worker)).fetchall()
+        return all(liveness.is_gone(liveness.Process(*process)) for process in others)
 
     def resume_run(self, run_id, check=None):
         """(Run, RunIdentity) to continue the failed run `run_id` in place, with its recorded config and flags.
@@ -108,9 +173,7 @@ class RunTable:
             if check is not None:
                 check(row.identity)
             db.execute("UPDATE Experiments SET status='running' WHERE run_id=?", (run_id,))
-            process = liveness.this_process()
-            db.execute("UPDATE TemplateLaunch SET host=?, pid=?, process_token=?, heartbeat=? WHERE run_id=?",
-                       (process.host, process.pid, process.token, process.heartbeat, run_id))
+            _record_process(db, run_id)
         folder = self.folder(run_id)
         folder.mkdir(parents=True, exist_ok=True)
         return Run(self.path, run_id, folder, resumed=True), row.identity
@@ -196,13 +259,41 @@ def _find(db, identity):
     return None
 
 
-def _record_launch(db, run_id, identity):
+def _insert_run(db, identity, config_path, command, commit, diff, run_id=None):
+    """Record a new running run of `identity` (run ID `run_id`, or the next one); returns its run ID.
+
+    Earlier failed attempts of the identity are kept, hidden.
+    """
+    if run_id is None:
+        db.execute("UPDATE Experiments SET hidden=1 WHERE experiment=? AND config_hash=? AND cli=? AND comment=? "
+                   "AND hidden=0 AND run_id!=?", (*identity.key(), DEBUG_RUN_ID))
+    cursor = db.execute(
+        "INSERT INTO Experiments (run_id, experiment, config, config_hash, cli, command, comment, tag, start, "
+        "status, commit_hash, diff) VALUES (?, ?, ?, ?, ?, ?, ?, '', ?, 'running', ?, ?)",
+        (run_id, identity.experiment, str(config_path), identity.config_hash, identity.cli, command,
+         identity.comment, datetime.now().isoformat(sep=" "), commit, diff))
+    run_id = cursor.lastrowid if run_id is None else run_id
+    db.execute("INSERT INTO ConfigFile (run_id, file_content) VALUES (?, ?)", (run_id, identity.config_text))
     process = liveness.this_process()
     db.execute("INSERT OR REPLACE INTO TemplateLaunch (run_id, host, pid, process_token, heartbeat, flags, "
-               "data_fingerprint, config_keys, group_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               "data_fingerprint, config_keys, group_hash, code) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                (run_id, process.host, process.pid, process.token, process.heartbeat,
                 json.dumps(identity.flags, sort_keys=True), identity.data, json.dumps(config_keys(identity)),
-                identity.group_hash))
+                identity.group_hash, code_of(commit, diff)))
+    return run_id
+
+
+def _record_process(db, run_id, code=None):
+    """Record that this process now runs `run_id` (a resume), its failure reason cleared."""
+    process = liveness.this_process()
+    db.execute("UPDATE TemplateLaunch SET host=?, pid=?, process_token=?, heartbeat=?, failure=NULL, "
+               "code=COALESCE(?, code) WHERE run_id=?",
+               (process.host, process.pid, process.token, process.heartbeat, code, run_id))
+
+
+def code_of(commit, diff):
+    """A short hash of the code a run ran: its commit and uncommitted changes."""
+    return hashlib.sha256(f"{commit}\n{diff}".encode()).hexdigest()[:16]
 
 
 def config_keys(identity):
@@ -223,6 +314,7 @@ def _mark_gone_runs_failed(db):
                       "JOIN TemplateLaunch L ON L.run_id = E.run_id WHERE E.status='running'").fetchall()
     gone = [(run_id,) for run_id, *process in rows if liveness.is_gone(liveness.Process(*process))]
     db.executemany("UPDATE Experiments SET status='failed' WHERE run_id=?", gone)
+    db.executemany("UPDATE TemplateLaunch SET failure='killed' WHERE run_id=?", gone)
 
 
 def _refuse_live_debug_run(db):

@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from utils.errors import DiskFull, disk_full, is_disk_full
+from utils.errors import DiskFull, Terminated, disk_full, is_disk_full
 from utils.runtable.liveness import heartbeat_interval
 from utils.runtable.schema import connect
 
@@ -84,8 +84,8 @@ class Run:
         self.status = "finished"
         self._stop_heartbeat()
 
-    def fail(self):
-        """Write every buffered scalar, then mark the run failed so that its config can be run (or resumed) again.
+    def fail(self, reason="crash"):
+        """Write every buffered scalar, then mark the run failed (and why) so that it can be run or resumed again.
 
         On a full disk neither may be possible: the points already written stay, and the run, left "running" by a
         process that is about to end, is marked failed by the next launch that finds its process gone.
@@ -101,6 +101,7 @@ class Run:
             try:
                 with self._writing("the failed status", check_open=False) as db:
                     db.execute("UPDATE Experiments SET status='failed' WHERE run_id=?", (self.id,))
+                    db.execute("UPDATE TemplateLaunch SET failure=? WHERE run_id=?", (reason, self.id))
             except DiskFull:
                 pass
             self.status = "failed"
@@ -112,7 +113,7 @@ class Run:
     def __exit__(self, exc_type, exc, tb):
         self._stop_heartbeat()
         if exc_type is not None:
-            self.fail()
+            self.fail(failure_reason(exc_type))
         return False
 
     def _stop_heartbeat(self):
@@ -137,6 +138,17 @@ class Run:
             if is_disk_full(e):
                 raise disk_full(Path(self._path).parent, f"{what} of run {self.id} to the run table", needed) from None
             raise
+
+
+def failure_reason(exc_type):
+    """Why a run stopped, as the table records it: a sweep retries a crash once, anything else is resumed."""
+    if issubclass(exc_type, KeyboardInterrupt):
+        return "interrupted"
+    if issubclass(exc_type, Terminated):
+        return "terminated"
+    if issubclass(exc_type, DiskFull):
+        return "disk full"
+    return "crash"
 
 
 class _Heartbeat:
@@ -188,5 +200,5 @@ class Replica(Run):
     def finish(self, results):
         self.status = "finished"
 
-    def fail(self):
+    def fail(self, reason="crash"):
         self.status = "failed"

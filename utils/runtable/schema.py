@@ -23,7 +23,13 @@ SIDE_COLUMNS = {
     "config_keys": "TEXT",  # the dotted keys the run's config set (JSON), to tell when a config gains a key
     "group_hash": "TEXT",  # shared by the runs that differ only in their seed (see identity.group_hash)
     "heartbeat": "REAL",  # when the running process last said it was alive (epoch seconds; see liveness.py)
+    "failure": "TEXT",  # why a failed run stopped: crash, interrupted, terminated, disk full, killed
+    "code": "TEXT",  # a hash of the code it ran (commit and diff): a sweep retries a crash once per code
 }
+# The workers of each sweep (any number of identical --sweep commands), so that the last one to end prints its table.
+SWEEP_WORKERS = """CREATE TABLE IF NOT EXISTS TemplateSweepWorker (sweep TEXT NOT NULL, worker TEXT NOT NULL,
+    host TEXT NOT NULL, pid INTEGER NOT NULL, process_token TEXT, heartbeat REAL, done INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (sweep, worker))"""
 # Every per-run query filters on run_id: without these, each one scans the whole table (minutes at 10,000 runs).
 INDEXES = {
     "template_logs_run": "Logs(run_id, split, label, step)",
@@ -57,6 +63,7 @@ def prepare_for_writing(db):
     for name, target in INDEXES.items():
         db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
     db.execute(FINISHED_IS_FINAL)
+    db.execute(SWEEP_WORKERS)
 
 
 @contextmanager
