@@ -1,16 +1,17 @@
-"""Performance benchmark of the template on real MNIST; prints a Markdown table for the README.
+"""Performance benchmark of the template on real MNIST; prints Markdown tables for bench/README.md.
 
-    python bench/benchmark.py --data=../shared/data --seeds=3
+    python bench/benchmark.py --data=../shared/data --seeds=5
 
 Measures, in one run:
-  (a) wall time from process start to the printed test accuracy, and that accuracy, for configs/config.yml and
-      configs/fast.yml over several seeds (each launch a fresh process in a fresh folder: imports, data loading and
-      creating the run table included);
-  (b) one training epoch through the template's data path against torchvision.datasets.MNIST + DataLoader +
-      per-sample ToTensor feeding the same model, as a ratio;
-  (c) the run table's logging cost per training step, in ms and as a share of the step;
-  (d) the time a refused duplicate launch takes;
-  (e) the peak resident memory of the default run.
+  (a) wall time from process start to the printed test accuracy, that accuracy, and the peak resident memory, for
+      configs/config.yml and configs/fast.yml over several seeds; each launch a fresh process, all of one config
+      recorded in one results folder (the first creates the run table, as a project's first run does);
+  (b) the same default config and seeds trained by bench/bare_loop.py (no run table, no checkpoints, no per-epoch
+      validation), and the template's wall time over the bare loop's;
+  (c) where the time of one default run goes (bench/breakdown.py);
+  (d) one training epoch through the template's data path against torchvision's MNIST + DataLoader + ToTensor
+      feeding the same model through the same train_epoch;
+  (e) the run table's logging cost per training step, and the time a refused duplicate launch takes.
 The numbers depend on the machine: say which one ran them when you quote them.
 """
 import argparse
@@ -28,48 +29,92 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from utils.config import load_config  # noqa: E402  (the repository root must be on the path first)
+from utils.config import load_config, without_keys  # noqa: E402  (the repository root must be on the path first)
 
 
-def launch(args, cwd):
-    """(wall seconds, exit code, stdout, peak RSS in MiB) of one `main.py` process."""
+def launch(command, cwd):
+    """(wall seconds, exit code, output, peak RSS in MiB) of one process."""
     with tempfile.TemporaryFile("w+") as out:
         started = time.perf_counter()
-        process = subprocess.Popen([sys.executable, str(REPO / "main.py"), *args], cwd=cwd, stdout=out,
-                                   stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True)
         _, status, usage = os.wait4(process.pid, 0)  # the child's own rusage: its peak resident memory
         wall = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
-        return wall, process.returncode, out.read(), usage.ru_maxrss / 1024
+        return wall, os.waitstatus_to_exitcode(status), out.read(), usage.ru_maxrss / 1024
 
 
-def end_to_end(config_path, data, seeds, device_flags):
-    """Per seed: (wall s, test accuracy, peak RSS MiB, folder of the run) for one config."""
+def accuracy_of(output, what):
+    found = re.search(r"test_accuracy ([0-9.]+)", output)
+    if found is None:
+        raise SystemExit(f"{what} printed no test accuracy:\n{output}")
+    return float(found.group(1))
+
+
+def end_to_end(config_path, data, seeds, device_flags, folder):
+    """Per seed: (wall s, test accuracy, peak RSS MiB) of main.py on one config, recorded in `folder`."""
     rows = []
     for seed in seeds:
-        folder = Path(tempfile.mkdtemp(prefix="bench-"))
-        wall, code, out, rss = launch(["--experiment=experiment1", f"--config={config_path}", f"--config.seed={seed}",
+        wall, code, out, rss = launch([sys.executable, str(REPO / "main.py"), "--experiment=experiment1",
+                                       f"--config={config_path}", f"--config.seed={seed}",
                                        f"--config.data.path={data}", "--verbose=0", *device_flags], folder)
         if code != 0:
             raise SystemExit(f"{config_path} seed {seed} failed:\n{out}")
-        accuracy = float(re.search(r"test_accuracy ([0-9.]+)", out).group(1))
-        print(f"  {Path(config_path).name} seed {seed}: {wall:.1f} s, test accuracy {accuracy:.4f}, "
+        rows.append((wall, accuracy_of(out, config_path), rss))
+        print(f"  {Path(config_path).name} seed {seed}: {wall:.1f} s, test accuracy {rows[-1][1]:.4f}, "
               f"peak RSS {rss:.0f} MiB", file=sys.stderr, flush=True)
-        rows.append((wall, accuracy, rss, folder))
     return rows
 
 
+def bare(config_path, data, seeds, device_flags):
+    """Per seed: (wall s, test accuracy) of bench/bare_loop.py on one config."""
+    rows = []
+    for seed in seeds:
+        wall, code, out, _ = launch([sys.executable, str(REPO / "bench" / "bare_loop.py"), str(config_path), data,
+                                     str(seed), *device_flags], REPO)
+        if code != 0:
+            raise SystemExit(f"the bare loop failed:\n{out}")
+        rows.append((wall, accuracy_of(out, "the bare loop")))
+        print(f"  bare loop seed {seed}: {wall:.1f} s, test accuracy {rows[-1][1]:.4f}", file=sys.stderr, flush=True)
+    return rows
+
+
+def breakdown(config_path, data, device_flags):
+    """The Markdown table bench/breakdown.py prints for one default run."""
+    with tempfile.TemporaryDirectory(prefix="bench-breakdown-") as folder:
+        _, code, out, _ = launch([sys.executable, str(REPO / "bench" / "breakdown.py"), "--experiment=experiment1",
+                                  f"--config={config_path}", f"--config.data.path={data}", "--verbose=0",
+                                  *device_flags], folder)
+    if code != 0:
+        raise SystemExit(f"the breakdown run failed:\n{out}")
+    return out[out.index("| phase"):].strip()
+
+
 def refused_duplicate(folder, config_path, data, seed, device_flags, repeats=5):
-    """Median wall time of a launch refused as a duplicate of the run already in `folder`."""
+    """Median wall time of a launch refused as a duplicate of a run already in `folder`."""
     times = []
     for _ in range(repeats):
-        wall, code, out, _ = launch(["--experiment=experiment1", f"--config={config_path}", f"--config.seed={seed}",
-                                     f"--config.data.path={data}", "--verbose=0", *device_flags], folder)
+        wall, code, out, _ = launch([sys.executable, str(REPO / "main.py"), "--experiment=experiment1",
+                                     f"--config={config_path}", f"--config.seed={seed}", f"--config.data.path={data}",
+                                     "--verbose=0", *device_flags], folder)
         if code != 2 or "already has this config" not in out:
             raise SystemExit(f"expected a refusal, got exit code {code}:\n{out}")
         times.append(wall)
     return statistics.median(times)
+
+
+class _Loader:
+    """A DataLoader seen as the template's Batches: iterable, with a length and a sample count."""
+
+    def __init__(self, loader, device, memory_format):
+        self.loader, self.device, self.memory_format = loader, device, memory_format
+        self.num_samples = len(loader.dataset)
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        return ((images.to(self.device).contiguous(memory_format=self.memory_format), labels.to(self.device))
+                for images, labels in self.loader)
 
 
 def epoch_times(config, data, device):
@@ -83,19 +128,16 @@ def epoch_times(config, data, device):
     from training.loop import train_epoch
     from training.optim import make_optimizer, make_scheduler
 
-    def fresh(steps_per_epoch):
+    def one_epoch(batches):
         torch.manual_seed(0)
         model = make_model(config, device)
         optimizer = make_optimizer(model, config)
-        return model, optimizer, make_scheduler(optimizer, config, steps_per_epoch)
+        scheduler = make_scheduler(optimizer, config, len(batches))
+        return train_epoch(model, batches, optimizer, scheduler,
+                           label_smoothing=config["training"]["label_smoothing"])["epoch_time"]
 
     train, _, _ = make_loaders(config, device, seed=0)
-    model, optimizer, scheduler = fresh(len(train))
-    started = time.perf_counter()
-    train_epoch(model, train, optimizer, scheduler, label_smoothing=config["training"]["label_smoothing"],
-                log_every=config["logging"]["log_every"])
-    template = time.perf_counter() - started
-
+    template = one_epoch(train)
     # The usual pipeline reads decompressed files, which torchvision expects; the shared folder stays untouched.
     with tempfile.TemporaryDirectory() as root:
         raw = Path(root) / "MNIST" / "raw"
@@ -107,14 +149,8 @@ def epoch_times(config, data, device):
         train_index, _ = split_train_val(len(dataset), config["data"]["val_size"], config["data"]["split_seed"])
         loader = DataLoader(Subset(dataset, train_index.tolist()), batch_size=config["data"]["batch_size"],
                             shuffle=True)
-        model, optimizer, scheduler = fresh(len(loader))
         memory_format = torch.channels_last if config["model"]["channels_last"] else torch.contiguous_format
-        batches = ((images.to(device).contiguous(memory_format=memory_format), labels.to(device))
-                   for images, labels in loader)
-        started = time.perf_counter()
-        train_epoch(model, batches, optimizer, scheduler, label_smoothing=config["training"]["label_smoothing"],
-                    log_every=config["logging"]["log_every"])
-        usual = time.perf_counter() - started
+        usual = one_epoch(_Loader(loader, device, memory_format))
     return template, usual, len(train)
 
 
@@ -137,10 +173,16 @@ def logging_cost(calls=5000):
     return 1000 * elapsed / calls
 
 
+def spread(values, unit="", scale=1.0, digits=1):
+    """'median (min-max)' of `values`."""
+    show = [value * scale for value in values]
+    return (f"{statistics.median(show):.{digits}f}{unit} ({min(show):.{digits}f}-{max(show):.{digits}f})")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder holding MNIST/raw")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds per config for the end-to-end runs")
+    parser.add_argument("--seeds", type=int, default=5, help="seeds per config for the end-to-end runs")
     parser.add_argument("--cpu", action="store_true", help="measure on the CPU even where a GPU is available")
     args = parser.parse_args()
     device_flags = ["--cpu"] if args.cpu else []
@@ -151,45 +193,47 @@ def main():
 
     device = pick_device(force_cpu=args.cpu)
     keep_freed_memory()
-    config = load_config(REPO / "configs" / "config.yml")
+    default_path, fast_path = REPO / "configs" / "config.yml", REPO / "configs" / "fast.yml"
+    config = without_keys(load_config(default_path), set())
     config["data"]["path"] = args.data
     threads = set_threads(config["training"]["threads"])
     where = environment(device, threads)["device_name"]
     print(f"benchmarking on {device.type} ({where}), {threads} threads, {args.seeds} seeds", file=sys.stderr)
 
-    default = end_to_end(REPO / "configs" / "config.yml", args.data, seeds, device_flags)
-    fast = end_to_end(REPO / "configs" / "fast.yml", args.data, seeds, device_flags)
-    refusal = refused_duplicate(default[0][3], REPO / "configs" / "config.yml", args.data, seeds[0], device_flags)
+    folders = {name: Path(tempfile.mkdtemp(prefix=f"bench-{name}-")) for name in ("default", "fast")}
+    default = end_to_end(default_path, args.data, seeds, device_flags, folders["default"])
+    fast = end_to_end(fast_path, args.data, seeds, device_flags, folders["fast"])
+    bare_default = bare(default_path, args.data, seeds, device_flags)
+    refusal = refused_duplicate(folders["default"], default_path, args.data, seeds[0], device_flags)
+    phases = breakdown(default_path, args.data, device_flags)
     template_epoch, usual_epoch, steps = epoch_times(config, args.data, device)
     log_ms = logging_cost()
-    for *_, folder in default + fast:
+    for folder in folders.values():
         shutil.rmtree(folder, ignore_errors=True)
 
     step_ms = 1000 * template_epoch / steps
-    log_every = config["logging"]["log_every"]
-    per_step_ms = log_ms / log_every
-
-    def summary(rows):
-        walls, accuracies = [r[0] for r in rows], [r[1] for r in rows]
-        return (f"{100 * statistics.median(accuracies):.2f}% ({100 * min(accuracies):.2f}-{100 * max(accuracies):.2f})",
-                f"{statistics.median(walls):.1f} s ({min(walls):.1f}-{max(walls):.1f})")
-
-    print(f"| measure ({where}, {threads} threads; median of {args.seeds} seeds, min-max) | value |")
+    per_step_ms = log_ms / config["logging"]["log_every"]
+    ratios = [template[0] / loop[0] for template, loop in zip(default, bare_default)]
+    print(f"\n| measure ({where}, {threads} threads; median of {args.seeds} seeds, min-max) | value |")
     print("|---|---|")
-    accuracy, wall = summary(default)
-    print(f"| default config: test accuracy | {accuracy} |")
-    print(f"| default config: wall time, process start to test accuracy | {wall} |")
-    accuracy, wall = summary(fast)
-    print(f"| fast config: test accuracy | {accuracy} |")
-    print(f"| fast config: wall time | {wall} |")
+    print(f"| default config: test accuracy | {spread([r[1] for r in default], '%', 100, 2)} |")
+    print(f"| default config: wall time, process start to test accuracy | {spread([r[0] for r in default], ' s')} |")
+    print(f"| default config: peak resident memory | {spread([r[2] for r in default], ' MiB', digits=0)} |")
+    print(f"| fast config: test accuracy | {spread([r[1] for r in fast], '%', 100, 2)} |")
+    print(f"| fast config: wall time | {spread([r[0] for r in fast], ' s')} |")
+    print(f"| fast config: peak resident memory | {spread([r[2] for r in fast], ' MiB', digits=0)} |")
+    print(f"| default config, bare loop: wall time | {spread([r[0] for r in bare_default], ' s')} |")
+    print(f"| default config, bare loop: test accuracy (last epoch) | "
+          f"{spread([r[1] for r in bare_default], '%', 100, 2)} |")
+    print(f"| template wall time / bare loop wall time, same seed | {spread(ratios, digits=3)} |")
     print(f"| one epoch, template data path (in-memory tensors, on-device augmentation) | {template_epoch:.1f} s |")
     print(f"| one epoch, torchvision MNIST + DataLoader + ToTensor, same model | {usual_epoch:.1f} s "
           f"({usual_epoch / template_epoch:.2f}x the template's) |")
     print(f"| training step (default config) | {step_ms:.1f} ms |")
-    print(f"| run-table logging per step (one point every {log_every} steps; {log_ms:.3f} ms a point) | "
-          f"{per_step_ms:.4f} ms, {100 * per_step_ms / step_ms:.3f}% of the step |")
+    print(f"| run-table logging per step (one point every {config['logging']['log_every']} steps; {log_ms:.3f} ms a "
+          f"point) | {per_step_ms:.4f} ms, {100 * per_step_ms / step_ms:.3f}% of the step |")
     print(f"| refused duplicate launch | {refusal:.2f} s |")
-    print(f"| peak resident memory, default config | {max(r[2] for r in default):.0f} MiB |")
+    print(f"\nOne default run, phase by phase:\n\n{phases}")
 
 
 if __name__ == "__main__":

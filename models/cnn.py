@@ -6,9 +6,15 @@ from utils.errors import UserError
 
 
 class CNN(nn.Module):
-    """A conv block (conv, BatchNorm, ReLU, 2x2 max-pool) per entry of `channels`, a hidden layer, and 10 logits."""
+    """A conv block (conv, BatchNorm, ReLU, 2x2 max-pool) per entry of `channels`, a hidden layer, and 10 logits.
 
-    def __init__(self, channels=(32, 64), kernel_size=5, hidden=128, dropout=0.1, image_size=28, num_classes=10):
+    With `pool_first`, each block pools right after its convolution (conv, max-pool, BatchNorm, ReLU): BatchNorm and
+    ReLU then work on a map four times smaller, which makes a training step about a quarter faster on a CPU, where
+    those passes over memory cost as much as the convolutions.
+    """
+
+    def __init__(self, channels=(32, 64), kernel_size=5, hidden=128, dropout=0.1, image_size=28, num_classes=10,
+                 pool_first=False):
         super().__init__()
         size = feature_size(image_size, len(channels), kernel_size)
         if size < 1:
@@ -16,8 +22,9 @@ class CNN(nn.Module):
                              f"to nothing")
         blocks, in_channels = [], 1
         for out_channels in channels:
-            blocks += [nn.Conv2d(in_channels, out_channels, kernel_size, bias=False),  # BatchNorm supplies the bias
-                       nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True), nn.MaxPool2d(2)]
+            conv = nn.Conv2d(in_channels, out_channels, kernel_size, bias=False)  # BatchNorm supplies the bias
+            norm, pool = [nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)], [nn.MaxPool2d(2)]
+            blocks += [conv, *(pool + norm if pool_first else norm + pool)]
             in_channels = out_channels
         self.features = nn.Sequential(*blocks)
         self.classifier = nn.Sequential(
@@ -53,6 +60,6 @@ def make_model(config, device):
     check_config(config)
     cfg = config["model"]
     model = CNN(channels=tuple(cfg["channels"]), kernel_size=cfg["kernel_size"], hidden=cfg["hidden"],
-                dropout=cfg["dropout"])
+                dropout=cfg["dropout"], pool_first=cfg.get("pool_first", False))
     memory_format = torch.channels_last if cfg.get("channels_last", False) else torch.preserve_format
     return model.to(device=device, memory_format=memory_format)

@@ -12,7 +12,7 @@ import warnings
 from utils.config import flatten_values, load_config_text, without_keys
 from utils.errors import UserError
 from utils.runtable.identity import SEED_KEY
-from utils.runtable.readers import config_text_of, finished_runs
+from utils.runtable.readers import config_texts, finished_runs
 from utils.stats import compare, summarise
 
 BASELINE_CONFIG = "configs/config.yml"  # the reference group: this config of the same experiment, as it is
@@ -66,8 +66,11 @@ def comparison(path, groups, chosen=None, code_dir=None, where_keys=(), against=
             print(f"note: no finished run of {experiment} with {BASELINE_CONFIG} as it is; the reference is the group "
                   f"of run {groups[first][0].run_id} (name another with --against=RUNID)", file=sys.stderr)
     shown = list(dict.fromkeys([*references.values(), *chosen]))
-    return [describe_group(path, groups[key], groups[references[groups[key][0].experiment]],
-                           key in references.values(), where_keys) for key in shown]
+    texts = config_texts(path, [groups[key][0].run_id for key in shown])
+    settings = {run_id: flatten_values(without_keys(load_config_text(text), {SEED_KEY, *where_keys}))
+                for run_id, text in texts.items()}  # what a group shares: its config, without seed and where-keys
+    return [describe_group(groups[key], groups[references[groups[key][0].experiment]], key in references.values(),
+                           settings) for key in shown]
 
 
 def choose_groups(launch, groups):
@@ -109,10 +112,12 @@ def reference_group(groups, experiment, code_dir, where_keys, against):
     return next((key for key in groups if key[0] == wanted and groups[key][0].experiment == experiment), None)
 
 
-def describe_group(path, runs, reference, is_reference, where_keys=()):
-    """One group as the JSON format gives it: runs, seeds, differing config, metric summaries, test vs reference."""
-    config = _settings(path, runs[0], where_keys)
-    reference_config = _settings(path, reference[0], where_keys)
+def describe_group(runs, reference, is_reference, settings):
+    """One group as the JSON format gives it: runs, seeds, differing config, metric summaries, test vs reference.
+
+    `settings` maps the first run ID of each group to its flattened config.
+    """
+    config, reference_config = settings[runs[0].run_id], settings[reference[0].run_id]
     differing = {key: value for key, value in config.items() if reference_config.get(key) != value}
     differing.update({key: None for key in reference_config if key not in config})
     group = {"runs": [run.run_id for run in runs], "seeds": [run.seed for run in runs],
@@ -194,11 +199,6 @@ def _title(group):
     role = " (reference)" if group["reference"] else ""
     runs = ", ".join(str(run) for run in group["runs"])
     return f"{what}{role}: {len(group['runs'])} run{'s' if len(group['runs']) > 1 else ''} ({runs}), seeds {seeds}"
-
-
-def _settings(path, run, where_keys):
-    """The flattened config of a run without its seed and where-keys: what its group shares."""
-    return flatten_values(without_keys(load_config_text(config_text_of(path, run.run_id)), {SEED_KEY, *where_keys}))
 
 
 def _table(header, rows, markdown):

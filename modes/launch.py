@@ -4,7 +4,6 @@ Nothing here imports torch or deepboard, so that a launch refused for a mistake 
 """
 import argparse
 import difflib
-import inspect
 import os
 import sys
 from dataclasses import dataclass, replace
@@ -121,6 +120,8 @@ class Launch:
         A flag away from its default that neither the experiment nor the template uses is refused: it would change
         the run's identity without changing what it computes.
         """
+        import inspect  # only once a launch gets past the duplicate check: a refusal stays fast
+
         parameters = inspect.signature(experiment).parameters
         takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
         kwargs = {}

@@ -15,12 +15,11 @@ from utils.provenance import git_commit, git_diff
 
 def run_new(launch):
     """Exit code of a fresh launch: a new run (or debug run) of the command's experiment and config."""
-    launch.check_experiment_takes_flags()
-
     def register(world_size):
         identity = launch.identity(world_size=world_size)
         if not launch.args.debug:
             launch.table.refuse_duplicate(identity)  # before any data or model is loaded
+        launch.check_experiment_takes_flags()
         launch.check_config(identity)
         launch.warn_of_new_keys()
         run = launch.table.start_run(identity, config_path=launch.args.config, command=command_of(launch.argv),

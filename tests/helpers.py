@@ -57,7 +57,7 @@ def tiny_config(data_path, **changes):
     config = yaml.safe_load((REPO / "configs" / "config.yml").read_text())
     config["data"].update(path=str(data_path), download=False, val_size=128, batch_size=64, eval_batch_size=100)
     config["model"].update(channels=[4, 8], hidden=16)
-    config["training"].update(num_epochs=2, learning_rate=0.05)
+    config["training"].update(num_epochs=2, learning_rate=0.005)
     config["logging"].update(log_every=2)
     for key, value in changes.items():
         section, name = key.split(".")

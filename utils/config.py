@@ -93,8 +93,11 @@ def without_keys(config, dotted_keys):
 
 
 def load_config_text(text):
-    """The config dict of a recorded run: the exact inverse of dump_config (plain YAML 1.1 rules, as it was written)."""
-    return yaml.safe_load(text)
+    """The config dict of a recorded run: the exact inverse of dump_config (plain YAML 1.1 rules, as it was written).
+
+    libyaml's loader, where PyYAML has it, reads the same values ten times faster (thousands of runs' configs).
+    """
+    return yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
 
 
 def parse_override(arg):

@@ -4,7 +4,6 @@ import shlex
 import socket
 import subprocess
 import sys
-from importlib import metadata
 
 UNTRACKED_FILE_LIMIT = 1_000_000  # bytes; a larger untracked file is named in the diff, not copied into it
 PACKAGES = ("torchvision", "deepboard", "numpy")  # torch is recorded with its build tag
@@ -77,6 +76,8 @@ def _cpu_name():
 
 
 def _version(package):
+    from importlib import metadata  # only when a run starts: a refused launch stays fast
+
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:

@@ -1,9 +1,13 @@
 """Is a difference real? Means with 95% intervals over seeds, and tests of a difference between two groups of runs.
 
-The distributions come from scipy; nothing here is hand-rolled.
+The statistics are the textbook ones (Student's paired t, Welch's t with the Welch-Satterthwaite degrees of
+freedom); their distribution comes from scipy.stats.t, nothing is hand-rolled. They are computed from the sums here
+rather than through scipy.stats.ttest_rel / ttest_ind, which cost about 0.7 ms a call: a comparison of thousands of
+groups stays under a second (the tests check every number against those two functions).
 """
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 
 CONFIDENCE = 0.95
 
@@ -29,15 +33,13 @@ class Difference:
 
 def summarise(values):
     """The Summary of `values` (one per run)."""
-    from scipy import stats
-
     values = [float(v) for v in values]
     n = len(values)
     mean = math.fsum(values) / n
     if n < 2:
         return Summary(n, mean, None, None)
-    std = math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (n - 1))
-    half = stats.t.ppf(0.5 + CONFIDENCE / 2, df=n - 1) * std / math.sqrt(n)
+    std = _std(values, mean)
+    half = _critical(n - 1) * std / math.sqrt(n)
     return Summary(n, mean, std, (mean - half, mean + half))
 
 
@@ -47,26 +49,40 @@ def compare(group, reference):
     With at least two seeds in common, a paired t-test over those seeds (the same seed gives the same initialisation
     and batch order, so pairing removes that share of the noise); otherwise Welch's t-test over all runs of each.
     """
-    from scipy import stats
-
     shared = sorted(set(group) & set(reference))
     if len(shared) >= 2:
         differences = [group[seed] - reference[seed] for seed in shared]
-        result = stats.ttest_rel([group[s] for s in shared], [reference[s] for s in shared])
-        summary = summarise(differences)
-        interval = result.confidence_interval(CONFIDENCE)
-        return Difference(summary.mean, (float(interval.low), float(interval.high)), _p(result.pvalue), "paired t",
-                          len(shared))
-    a, b = list(group.values()), list(reference.values())
+        n = len(differences)
+        diff = math.fsum(differences) / n
+        error = _std(differences, diff) / math.sqrt(n)
+        return _difference(diff, error, n - 1, "paired t", n)
+    a, b = [float(v) for v in group.values()], [float(v) for v in reference.values()]
     if len(a) < 2 or len(b) < 2:
         return None
-    result = stats.ttest_ind(a, b, equal_var=False)
-    interval = result.confidence_interval(CONFIDENCE)
-    diff = math.fsum(a) / len(a) - math.fsum(b) / len(b)
-    return Difference(diff, (float(interval.low), float(interval.high)), _p(result.pvalue), "Welch t",
-                      min(len(a), len(b)))
+    mean_a, mean_b = math.fsum(a) / len(a), math.fsum(b) / len(b)
+    va, vb = _std(a, mean_a) ** 2 / len(a), _std(b, mean_b) ** 2 / len(b)
+    error = math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if error > 0 else len(a) + len(b) - 2
+    return _difference(mean_a - mean_b, error, df, "Welch t", min(len(a), len(b)))
 
 
-def _p(value):
-    # Identical runs (zero variance) give NaN: no evidence of a difference at all.
-    return 1.0 if math.isnan(value) else float(value)
+def _difference(diff, error, df, test, n):
+    from scipy import stats
+
+    if error == 0:  # identical values in every run: an exact difference, no evidence against it being zero or not
+        return Difference(diff, (diff, diff), 1.0 if diff == 0 else 0.0, test, n)
+    p_value = float(2 * stats.t.sf(abs(diff / error), df))
+    half = _critical(df) * error
+    return Difference(diff, (diff - half, diff + half), p_value, test, n)
+
+
+@lru_cache(maxsize=None)
+def _critical(df):
+    """The two-sided 95% quantile of Student's t with `df` degrees of freedom."""
+    from scipy import stats
+
+    return float(stats.t.ppf(0.5 + CONFIDENCE / 2, df))
+
+
+def _std(values, mean):
+    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))

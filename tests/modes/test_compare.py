@@ -21,7 +21,7 @@ def test_seeds_record_one_run_each_and_the_same_command_completes_an_interrupted
     assert again.stdout.count("skipped, finished as run") == 2 and "[3/4] seed=2: run 3, resumed" in again.stdout
     assert query(db, "SELECT run_id, status, hidden FROM Experiments ORDER BY run_id") == [
         (1, "finished", 0), (2, "finished", 0), (3, "finished", 0), (4, "finished", 0)]
-    explicit = tiny_in_process(workdir, "--seeds=0,7", "--config.training.learning_rate=0.1")
+    explicit = tiny_in_process(workdir, "--seeds=0,7", "--config.training.learning_rate=0.01")
     assert "seeds: 2 runs, seeds 0, 7" in explicit.stdout
     assert query(db, "SELECT COUNT(*) FROM Experiments") == [(6,)]
 
@@ -37,8 +37,8 @@ def test_seeds_refuse_what_makes_no_sense(workdir):
 
 def test_compare_groups_seeds_and_tests_each_group_against_the_reference(workdir):
     assert tiny_in_process(workdir, "--seeds=3").returncode == 0
-    assert tiny_in_process(workdir, "--seeds=3", "--config.training.learning_rate=0.1").returncode == 0
-    assert tiny_in_process(workdir, "--config.training.learning_rate=0.2").returncode == 0  # a group of one
+    assert tiny_in_process(workdir, "--seeds=3", "--config.training.learning_rate=0.01").returncode == 0
+    assert tiny_in_process(workdir, "--config.training.learning_rate=0.02").returncode == 0  # a group of one
 
     listed = run_in_process(workdir, "--compare", "--format=json")
     assert listed.returncode == 0, listed.stderr
@@ -47,7 +47,7 @@ def test_compare_groups_seeds_and_tests_each_group_against_the_reference(workdir
     assert [group["runs"] for group in groups] == [[1, 2, 3], [4, 5, 6], [7]]
     reference, faster, single = groups
     assert reference["seeds"] == [0, 1, 2] and reference["config"] == {} and "vs_reference" not in reference
-    assert faster["config"] == {"training.learning_rate": 0.1}
+    assert faster["config"] == {"training.learning_rate": 0.01}
     accuracy = faster["metrics"]["test_accuracy"]
     assert accuracy["n"] == 3 and accuracy["ci95"][0] < accuracy["mean"] < accuracy["ci95"][1]
     versus = faster["vs_reference"]["test_accuracy"]
@@ -57,7 +57,7 @@ def test_compare_groups_seeds_and_tests_each_group_against_the_reference(workdir
 
     table = run_in_process(workdir, "--compare").stdout
     assert "experiment1 (reference): 3 runs (1, 2, 3), seeds 0, 1, 2" in table
-    assert "experiment1 training.learning_rate=0.1: 3 runs (4, 5, 6), seeds 0, 1, 2" in table
+    assert "experiment1 training.learning_rate=0.01: 3 runs (4, 5, 6), seeds 0, 1, 2" in table
     assert "no interval (1 run)" in table and "test_accuracy: too few runs to test a difference" in table
     sentences = [line.strip() for line in table.splitlines() if line.strip().startswith("test_accuracy: ")]
     assert any(word in sentences[0] for word in ("better by", "worse by", "no detectable difference with 3 seeds"))
@@ -65,12 +65,12 @@ def test_compare_groups_seeds_and_tests_each_group_against_the_reference(workdir
 
     markdown = run_in_process(workdir, "--compare", "4", "--format=markdown").stdout
     assert markdown.startswith("### experiment1 (reference)") and "| test_accuracy | 3 |" in markdown
-    assert "### experiment1 training.learning_rate=0.1" in markdown and "run 7" not in markdown
+    assert "### experiment1 training.learning_rate=0.01" in markdown and "run 7" not in markdown
 
     against = json.loads(run_in_process(workdir, "--compare", "--against=4", "--format=json").stdout)
     assert [group["runs"] for group in against] == [[4, 5, 6], [1, 2, 3], [7]]
     by_config = json.loads(run_in_process(workdir, "--compare", "--experiment=experiment1", "--config=configs/tiny.yml",
-                                          "--config.training.learning_rate=0.1", "--format=json").stdout)
+                                          "--config.training.learning_rate=0.01", "--format=json").stdout)
     assert [group["runs"] for group in by_config] == [[1, 2, 3], [4, 5, 6]]
 
 

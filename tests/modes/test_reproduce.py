@@ -74,8 +74,11 @@ def test_reproduce_fails_with_a_side_by_side_report_after_the_data_changed(workd
 def test_reproduce_fails_and_warns_after_the_code_changed(workdir, code_copy):
     assert run_tiny(workdir, main=code_copy / "main.py").returncode == 0
     cnn = code_copy / "models" / "cnn.py"
-    cnn.write_text(cnn.read_text().replace("nn.ReLU(inplace=True), nn.MaxPool2d(2)",
-                                           "nn.LeakyReLU(0.2, inplace=True), nn.MaxPool2d(2)"))
+    source = cnn.read_text()
+    changed = source.replace("nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)",
+                             "nn.BatchNorm2d(out_channels), nn.LeakyReLU(0.2, inplace=True)")
+    assert changed != source, "the network changed shape: update the edit this test makes to it"
+    cnn.write_text(changed)
     again = run_main(workdir, "--reproduce=1", "--verbose=0", main=code_copy / "main.py")
     assert again.returncode == 1, again.stdout + again.stderr
     assert "uncommitted changes differ from those recorded with run 1" in again.stderr

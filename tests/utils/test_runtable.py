@@ -101,3 +101,43 @@ def test_readers_give_what_was_recorded(table):
     assert frame.loc[1, "test_accuracy"] == 0.75
     with pytest.raises(UserError, match="there is no run table"):
         read_run(table.path.with_name("other.db"), 1)
+
+
+def test_the_indexes_are_made_with_a_new_table_and_added_to_an_older_one_by_the_first_write(table):
+    from utils.runtable.schema import INDEXES
+
+    def indexes():
+        return {name for (name,) in query(table.path, "SELECT name FROM sqlite_master WHERE type='index'")}
+
+    with start(table) as run:
+        run.log_scalar("val/accuracy", 0.5, step=1, epoch=1)
+        run.finish({"test_accuracy": 0.5})
+    assert set(INDEXES) <= indexes()
+    for name in INDEXES:  # a table written by an older template, without them
+        query(table.path, f"DROP INDEX {name}")
+
+    def run_one():
+        return [query(table.path, f"SELECT * FROM {name} WHERE run_id=1") for name in ("Experiments", "Logs", "Results")]
+
+    before = run_one()
+    assert table.find_run(RunIdentity("experiment1", "seed: 0\n")) is not None  # reading adds nothing
+    assert not set(INDEXES) & indexes()
+    start(table, config="seed: 1\n").finish({})
+    assert set(INDEXES) <= indexes() and run_one() == before
+
+
+def test_a_long_diff_is_held_once_and_every_run_reads_it_whole(table):
+    diff = "diff --git a/models/cnn.py b/models/cnn.py\n" + "+# a long change\n" * 300
+
+    def launch(seed):
+        return table.start_run(RunIdentity("experiment1", f"seed: {seed}\n"), config_path="c.yml", command="main.py",
+                               commit="abc", diff=diff)
+
+    for seed in range(3):
+        launch(seed).finish({})
+    stored = [text for (text,) in query(table.path, "SELECT diff FROM Experiments ORDER BY run_id")]
+    assert stored[0] == diff and all(text.startswith("(the same uncommitted changes as run 1 ") for text in stored[1:])
+    assert all(read_run(table.path, run_id).diff == diff for run_id in (1, 2, 3))
+    short = table.start_run(RunIdentity("experiment1", "seed: 9\n"), config_path="c.yml", command="main.py",
+                            commit="abc", diff="+one line\n")
+    assert query(table.path, "SELECT diff FROM Experiments WHERE run_id=?", short.id) == [("+one line\n",)]

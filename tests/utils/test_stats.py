@@ -1,4 +1,4 @@
-"""The statistics of --compare, checked against scipy's distributions computed another way, on known tables."""
+"""The statistics of --compare, checked on known tables against scipy's own t-tests (ttest_rel, ttest_ind)."""
 import math
 
 import pytest
@@ -29,30 +29,28 @@ def test_a_group_of_one_run_has_no_interval_and_cannot_be_tested():
 
 def test_shared_seeds_give_a_paired_t_test():
     result = compare(VARIANT, BASELINE)
-    differences = [VARIANT[s] - BASELINE[s] for s in BASELINE]
-    mean = sum(differences) / 5
-    sd = math.sqrt(sum((d - mean) ** 2 for d in differences) / 4)
-    t = mean / (sd / math.sqrt(5))
+    expected = scipy_stats.ttest_rel(list(VARIANT.values()), list(BASELINE.values()))
+    interval = expected.confidence_interval(0.95)
     assert result.test == "paired t" and result.n == 5
-    assert result.diff == pytest.approx(mean)
-    assert result.p_value == pytest.approx(2 * scipy_stats.t.sf(abs(t), 4))
-    half = scipy_stats.t.ppf(0.975, 4) * sd / math.sqrt(5)
-    assert result.ci95 == pytest.approx((mean - half, mean + half))
+    assert result.diff == pytest.approx(sum(VARIANT.values()) / 5 - sum(BASELINE.values()) / 5)
+    assert result.p_value == pytest.approx(expected.pvalue)
+    assert result.ci95 == pytest.approx((interval.low, interval.high))
     assert result.p_value < 0.05  # this variant is better on every seed
+    # Only the shared seeds are paired.
+    partial = compare({**VARIANT, 9: 0.5}, {seed: BASELINE[seed] for seed in (0, 1, 2)})
+    assert partial.n == 3 and partial.p_value == pytest.approx(scipy_stats.ttest_rel(
+        [VARIANT[s] for s in (0, 1, 2)], [BASELINE[s] for s in (0, 1, 2)]).pvalue)
 
 
 def test_groups_without_two_shared_seeds_give_welch_t_test():
-    other = {10 + seed: value for seed, value in VARIANT.items()}  # other seeds: nothing to pair
+    other = {10 + seed: value for seed, value in VARIANT.items() if seed < 4}  # other seeds, other sizes: no pairs
     result = compare(other, BASELINE)
-    a, b = list(other.values()), list(BASELINE.values())
-    va, vb = scipy_stats.tvar(a), scipy_stats.tvar(b)
-    se = math.sqrt(va / 5 + vb / 5)
-    df = (va / 5 + vb / 5) ** 2 / ((va / 5) ** 2 / 4 + (vb / 5) ** 2 / 4)
-    diff = sum(a) / 5 - sum(b) / 5
-    assert result.test == "Welch t" and result.diff == pytest.approx(diff)
-    assert result.p_value == pytest.approx(2 * scipy_stats.t.sf(abs(diff / se), df))
-    half = scipy_stats.t.ppf(0.975, df) * se
-    assert result.ci95 == pytest.approx((diff - half, diff + half))
+    expected = scipy_stats.ttest_ind(list(other.values()), list(BASELINE.values()), equal_var=False)
+    interval = expected.confidence_interval(0.95)
+    assert result.test == "Welch t" and result.n == 4
+    assert result.diff == pytest.approx(sum(other.values()) / 4 - sum(BASELINE.values()) / 5)
+    assert result.p_value == pytest.approx(expected.pvalue)
+    assert result.ci95 == pytest.approx((interval.low, interval.high))
 
 
 def test_identical_groups_show_no_difference():

@@ -13,6 +13,7 @@ from utils.runtable.identity import SEED_KEY, RunIdentity, group_hash
 from utils.runtable.schema import connect, side_columns
 
 DEBUG_RUN_ID = -1
+SAME_DIFF_AS = "(the same uncommitted changes as run "  # how a run names the run that holds its long diff
 
 
 @dataclass
@@ -55,6 +56,10 @@ def read_row(db, path, run_id):
     if row is None:
         raise UserError(f"there is no run {run_id} in {path}; see the Run ID column of deepboard")
     experiment, status, hidden, comment, commit, diff, config_hash, config_text, flags, data = row
+    if diff and diff.startswith(SAME_DIFF_AS):  # stored once, in an earlier run
+        holder = db.execute("SELECT diff FROM Experiments WHERE run_id=?",
+                            (int(diff[len(SAME_DIFF_AS):].split(")")[0].split()[0]),)).fetchone()
+        diff = holder[0] if holder else diff
     if flags is None or config_text is None:
         raise UserError(f"run {run_id} was not recorded by this template's main.py; its flags are unknown")
     identity = RunIdentity(experiment, config_text, json.loads(flags), comment, data=data, recorded_hash=config_hash)
@@ -139,13 +144,12 @@ def finished_runs(path, where_keys=()):
     return runs
 
 
-def config_text_of(path, run_id):
-    """The merged config run `run_id` ran with, as recorded."""
+def config_texts(path, run_ids):
+    """{run ID: the merged config it ran with, as recorded} of the runs `run_ids`, read in one query."""
+    run_ids = sorted({int(run_id) for run_id in run_ids})
     with _open(path) as db:
-        row = db.execute("SELECT file_content FROM ConfigFile WHERE run_id=?", (run_id,)).fetchone()
-    if row is None:
-        raise UserError(f"there is no run {run_id} in {path}; see the Run ID column of deepboard")
-    return row[0]
+        return dict(db.execute(f"SELECT run_id, file_content FROM ConfigFile WHERE run_id IN "
+                               f"({', '.join('?' * len(run_ids))})", run_ids)) if run_ids else {}
 
 
 def runs_frame(path, show_hidden=False):

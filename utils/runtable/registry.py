@@ -19,13 +19,14 @@ from typing import NamedTuple
 from utils.config import flatten_values, load_config_text, without_keys
 from utils.errors import UserError, disk_full, is_disk_full
 from utils.runtable import liveness
-from utils.runtable.readers import DEBUG_RUN_ID, read_row
+from utils.runtable.readers import DEBUG_RUN_ID, SAME_DIFF_AS, read_row
 from utils.runtable.run import Run
 from utils.runtable.schema import (connect, create_table, network_filesystem_warning, prepare_for_writing,
                                    side_columns)
 
 
 PROCESS_COLUMNS = ("host", "pid", "process_token", "heartbeat")  # liveness.Process, as the side table holds it
+DIFF_INLINE_LIMIT = 2048  # characters of uncommitted changes kept in every run that has them
 
 
 class Claim(NamedTuple):
@@ -267,20 +268,36 @@ def _insert_run(db, identity, config_path, command, commit, diff, run_id=None):
     if run_id is None:
         db.execute("UPDATE Experiments SET hidden=1 WHERE experiment=? AND config_hash=? AND cli=? AND comment=? "
                    "AND hidden=0 AND run_id!=?", (*identity.key(), DEBUG_RUN_ID))
+    diff_hash = hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else None
     cursor = db.execute(
         "INSERT INTO Experiments (run_id, experiment, config, config_hash, cli, command, comment, tag, start, "
         "status, commit_hash, diff) VALUES (?, ?, ?, ?, ?, ?, ?, '', ?, 'running', ?, ?)",
         (run_id, identity.experiment, str(config_path), identity.config_hash, identity.cli, command,
-         identity.comment, datetime.now().isoformat(sep=" "), commit, diff))
+         identity.comment, datetime.now().isoformat(sep=" "), commit, _stored_diff(db, diff, diff_hash)))
     run_id = cursor.lastrowid if run_id is None else run_id
     db.execute("INSERT INTO ConfigFile (run_id, file_content) VALUES (?, ?)", (run_id, identity.config_text))
     process = liveness.this_process()
     db.execute("INSERT OR REPLACE INTO TemplateLaunch (run_id, host, pid, process_token, heartbeat, flags, "
-               "data_fingerprint, config_keys, group_hash, code) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               "data_fingerprint, config_keys, group_hash, code, diff_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                (run_id, process.host, process.pid, process.token, process.heartbeat,
                 json.dumps(identity.flags, sort_keys=True), identity.data, json.dumps(config_keys(identity)),
-                identity.group_hash, code_of(commit, diff)))
+                identity.group_hash, code_of(commit, diff), diff_hash))
     return run_id
+
+
+def _stored_diff(db, diff, diff_hash):
+    """What Experiments.diff holds for a run with `diff`: the diff itself, or where the same one is held already.
+
+    A sweep or a study of seeds records the same uncommitted changes thousands of times; deepboard's main page reads
+    the diff column once for every hparam of every run, so a table of copies takes minutes to show. A long diff is
+    kept whole once, in the first (non-debug) run that had it; later runs name that run (the readers follow it).
+    """
+    if not diff or len(diff) <= DIFF_INLINE_LIMIT:
+        return diff
+    row = db.execute("SELECT MIN(L.run_id) FROM TemplateLaunch L JOIN Experiments E ON E.run_id = L.run_id "
+                     "WHERE L.diff_hash=? AND L.run_id>0 AND E.diff NOT LIKE ?",
+                     (diff_hash, f"{SAME_DIFF_AS}%")).fetchone()
+    return diff if row[0] is None else f"{SAME_DIFF_AS}{row[0]} (sha256 {diff_hash})"
 
 
 def _record_process(db, run_id, code=None):

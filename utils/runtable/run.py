@@ -36,13 +36,25 @@ class Run:
         self._heart = None
 
     def log_hparams(self, hparams):
-        """Record hyperparameters (deepboard shows them as columns); lists and None are stored as text."""
+        """Record hyperparameters (deepboard can show them as columns); lists and None are stored as text.
+
+        deepboard shows a column for every new hparam, and its main page then draws thousands of cells nobody reads
+        (a minute and more at 10,000 runs): a new hparam column starts hidden here, and is shown once two runs differ
+        in it. deepboard's column menu (right-click a header, Add) shows any of them; a column shown once is left
+        alone.
+        """
         rows = [(self.id, name, value if isinstance(value, (int, float, str)) else str(value), 1)
                 for name, value in hparams.items()]
         with self._writing("the hparams", needed=POINT_BYTES * len(rows)) as db:
+            known = {name for (name,) in db.execute("SELECT Name FROM ResultDisplay")}
             db.executemany("DELETE FROM Results WHERE run_id=? AND metric=? AND is_hparam=1",
                            [(self.id, name) for name in hparams])
             db.executemany("INSERT INTO Results (run_id, metric, value, is_hparam) VALUES (?, ?, ?, ?)", rows)
+            new = [(name,) for name in hparams if name not in known]
+            db.executemany("UPDATE ResultDisplay SET display_order=NULL WHERE Name=?", new)
+            db.executemany("INSERT OR IGNORE INTO TemplateHiddenColumn (name) VALUES (?)", new)
+            if self.id > 0:
+                show_columns_that_differ(db, self.id, rows)
 
     def log_text(self, tag, text):
         """Record a text under `tag` (deepboard shows it in the run's text fragments); replaces an earlier one."""
@@ -138,6 +150,18 @@ class Run:
             if is_disk_full(e):
                 raise disk_full(Path(self._path).parent, f"{what} of run {self.id} to the run table", needed) from None
             raise
+
+
+def show_columns_that_differ(db, run_id, rows):
+    """Show the hidden-by-the-template hparam columns in which this run differs from another recorded run."""
+    hidden = {name for (name,) in db.execute("SELECT name FROM TemplateHiddenColumn")}
+    for _, name, value, _ in rows:
+        if name in hidden and db.execute(
+                "SELECT 1 FROM Results WHERE metric=? AND is_hparam=1 AND run_id>0 AND run_id!=? AND value IS NOT ? "
+                "LIMIT 1", (name, run_id, value)).fetchone():
+            db.execute("UPDATE ResultDisplay SET display_order=(SELECT COALESCE(MAX(display_order), 0) + 1 FROM "
+                       "ResultDisplay) WHERE Name=?", (name,))
+            db.execute("DELETE FROM TemplateHiddenColumn WHERE name=?", (name,))
 
 
 def failure_reason(exc_type):

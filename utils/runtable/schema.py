@@ -25,6 +25,7 @@ SIDE_COLUMNS = {
     "heartbeat": "REAL",  # when the running process last said it was alive (epoch seconds; see liveness.py)
     "failure": "TEXT",  # why a failed run stopped: crash, interrupted, terminated, disk full, killed
     "code": "TEXT",  # a hash of the code it ran (commit and diff): a sweep retries a crash once per code
+    "diff_hash": "TEXT",  # of its uncommitted changes, which the table holds once (see registry._stored_diff)
 }
 # The workers of each sweep (any number of identical --sweep commands), so that the last one to end prints its table.
 SWEEP_WORKERS = """CREATE TABLE IF NOT EXISTS TemplateSweepWorker (sweep TEXT NOT NULL, worker TEXT NOT NULL,
@@ -36,6 +37,8 @@ INDEXES = {
     "template_results_run": "Results(run_id)",
     "template_fragments_run": "Fragments(run_id)",
     "template_images_run": "Images(run_id)",
+    "template_launch_diff": "TemplateLaunch(diff_hash)",
+    "template_results_metric": "Results(metric, is_hparam)",
 }
 
 
@@ -51,6 +54,10 @@ FINISHED_IS_FINAL = """CREATE TRIGGER IF NOT EXISTS template_finished_is_final B
     WHEN OLD.status = 'finished' AND NEW.status != 'finished' BEGIN SELECT RAISE(IGNORE); END"""
 
 
+# The hparam columns the template hid in deepboard's main page until two runs differ in them (see Run.log_hparams).
+HIDDEN_COLUMNS = "CREATE TABLE IF NOT EXISTS TemplateHiddenColumn (name TEXT PRIMARY KEY)"
+
+
 def prepare_for_writing(db):
     """Add the side table, its newer columns, the indexes and the trigger that keeps finished runs finished to a
     checked table, changing nothing else in it."""
@@ -64,6 +71,7 @@ def prepare_for_writing(db):
         db.execute(f"CREATE INDEX IF NOT EXISTS {name} ON {target}")
     db.execute(FINISHED_IS_FINAL)
     db.execute(SWEEP_WORKERS)
+    db.execute(HIDDEN_COLUMNS)
 
 
 @contextmanager
