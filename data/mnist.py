@@ -23,12 +23,20 @@ def load_mnist(data_path, download=True):
             torch.from_numpy(arrays["test_images"].copy()), torch.from_numpy(arrays["test_labels"].astype(np.int64)))
 
 
-def check_config(config):
-    """Refuse a validation split the training set cannot give, reading only the files' headers."""
+def check_config(config, world_size=1):
+    """Refuse a validation split the training set cannot give (reading only the files' headers), and a batch that
+    the torchrun processes cannot share evenly."""
     cfg = config["data"]
+    _check_batch_size(cfg["batch_size"], world_size)
     files = find_files(cfg["path"], cfg["download"])
     num_train = read_header(files["train_labels"])[0]
     _check_val_size(cfg["val_size"], num_train)
+
+
+def _check_batch_size(batch_size, world_size):
+    if batch_size % world_size:
+        raise UserError(f"data.batch_size {batch_size} is the global batch: it must divide evenly among "
+                        f"{world_size} torchrun processes (make it a multiple of {world_size})")
 
 
 def split_train_val(num_train, val_size, split_seed):
@@ -116,9 +124,7 @@ def make_loaders(config, device, seed, world=None):
     def on_device(images, labels):
         return images.to(device), labels.to(device)
 
-    if world is not None and cfg["batch_size"] % world.size:
-        raise UserError(f"data.batch_size {cfg['batch_size']} is the global batch: it must divide evenly among "
-                        f"{world.size} processes")
+    _check_batch_size(cfg["batch_size"], world.size if world is not None else 1)
     train = Batches(*on_device(train_images[train_index], train_labels[train_index]), cfg["batch_size"],
                     shuffle=True, shift=cfg["augment_shift"], generator=generator, channels_last=channels_last,
                     world=world)

@@ -8,11 +8,12 @@ def data_fingerprint(config, cache_path):
     return mnist_fingerprint(config, cache_path)
 
 
-def check_config(config):
+def check_config(config, world_size=1):
     """Refuse, before the run is registered, any value its pieces would refuse later: a mistake leaves no row."""
     import data.mnist, models.cnn, training.optim, utils.device  # noqa: E401
 
-    for piece in (data.mnist, models.cnn, training.optim, utils.device):
+    data.mnist.check_config(config, world_size)
+    for piece in (models.cnn, training.optim, utils.device):
         piece.check_config(config)
 
 

@@ -137,11 +137,19 @@ class Launch:
         """Call check_config(config) of the experiment's module, where it has one: mistakes found before registering.
 
         It runs after the duplicate check (a duplicate is refused without importing torch) and before the run is
-        registered, so a value the experiment's pieces would refuse leaves no failed row behind.
+        registered, so a value the experiment's pieces would refuse leaves no failed row behind. A check_config with
+        a `world_size` parameter also gets the number of torchrun processes.
         """
+        import inspect  # here, not at the top: a refused duplicate never gets this far
+
         check = self.experiment_hook(identity.experiment, "check_config")
-        if check is not None:
-            check(without_keys(load_config_text(identity.config_text), set()))
+        if check is None:
+            return
+        config = without_keys(load_config_text(identity.config_text), set())
+        if "world_size" in inspect.signature(check).parameters:
+            check(config, world_size=identity.flags.get("world_size", 1))
+        else:
+            check(config)
 
     def warn_of_new_keys(self):
         """Say once (until a run has them) that the YAML sets keys no recorded run of the experiment has."""

@@ -1,11 +1,13 @@
 """Fixtures shared by the tests; the helpers they use live in helpers.py."""
-import shutil
+import os
+import signal
 import subprocess
+import sys
 
 import pytest
 import yaml
 
-from helpers import REPO, make_mnist_folder, tiny_config
+from helpers import MAIN, copy_template, make_mnist_folder, tiny_config
 
 
 @pytest.fixture(scope="session")
@@ -24,10 +26,40 @@ def workdir(tmp_path, mnist_root):
 @pytest.fixture
 def code_copy(tmp_path):
     """A copy of the template in its own git repository, so a test can change its code and see that recorded."""
-    code = tmp_path / "code"
-    shutil.copytree(REPO, code, ignore=shutil.ignore_patterns(".git", "results", "__pycache__", ".pytest_cache"))
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-C", str(code)]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "template"], check=True)
-    return code
+    return copy_template(tmp_path / "code")
+
+
+class Spawner:
+    """Starts real processes for one test and kills every one still alive when the test ends, their children
+    included (torchrun's ranks, --workers' workers): a failing test leaves nothing running."""
+
+    def __init__(self):
+        self.started = []
+
+    def __call__(self, cwd, *args, command=None, main=MAIN):
+        """Start `python main.py args` (or `command`) in `cwd` in a process group of its own; returns the Popen."""
+        process = subprocess.Popen(command or [sys.executable, str(main), *args], cwd=cwd, stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+        self.started.append(process)
+        return process
+
+    def run(self, cwd, *args, command=None, main=MAIN, timeout=300):
+        """Run it to the end; a CompletedProcess, as subprocess.run gives."""
+        process = self(cwd, *args, command=command, main=main)
+        stdout, stderr = process.communicate(timeout=timeout)
+        return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
+
+    def reap(self):
+        for process in self.started:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # the group outlives its leader while a child is alive
+            except (ProcessLookupError, PermissionError):
+                pass
+            process.communicate()
+
+
+@pytest.fixture
+def spawn():
+    spawner = Spawner()
+    yield spawner
+    spawner.reap()

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parent.parent
@@ -116,12 +117,6 @@ def assert_refused(result, *fragments):
         assert fragment in lines[0], lines[0]
 
 
-def start_main(cwd, *args):
-    """Start the real main.py in `cwd` without waiting; returns the Popen (text pipes)."""
-    return subprocess.Popen([sys.executable, str(MAIN), *args], cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-
-
 def wait_for(condition, timeout=120, what="condition"):
     """Poll `condition()` until it is true; fail the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -151,6 +146,34 @@ def recorded_numbers(db_path, run_id):
               if not any(word in row[1] for word in timing)]
     results = query(db_path, "SELECT metric, value FROM Results WHERE run_id=? AND is_hparam=0 ORDER BY metric", run_id)
     return curves, results
+
+
+def require(available, reason):
+    """Skip a test whose tool this machine lacks, saying why; where CI is set, fail it: CI never skips silently."""
+    if available:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI is set, so a missing tool fails the test instead of skipping it)")
+    pytest.skip(reason)
+
+
+def copy_template(destination):
+    """A copy of the template at `destination` in a git repository of its own, so a test can change its code and
+    see that recorded; returns the copy's folder."""
+    shutil.copytree(REPO, destination, ignore=shutil.ignore_patterns(".git", "results", "__pycache__",
+                                                                     ".pytest_cache"))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-C", str(destination)]
+    subprocess.run([*git, "init", "-q"], check=True)
+    subprocess.run([*git, "add", "-A"], check=True)
+    subprocess.run([*git, "commit", "-qm", "template"], check=True)
+    return destination
+
+
+def git_commit_all(folder, message):
+    """Commit every change of the template copy at `folder`; returns the new commit's hash."""
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-C", str(folder)]
+    subprocess.run([*git, "commit", "-qam", message], check=True)
+    return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def private_mounts_work(tmp_path):

@@ -1,15 +1,18 @@
 """Looking at results: the analysis notebook, executed headless, and the deepboard GUI in a real server and browser."""
 import http.cookiejar
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import urllib.request
 
 import pytest
+import yaml
 
-from helpers import REPO, run_tiny, wait_for
+from helpers import REPO, copy_template, make_mnist_folder, query, require, run_tiny, tiny_config, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -19,20 +22,38 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
                   "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
-@pytest.fixture
-def table_with_runs(workdir):
-    """A run table made by two groups of two seeds each, which differ by their learning rate (runs 1-2 and 3-4)."""
-    assert run_tiny(workdir, "--seeds=2").returncode == 0
-    assert run_tiny(workdir, "--seeds=2", "--config.training.learning_rate=0.02").returncode == 0
-    return workdir / "results" / "resultTable.db"
+@pytest.fixture(scope="module")
+def table_with_runs(tmp_path_factory):
+    """A run table made by two groups of two seeds each, which differ by their learning rate (runs 1-2 and 3-4),
+    recorded by a copy of the template with an uncommitted file, so that each run has a commit and a diff."""
+    root = tmp_path_factory.mktemp("browse")
+    code = copy_template(root / "code")
+    (code / "notes_untracked.py").write_text("UNTRACKED_MARKER = 1\n")
+    workdir = root / "work"
+    (workdir / "configs").mkdir(parents=True)
+    data = make_mnist_folder(root / "data")
+    (workdir / "configs" / "tiny.yml").write_text(yaml.safe_dump(tiny_config(data)))
+    assert run_tiny(workdir, "--seeds=2", main=code / "main.py").returncode == 0
+    assert run_tiny(workdir, "--seeds=2", "--config.training.learning_rate=0.02", main=code / "main.py").returncode == 0
+    commit = subprocess.run(["git", "-C", str(code), "rev-parse", "HEAD"], capture_output=True, text=True,
+                            check=True).stdout.strip()
+    return workdir / "results" / "resultTable.db", commit
 
 
-def test_the_analysis_notebook_runs_top_to_bottom_and_draws_its_figures(table_with_runs, monkeypatch):
+def test_the_analysis_notebook_runs_top_to_bottom_and_plots_every_runs_points(table_with_runs, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
-    monkeypatch.setenv("RESULT_TABLE", str(table_with_runs))
+    table, _ = table_with_runs
+    monkeypatch.setenv("RESULT_TABLE", str(table))
     notebook = nbformat.read(REPO / "notebooks" / "analysis.ipynb", as_version=4)
+    # One more cell, after the notebook's own: which points its curve figures were drawn from.
+    notebook.cells.append(nbformat.v4.new_code_cell(
+        "import json\n"
+        "print('PLOTTED', json.dumps({'groups': sorted([int(r), t, int(e), float(v)] for r, t, e, v in "
+        "curves[['run_id', 'tag', 'epoch', 'value']].itertuples(index=False)), "
+        "'runs': sorted([int(r), t, int(e), float(v)] for r, t, e, v in "
+        "run_curves[['run_id', 'tag', 'epoch', 'value']].itertuples(index=False)), 'RUNS': [int(r) for r in RUNS]}))"))
     NotebookClient(notebook, timeout=180, kernel_name="python3",
                    resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()  # raises on any cell error
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
@@ -40,10 +61,26 @@ def test_the_analysis_notebook_runs_top_to_bottom_and_draws_its_figures(table_wi
     figures = [output for output in outputs if "image/png" in output.get("data", {})]
     assert len(figures) == 3
     text = "".join(output.get("text", "") for output in outputs)
-    assert f"run table: {table_with_runs}" in text and "4 runs, 4 finished" in text and "2 groups" in text
+    assert f"run table: {table}" in text and "4 runs, 4 finished" in text and "2 groups" in text
     tables = "".join(output["data"].get("text/html", "") for output in outputs if "data" in output)
     assert "learning_rate" in tables and "test_accuracy" in tables and "0.02" in tables
     assert "training.learning_rate=0.02" in tables and "paired t" in tables  # the groups' comparison
+
+    # The figures' frames hold every epoch's train and validation points of the runs they show, as recorded.
+    plotted = json.loads(text.split("PLOTTED ", 1)[1].splitlines()[0])
+    recorded = {(run_id, f"{split}/{label}", epoch): value for run_id, split, label, epoch, value in query(
+        table, "SELECT run_id, split, label, epoch, value FROM Logs WHERE label IN ('loss', 'accuracy')")}
+    runs = plotted["RUNS"]
+    assert len(runs) == 3  # the three best runs of four
+    drawn = {"train/loss", "train/accuracy", "val/loss", "val/accuracy"}  # what the chosen runs' figure draws
+    shown = {(run_id, tag, epoch): value for run_id, tag, epoch, value in plotted["runs"] if tag in drawn}
+    assert shown == {key: value for key, value in recorded.items() if key[0] in runs}
+    assert {tag for _, tag, _ in shown} == drawn
+    assert {epoch for _, _, epoch in shown} == {1, 2}
+    group_points = {(run_id, tag, epoch): value for run_id, tag, epoch, value in plotted["groups"]
+                    if tag.startswith("val/")}
+    assert {run_id for run_id, _, _ in group_points} == {1, 2, 3, 4}  # both groups, both seeds each
+    assert all(recorded[key] == value for key, value in group_points.items()) and len(group_points) == 16
 
 
 def free_port():
@@ -52,12 +89,14 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def deepboard_server(table_with_runs, tmp_path):
+@pytest.fixture(scope="module")
+def deepboard_server(table_with_runs, tmp_path_factory):
     """The real `deepboard` server on a free localhost port, always stopped afterwards."""
     port = free_port()
+    tmp_path = tmp_path_factory.mktemp("deepboard")
     log = open(tmp_path / "deepboard.log", "w")
-    command = [shutil.which("deepboard") or "deepboard", str(table_with_runs), "--port", str(port)]
+    # The deepboard of the interpreter running the tests, whatever is on PATH.
+    command = [sys.executable, "-m", "deepboard.gui.entry", str(table_with_runs[0]), "--port", str(port)]
     # Its own session, so that stopping it also stops the reloader's worker process.
     server = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                               env={**os.environ, "HOME": str(tmp_path)})  # it writes its theme files under ~
@@ -83,8 +122,8 @@ def _answers(url):
         return False
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium); .ci/run installs it")
 def test_deepboard_shows_the_runs_in_a_browser(deepboard_server, tmp_path):
+    require(CHROMIUM is not None, "needs Debian's chromium (apt-get install chromium); .ci/run installs it")
     profile = ["--user-data-dir=" + str(tmp_path / "profile")]
     dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, *profile, "--dump-dom", deepboard_server + "/"],
                          capture_output=True, text=True, timeout=120).stdout
@@ -98,7 +137,8 @@ def test_deepboard_shows_the_runs_in_a_browser(deepboard_server, tmp_path):
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 5000
 
 
-def test_deepboard_renders_a_runs_curves_config_and_provenance(deepboard_server):
+def test_deepboard_renders_a_runs_curves_config_and_provenance(deepboard_server, table_with_runs):
+    _, commit = table_with_runs
     # What a click on a row fetches (the page's htmx comes from a CDN, so the request is made here directly).
     browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
     browser.open(deepboard_server + "/").read()
@@ -107,4 +147,7 @@ def test_deepboard_renders_a_runs_curves_config_and_provenance(deepboard_server)
     config = browser.open(deepboard_server + "/fillpanel?run_id=3&tab=config").read().decode()
     assert "learning_rate: 0.02" in config and "--config.training.learning_rate=0.02" in config
     text = browser.open(deepboard_server + "/fillpanel?run_id=3&tab=text").read().decode()
-    assert "environment" in text and "torchvision" in text and "device_name" in text
+    assert "environment" in text and "torchvision" in text and "device_name" in text and "threads" in text
+    info = browser.open(deepboard_server + "/fillpanel?run_id=3&tab=run_info").read().decode()
+    assert commit in info  # the commit the run's code was at
+    assert "notes_untracked.py" in info and "UNTRACKED_MARKER = 1" in info  # and its uncommitted changes

@@ -9,8 +9,8 @@ import time
 import pytest
 import yaml
 
-from helpers import (REPO, assert_refused, interrupt_after_first_epoch, make_mnist_folder, private_mounts_work, query, recorded_numbers, run_main,
-                     tiny_config, tiny_in_process)
+from helpers import (REPO, assert_refused, interrupt_after_first_epoch, make_mnist_folder, private_mounts_work, query,
+                     recorded_numbers, require, run_in_process, run_main, tiny_config, tiny_in_process)
 from utils.runtable.schema import filesystem_type, network_filesystem_warning
 
 KILL_AT = REPO / "tests" / "kill_at.py"
@@ -84,7 +84,7 @@ def test_a_kill_at_any_instant_of_a_run_resumes_to_exactly_the_uninterrupted_run
         assert killed.returncode == -9, (instant, killed.stderr)
         db = folder / "results" / "resultTable.db"
         assert query(db, "SELECT status FROM Experiments WHERE run_id=1") == [("running",)]
-        resumed = run_main(folder, "--resume=1", "--verbose=0")
+        resumed = run_in_process(folder, "--resume=1", "--verbose=0")  # the kill was real; resuming needs no new process
         assert resumed.returncode == 0, (instant, resumed.stderr)
         assert recorded_numbers(db, 1) == reference, instant  # every point once, every result, bit for bit
         assert not list((folder / "results" / "1").glob("*.tmp")), instant
@@ -171,8 +171,8 @@ def test_a_results_folder_on_a_network_filesystem_is_named_in_a_warning(tmp_path
 @pytest.fixture
 def full_disk_report(workdir, tmp_path):
     """The report of tests/full_disk_scenario.py, run with results/ on a 16 MiB tmpfs of its own."""
-    if not private_mounts_work(tmp_path):
-        pytest.skip("filling a disk needs a tmpfs in a private mount namespace (root and unshare)")
+    require(private_mounts_work(tmp_path), "filling a disk needs a tmpfs in a private mount namespace (root and "
+            "unshare): tried here, and it does not work")
     slow = make_mnist_folder(tmp_path / "slow-data", n_train=2400, n_test=200)
     (workdir / "configs" / "slow.yml").write_text(yaml.safe_dump(
         tiny_config(slow, **{"training.num_epochs": 4, "data.batch_size": 32})))

@@ -164,3 +164,16 @@ def test_a_table_recorded_before_these_rules_still_lists_reproduces_and_resumes(
     assert query(db, "SELECT run_id, status FROM Experiments WHERE run_id > 0 ORDER BY run_id") == [
         (1, "finished"), (2, "finished"), (3, "finished")]
     assert_refused(tiny_in_process(workdir), "run 3")
+
+
+def test_cpu_is_part_of_the_identity_and_the_config_files_name_and_place_are_not(workdir, db):
+    # The same YAML under another name, in another folder, and named by an absolute path: the same run.
+    (workdir / "elsewhere").mkdir()
+    shutil.copy(workdir / "configs" / "tiny.yml", workdir / "elsewhere" / "renamed.yml")
+    for path in ("elsewhere/renamed.yml", str(workdir / "configs" / "tiny.yml")):
+        assert_refused(run_in_process(workdir, "--experiment=experiment1", f"--config={path}", "--verbose=0"),
+                       "already has this config")
+    # --cpu may change the numbers (another device's kernels): another run, and so is its next launch refused.
+    assert tiny_in_process(workdir, "--cpu").returncode == 0
+    assert query(db, "SELECT run_id, cli FROM Experiments ORDER BY run_id") == [(1, ""), (2, "cpu=True")]
+    assert_refused(tiny_in_process(workdir, "--cpu"), "already has this config", "run 2")

@@ -1,7 +1,10 @@
 """main.py's front door: every refusal is one clear line on stderr, exit code 2, no traceback, nothing written."""
+import subprocess
+import sys
+
 import pytest
 
-from helpers import assert_refused, run_in_process, run_main, tiny_in_process
+from helpers import MAIN, assert_refused, query, run_in_process, run_main, tiny_in_process
 
 
 @pytest.mark.parametrize("args, fragments", [
@@ -45,3 +48,30 @@ def test_help_lists_the_flags_and_a_refusal_has_no_traceback_in_a_real_process(w
         assert flag in result.stdout
     assert_refused(run_main(workdir, "--experiment=experiment1", "--config=configs/tiny.yml", "--wath=loss"),
                    "unknown flag --wath")
+
+
+@pytest.mark.slow
+def test_a_refused_duplicate_loads_neither_torch_nor_deepboard(workdir):
+    assert tiny_in_process(workdir).returncode == 0
+    # -X importtime lists on stderr every module the real process imports, one line each.
+    refused = subprocess.run([sys.executable, "-X", "importtime", str(MAIN), "--experiment=experiment1",
+                              "--config=configs/tiny.yml"], cwd=workdir, capture_output=True, text=True, timeout=120)
+    imported = {line.rsplit("|", 1)[1].strip() for line in refused.stderr.splitlines()
+                if line.startswith("import time:") and "|" in line}
+    assert "yaml" in imported and "sqlite3" in imported  # the list is real: what the refusal does need
+    assert not {name for name in imported if name.split(".")[0] in ("torch", "deepboard", "torchvision", "numpy")}
+    [refusal] = [line for line in refused.stderr.splitlines() if not line.startswith("import time:")]
+    assert refused.returncode == 2 and "already has this config" in refusal
+
+
+def test_a_value_the_experiment_cannot_use_is_refused_leaving_no_row_and_no_folder(workdir):
+    assert tiny_in_process(workdir).returncode == 0
+    for override, message in [
+        ("--config.training.autocast=fp8", "training.autocast must be auto, bf16 or off, got 'fp8'"),
+        ("--config.training.optimizer=lamb", "training.optimizer must be sgd or adamw, got 'lamb'"),
+        ("--config.model.kernel_size=13", "shrink the 28px images to nothing"),
+        ("--config.data.val_size=640", "data.val_size must be between 1 and 639"),
+    ]:
+        assert_refused(tiny_in_process(workdir, override), message)
+    assert query(workdir / "results" / "resultTable.db", "SELECT run_id, status FROM Experiments") == [(1, "finished")]
+    assert sorted(path.name for path in (workdir / "results").iterdir() if path.is_dir()) == ["1"]

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from helpers import (MAIN, assert_refused, logged_epochs, make_mnist_folder, private_mounts_work, query,
-                     recorded_numbers, run_main, run_tiny, start_main, tiny_config, wait_for)
+                     recorded_numbers, require, run_main, run_tiny, tiny_config, tiny_in_process, wait_for)
 
 pytestmark = pytest.mark.slow
 TINY = ("--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0")
@@ -20,18 +20,30 @@ def slow_root(tmp_path_factory):
     return make_mnist_folder(tmp_path_factory.mktemp("slow-data"), n_train=2400, n_test=200)
 
 
+def write_slow_config(folder, slow_root):
+    (folder / "configs").mkdir()
+    config = tiny_config(slow_root, **{"training.num_epochs": 4, "data.batch_size": 32})
+    (folder / "configs" / "tiny.yml").write_text(yaml.safe_dump(config))
+    return folder
+
+
 @pytest.fixture
 def slow_workdir(tmp_path, slow_root):
-    (tmp_path / "configs").mkdir()
-    config = tiny_config(slow_root, **{"training.num_epochs": 4, "data.batch_size": 32})
-    (tmp_path / "configs" / "tiny.yml").write_text(yaml.safe_dump(config))
-    return tmp_path
+    return write_slow_config(tmp_path, slow_root)
 
 
-def stop_after_first_epoch(workdir, sig, *args):
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, slow_root):
+    """The points and results of the slow config run once, never interrupted: what every resumed run must equal."""
+    folder = write_slow_config(tmp_path_factory.mktemp("uninterrupted"), slow_root)
+    assert tiny_in_process(folder).returncode == 0
+    return recorded_numbers(folder / "results" / "resultTable.db", 1)
+
+
+def stop_after_first_epoch(spawn, workdir, sig, *args):
     """Start a run, send `sig` once it has logged its first epoch; returns the finished Popen and its stderr."""
     db = workdir / "results" / "resultTable.db"
-    process = start_main(workdir, *TINY, *args)
+    process = spawn(workdir, *TINY, *args)
     wait_for(lambda: logged_epochs(db, 1) >= 1 or process.poll() is not None, what="the first epoch")
     assert process.poll() is None, process.communicate()
     process.send_signal(sig)
@@ -39,52 +51,54 @@ def stop_after_first_epoch(workdir, sig, *args):
     return process, stderr
 
 
-def test_sigterm_marks_the_run_failed_keeps_its_scalars_and_resume_matches_an_uninterrupted_run(slow_workdir):
+# How each signal ends a run: exit code, what the run says on stderr, the status it leaves in the table.
+STOPS = {
+    "SIGTERM": (143, "terminated: run 1 is marked failed, with all it logged; continue it with "
+                     "python main.py --resume=1", "failed"),
+    "SIGINT": (130, "interrupted: run 1 is marked failed, with all it logged; continue it with "
+                    "python main.py --resume=1", "failed"),
+    # No handler runs: the run stays "running" until a launch sees its process gone and marks it failed.
+    "SIGKILL": (-signal.SIGKILL, "", "running"),
+}
+
+
+@pytest.mark.parametrize("name", STOPS)
+def test_a_signal_after_the_first_epoch_keeps_every_point_and_resume_gives_exactly_the_uninterrupted_run(
+        slow_workdir, spawn, uninterrupted, name):
     db = slow_workdir / "results" / "resultTable.db"
-    process, stderr = stop_after_first_epoch(slow_workdir, signal.SIGTERM)
-    assert process.returncode == 143
-    assert "terminated: run 1 is marked failed" in stderr and "--resume=1" in stderr
-    assert "Traceback" not in stderr
-    assert query(db, "SELECT status FROM Experiments WHERE run_id=1") == [("failed",)]
+    code, message, status = STOPS[name]
+    process, stderr = stop_after_first_epoch(spawn, slow_workdir, getattr(signal, name))
+    assert process.returncode == code
+    assert stderr.strip() == message  # one line, no traceback
+    assert query(db, "SELECT status FROM Experiments WHERE run_id=1") == [(status,)]
     kept, _ = recorded_numbers(db, 1)
     assert logged_epochs(db, 1) >= 1 and any(label == "step_loss" for _, label, *_ in kept)
+    assert set(kept) <= set(uninterrupted[0])  # each point it kept is the uninterrupted run's
 
     resumed = run_main(slow_workdir, "--resume=1", "--verbose=0")
     assert resumed.returncode == 0, resumed.stderr
-    assert query(db, "SELECT status FROM Experiments WHERE run_id=1") == [("finished",)]
-    assert_refused(run_main(slow_workdir, "--resume=1"), "run 1 finished", "cannot be resumed")
-
-    # The same config never interrupted (a comment changes the identity, not the computation).
-    reference = run_tiny(slow_workdir, "--comment=reference")
-    assert reference.returncode == 0, reference.stderr
-    assert recorded_numbers(db, 1) == recorded_numbers(db, 2)  # every point and result, bit for bit (timings aside)
+    assert query(db, "SELECT status FROM Experiments") == [("finished",)]  # run 1 itself, no new run
+    assert recorded_numbers(db, 1) == uninterrupted  # every point and result, bit for bit (timings aside)
     curves, _ = recorded_numbers(db, 1)
     assert len(curves) == len({(split, label, step) for split, label, _, step, _ in curves})  # no point twice
 
 
-def test_sigkill_leaves_running_until_the_next_launch_marks_it_failed_and_resumes(slow_workdir):
+def test_a_second_debug_run_is_refused_while_the_first_runs_and_replaces_it_once_it_is_killed(
+        slow_workdir, spawn, uninterrupted):
     db = slow_workdir / "results" / "resultTable.db"
-    process, _ = stop_after_first_epoch(slow_workdir, signal.SIGKILL)
-    assert process.returncode == -signal.SIGKILL
-    assert query(db, "SELECT status FROM Experiments WHERE run_id=1") == [("running",)]
-    assert logged_epochs(db, 1) >= 1  # flushed at each epoch's end, so even SIGKILL keeps finished epochs
+    first = spawn(slow_workdir, *TINY, "--debug")
+    wait_for(lambda: logged_epochs(db, -1) >= 1 or first.poll() is not None, what="the first debug run's epoch")
+    assert first.poll() is None, first.communicate()
+    assert_refused(tiny_in_process(slow_workdir, "--debug"), "debug run -1 is in progress")
+    assert first.poll() is None  # the two overlapped: the first was still running after the refusal
+    first.kill()
+    first.communicate()
+    assert query(db, "SELECT run_id, status FROM Experiments") == [(-1, "running")]
 
-    # The process is gone: a new launch of the same command is not refused; run 1 is kept, hidden, as failed.
-    retry = run_tiny(slow_workdir)
-    assert retry.returncode == 0, retry.stderr
-    assert query(db, "SELECT run_id, status, hidden FROM Experiments ORDER BY run_id") == [
-        (1, "failed", 1), (2, "finished", 0)]
-    assert logged_epochs(db, 1) >= 1
-
-
-def test_ctrl_c_stops_cleanly_and_the_run_can_be_resumed(slow_workdir):
-    db = slow_workdir / "results" / "resultTable.db"
-    process, stderr = stop_after_first_epoch(slow_workdir, signal.SIGINT)
-    assert process.returncode == 130 and "interrupted: run 1 is marked failed" in stderr
-    assert "Traceback" not in stderr
-    assert query(db, "SELECT status FROM Experiments WHERE run_id=1") == [("failed",)]
-    assert run_main(slow_workdir, "--resume=1", "--verbose=0").returncode == 0
-    assert query(db, "SELECT status FROM Experiments WHERE run_id=1") == [("finished",)]
+    replacing = tiny_in_process(slow_workdir, "--debug")
+    assert replacing.returncode == 0, replacing.stderr
+    assert query(db, "SELECT run_id, status FROM Experiments") == [(-1, "finished")]
+    assert recorded_numbers(db, -1) == uninterrupted  # one run's points, none of the killed run's beside them
 
 
 def test_a_bug_in_experiment_code_shows_its_traceback_and_fails_the_run_keeping_what_it_logged(workdir, code_copy):
@@ -105,47 +119,28 @@ def test_a_bug_in_experiment_code_shows_its_traceback_and_fails_the_run_keeping_
         (1, "failed", 1), (2, "failed", 0)]
 
 
-@pytest.mark.parametrize("copies", [2, 4])
-def test_identical_launches_at_once_run_exactly_once(workdir, copies):
-    processes = [start_main(workdir, *TINY) for _ in range(copies)]
+def test_identical_launches_at_once_run_exactly_once(workdir, spawn):
+    processes = [spawn(workdir, *TINY) for _ in range(3)]
     outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
-    assert sorted(code for code, _ in outcomes) == [0] + [2] * (copies - 1), outcomes
+    assert sorted(code for code, _ in outcomes) == [0, 2, 2], outcomes
     assert all("already has this config" in err for code, err in outcomes if code == 2)
     db = workdir / "results" / "resultTable.db"
     assert query(db, "SELECT run_id, status FROM Experiments") == [(1, "finished")]
 
 
-def test_eight_different_launches_at_once_are_all_recorded(workdir):
-    processes = [start_main(workdir, *TINY, f"--config.seed={seed}") for seed in range(8)]
+def test_six_different_launches_at_once_are_all_recorded(workdir, spawn):
+    # One thread each: six runs share two cores, as a sweep's workers would.
+    processes = [spawn(workdir, *TINY, f"--config.seed={seed}", "--config.training.threads=1") for seed in range(6)]
     outcomes = [(p.wait(timeout=600), p.stderr.read()) for p in processes]
-    assert [code for code, _ in outcomes] == [0] * 8, outcomes
+    assert [code for code, _ in outcomes] == [0] * 6, outcomes
     db = workdir / "results" / "resultTable.db"
-    assert query(db, "SELECT COUNT(*), SUM(status='finished') FROM Experiments") == [(8, 8)]
-    assert query(db, "SELECT COUNT(DISTINCT run_id) FROM Logs WHERE label='accuracy' AND split='val'") == [(8,)]
-
-
-def test_concurrent_debug_runs_never_mix_their_records(workdir):
-    processes = [start_main(workdir, *TINY, "--debug") for _ in range(2)]
-    outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
-    assert 0 in [code for code, _ in outcomes], outcomes
-    for code, err in outcomes:
-        assert code == 0 or (code == 2 and "debug run -1 is in progress" in err), outcomes
-    db = workdir / "results" / "resultTable.db"
-    assert query(db, "SELECT run_id, status FROM Experiments") == [(-1, "finished")]
-    assert logged_epochs(db, -1) == 2  # one run's curve, not two interleaved
-
-
-def test_resume_refuses_what_cannot_be_resumed(workdir):
-    assert_refused(run_main(workdir, "--resume=3"), "no run table")
-    assert run_tiny(workdir).returncode == 0
-    assert_refused(run_main(workdir, "--resume=3"), "there is no run 3")
-    assert_refused(run_main(workdir, "--resume=1", "--watch=loss"), "drop --watch")
+    assert query(db, "SELECT COUNT(*), SUM(status='finished') FROM Experiments") == [(6, 6)]
+    assert query(db, "SELECT COUNT(DISTINCT run_id) FROM Logs WHERE label='accuracy' AND split='val'") == [(6,)]
 
 
 def test_a_read_only_results_folder_is_refused_before_training_and_left_alone(workdir, tmp_path):
-    if not private_mounts_work(tmp_path):
-        pytest.skip("a read-only folder for root needs a read-only bind mount in a private mount namespace "
-                    "(root and unshare); tried, and it does not work here")
+    require(private_mounts_work(tmp_path), "a read-only folder for root needs a read-only bind mount in a private "
+            "mount namespace (root and unshare): tried here, and it does not work")
     assert run_tiny(workdir, "--comment=first").returncode == 0
     results = workdir / "results"
     before = {path.name: path.read_bytes() for path in results.iterdir() if path.is_file()}

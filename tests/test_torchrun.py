@@ -1,5 +1,6 @@
 """Scaling out: torchrun with DistributedDataParallel (gloo on the CPU), through the real main.py."""
-import subprocess
+import os
+import signal
 import sys
 
 import pytest
@@ -7,41 +8,79 @@ import torch
 import yaml
 
 from data.mnist import make_loaders
-from helpers import MAIN, logged_epochs, query, run_tiny
+from helpers import (MAIN, assert_refused, logged_epochs, make_mnist_folder, query, run_main, tiny_config,
+                     tiny_in_process, wait_for)
 from models.cnn import make_model
 from training.loop import evaluate
 from utils.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
 # torchrun of the interpreter running the tests, whatever is on PATH
-TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(MAIN)]
+TINY = ("--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0")
 
 
-def test_torchrun_two_processes_record_one_run_with_reduced_metrics_and_identical_weights(workdir):
-    done = subprocess.run([*TORCHRUN, "--nproc_per_node=2", str(MAIN), "--experiment=experiment1",
-                           "--config=configs/tiny.yml"], cwd=workdir, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout + done.stderr
+@pytest.fixture
+def long_workdir(tmp_path):
+    """A config whose 2-process run lasts long enough (4 epochs of 2,400 images) to be stopped after an epoch."""
+    data = make_mnist_folder(tmp_path / "data", n_train=2400, n_test=200)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny.yml").write_text(yaml.safe_dump(
+        tiny_config(data, **{"training.num_epochs": 4, "data.batch_size": 32})))
+    return tmp_path
+
+
+def rank_lines(output):
+    """The lines the ranks printed, without torchrun's own reporting."""
+    return [line for line in output.splitlines() if line.startswith(("error:", "terminated:", "run "))]
+
+
+def test_torchrun_records_one_run_with_reduced_metrics_and_refuses_another_number_of_processes(long_workdir, spawn):
+    db = long_workdir / "results" / "resultTable.db"
+    # A global batch the two processes cannot share: refused before anything is recorded.
+    uneven = spawn.run(long_workdir, command=[*TORCHRUN, *TINY, "--config.data.batch_size=33"])
+    assert uneven.returncode != 0
+    assert rank_lines(uneven.stdout + uneven.stderr) == [
+        "error: data.batch_size 33 is the global batch: it must divide evenly among 2 torchrun processes "
+        "(make it a multiple of 2)"]  # rank 0 says it once; the other rank follows it without a word
+    assert not db.exists() or query(db, "SELECT COUNT(*) FROM Experiments") == [(0,)]
+
+    # Stopped as a scheduler stops a job (SIGTERM to every process) after its first epoch.
+    stopped = spawn(long_workdir, command=[*TORCHRUN, *TINY])
+    wait_for(lambda: logged_epochs(db, 1) >= 1 or stopped.poll() is not None, what="the first epoch")
+    assert stopped.poll() is None, stopped.communicate()
+    os.killpg(stopped.pid, signal.SIGTERM)
+    _, stderr = stopped.communicate(timeout=60)  # no rank waits on a collective the others left
+    assert rank_lines(stderr) == [
+        "terminated: run 1 is marked failed, with all it logged; continue it with python main.py --resume=1"]
+    assert query(db, "SELECT run_id, status, cli FROM Experiments") == [(1, "failed", "world_size=2")]
+
+    # BatchNorm saw each rank's shard: one process cannot continue or reproduce what two computed.
+    assert_refused(run_main(long_workdir, "--resume=1"),
+                   "run 1 ran on 2 process(es), this launch has 1")
+    resumed = spawn.run(long_workdir, command=[*TORCHRUN, "--resume=1"])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     # Rank 0 alone prints and records; the ranks' final weights are checked to be the same bytes.
-    assert done.stdout.count("run 1 finished") == 1 and done.stdout.count("epoch 2/2:") == 1
-    assert done.stdout.count("final weights identical on all 2 ranks") == 1
-    db = workdir / "results" / "resultTable.db"
+    assert resumed.stdout.count("run 1 finished") == 1
+    assert resumed.stdout.count("final weights identical on all 2 ranks") == 1
     assert query(db, "SELECT run_id, status, cli FROM Experiments") == [(1, "finished", "world_size=2")]
     assert query(db, "SELECT value FROM Results WHERE metric='world_size' AND is_hparam=1") == [(2,)]
-    assert logged_epochs(db, 1) == 2 and sorted((workdir / "results" / "1").iterdir())[0].name == "best.pt"
+    assert logged_epochs(db, 1) == 4 and sorted((long_workdir / "results" / "1").iterdir())[0].name == "best.pt"
+    assert_refused(run_main(long_workdir, "--reproduce=1"), "run 1 ran on 2 process(es), this launch has 1")
 
     # The recorded metrics describe the whole data, not one rank's half: the same checkpoint evaluated by one
     # process on the full validation and test sets gives exactly the recorded numbers.
     config = yaml.safe_load(query(db, "SELECT file_content FROM ConfigFile WHERE run_id=1")[0][0])
     model = make_model(config, torch.device("cpu"))
-    load_checkpoint(workdir / "results" / "1" / "best.pt", model, torch.device("cpu"))
+    load_checkpoint(long_workdir / "results" / "1" / "best.pt", model, torch.device("cpu"))
     _, val, test = make_loaders(config, torch.device("cpu"), seed=config["seed"])
     results = dict(query(db, "SELECT metric, value FROM Results WHERE run_id=1 AND is_hparam=0"))
     assert evaluate(model, test)["accuracy"] == results["test_accuracy"]
     assert evaluate(model, val)["accuracy"] == results["best_val_accuracy"]
 
     # A 2-process run is not the same run as a single-process one, and the duplicate check still works.
-    again = subprocess.run([*TORCHRUN, "--nproc_per_node=2", str(MAIN), "--experiment=experiment1",
-                            "--config=configs/tiny.yml"], cwd=workdir, capture_output=True, text=True, timeout=300)
-    assert again.returncode != 0 and again.stderr.count("already has this config") == 1
-    assert run_tiny(workdir).returncode == 0
+    again = spawn.run(long_workdir, command=[*TORCHRUN, *TINY])
+    [refusal] = rank_lines(again.stderr)
+    assert again.returncode != 0 and "already has this config" in refusal
+    assert tiny_in_process(long_workdir).returncode == 0
     assert query(db, "SELECT run_id, cli FROM Experiments ORDER BY run_id") == [(1, "world_size=2"), (2, "")]

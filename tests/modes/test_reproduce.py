@@ -4,16 +4,24 @@ import subprocess
 
 import pytest
 
-from helpers import (assert_refused, make_mnist_folder, query, recorded_numbers, run_in_process, run_main, run_tiny,
-                     tiny_in_process)
+from helpers import (assert_refused, git_commit_all, make_mnist_folder, query, recorded_numbers, run_in_process,
+                     run_main, run_tiny, tiny_in_process)
 
 
-def test_the_same_command_twice_gives_bit_identical_curves_and_results(workdir):
-    db = workdir / "results" / "resultTable.db"
-    assert tiny_in_process(workdir).returncode == 0
-    assert tiny_in_process(workdir, "--comment=again").returncode == 0  # a comment changes the identity, not the numbers
-    assert recorded_numbers(db, 1) == recorded_numbers(db, 2)
-    timings = {label for (label,) in query(db, "SELECT DISTINCT label FROM Logs")} - {"step_loss", "loss", "accuracy"}
+def test_the_same_command_twice_gives_bit_identical_curves_and_results(workdir, tmp_path):
+    again = tmp_path / "again"  # a fresh folder, where the very same command is no duplicate
+    again.mkdir()
+    (again / "configs").symlink_to(workdir / "configs")
+    for folder in (workdir, again):
+        assert tiny_in_process(folder).returncode == 0
+    first, second = (folder / "results" / "resultTable.db" for folder in (workdir, again))
+    assert query(first, "SELECT run_id, command FROM Experiments") == query(second, "SELECT run_id, command FROM "
+                                                                                    "Experiments")
+    assert recorded_numbers(first, 1) == recorded_numbers(second, 1)
+    curves, results = recorded_numbers(first, 1)
+    assert len(curves) >= 16 and len(results) >= 4  # not two empty records
+    timings = {label for (label,) in query(first, "SELECT DISTINCT label FROM Logs")} - {"step_loss", "loss",
+                                                                                          "accuracy"}
     assert timings == {"epoch_time", "throughput"}  # the only values allowed to differ say so in their names
 
 
@@ -35,9 +43,16 @@ def test_a_run_stores_config_command_seed_code_versions_device_and_host(workdir,
     assert query(db, "SELECT value FROM Results WHERE run_id=1 AND metric='seed' AND is_hparam=1") == [(3,)]
     [(text,)] = query(db, "SELECT fragment FROM Fragments WHERE run_id=1 AND tag='environment'")
     environment = json.loads(text)
-    for key in ("python", "torch", "torchvision", "deepboard", "numpy", "device_type", "device_name", "hostname"):
+    # What the README promises: the versions of Python, torch (with its build tag), cuDNN, torchvision, deepboard
+    # and NumPy, the device name, CUDA version, thread count and host (cuDNN and CUDA: null on a CPU run).
+    for key in ("python", "torch", "torchvision", "deepboard", "numpy", "device_type", "device_name", "threads",
+                "hostname"):
         assert environment[key], key
-    assert environment["device_type"] == "cpu"
+    assert "cudnn" in environment and "cuda" in environment
+    assert "+" in environment["torch"] or environment["torch"].count(".") >= 2  # e.g. 2.14.1+cu130
+    assert environment["device_type"] == "cpu" and environment["cuda"] is None
+    assert environment["threads"] == query(db, "SELECT value FROM Results WHERE run_id=1 AND metric='threads' "
+                                               "AND is_hparam=1")[0][0] >= 1
 
 
 def test_reproduce_passes_on_an_unchanged_run(workdir):
@@ -66,13 +81,55 @@ def test_reproduce_fails_with_a_side_by_side_report_after_the_data_changed(workd
     [test_loss] = [line for line in report if line.startswith("test_loss")]
     assert "DIFFERS" in test_loss and len(test_loss.split()) >= 4  # name, recorded value, new value, verdict
     assert "DIFFERS" in next(line for line in report if line.startswith("train/step_loss"))
-    # The tolerance is configurable: loose enough, the same comparison passes.
-    assert run_in_process(workdir, "--reproduce=1", "--verbose=0", "--tolerance=100").returncode == 0
+
+    # --tolerance: just above the largest real difference passes, just below it fails.
+    largest = largest_difference(workdir / "results" / "resultTable.db", 1, -1)
+    assert 0 < largest < 100
+    passes = run_in_process(workdir, "--reproduce=1", "--verbose=0", f"--tolerance={largest * 1.001!r}")
+    assert passes.returncode == 0 and "run 1 reproduced" in passes.stdout, passes.stdout
+    fails = run_in_process(workdir, "--reproduce=1", "--verbose=0", f"--tolerance={largest * 0.999!r}")
+    assert fails.returncode == 1 and "run 1 NOT reproduced" in fails.stdout, fails.stdout
+
+
+def largest_difference(db, run_a, run_b):
+    """The largest absolute gap between two runs' results and points (timings left out)."""
+    (curves_a, results_a), (curves_b, results_b) = recorded_numbers(db, run_a), recorded_numbers(db, run_b)
+    points_a = {(split, label, step): value for split, label, _, step, value in curves_a}
+    points_b = {(split, label, step): value for split, label, _, step, value in curves_b}
+    assert points_a.keys() == points_b.keys()
+    gaps = [abs(points_a[key] - points_b[key]) for key in points_a]
+    gaps += [abs(a - b) for (name_a, a), (name_b, b) in zip(results_a, results_b) if name_a == name_b]
+    return max(gaps)
+
+
+def test_reproduce_warns_when_the_library_versions_or_the_device_differ(workdir):
+    assert tiny_in_process(workdir).returncode == 0
+    db = workdir / "results" / "resultTable.db"
+    # Run 1 as if recorded with another torch on another processor.
+    [(text,)] = query(db, "SELECT fragment FROM Fragments WHERE run_id=1 AND tag='environment'")
+    environment = json.loads(text)
+    now_torch, now_device = environment["torch"], environment["device_name"]
+    environment.update(torch="2.0.0+cu118", device_name="Another CPU")
+    query(db, "UPDATE Fragments SET fragment=? WHERE run_id=1 AND tag='environment'", json.dumps(environment))
+    again = run_in_process(workdir, "--reproduce=1", "--verbose=0")
+    assert again.returncode == 0, again.stdout + again.stderr  # the same numbers on this machine
+    assert f"warning: torch was 2.0.0+cu118, is now {now_torch}; results may differ for that reason alone" in \
+        again.stderr
+    assert f"warning: device_name was Another CPU, is now {now_device}" in again.stderr
+    assert "commit" not in again.stderr and "uncommitted" not in again.stderr
 
 
 @pytest.mark.slow
-def test_reproduce_fails_and_warns_after_the_code_changed(workdir, code_copy):
+def test_reproduce_warns_of_a_new_commit_and_fails_after_a_change_of_the_code(workdir, code_copy):
     assert run_tiny(workdir, main=code_copy / "main.py").returncode == 0
+    [(recorded,)] = query(workdir / "results" / "resultTable.db", "SELECT commit_hash FROM Experiments WHERE run_id=1")
+    readme = code_copy / "README.md"
+    readme.write_text(readme.read_text() + "\nA line that changes no number.\n")
+    commit = git_commit_all(code_copy, "a commit that changes no number")
+    same = run_main(workdir, "--reproduce=1", "--verbose=0", main=code_copy / "main.py")
+    assert same.returncode == 0, same.stdout + same.stderr
+    assert f"warning: run 1 was recorded at commit {recorded}, the checkout is at {commit}" in same.stderr
+
     cnn = code_copy / "models" / "cnn.py"
     source = cnn.read_text()
     changed = source.replace("nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)",

@@ -1,6 +1,5 @@
 """Commands around the runs: --new-experiment, --list and --print-config; none of them touches the run table."""
 import signal
-import subprocess
 import sys
 
 import pytest
@@ -16,7 +15,7 @@ def snapshot(folder):
 
 
 @pytest.mark.slow
-def test_new_experiment_creates_code_lab_book_and_registry_line_and_runs(code_copy, workdir):
+def test_new_experiment_creates_code_lab_book_and_registry_line_and_runs(code_copy, workdir, spawn):
     done = run_main(code_copy, "--new-experiment=wider_net", main=code_copy / "main.py")
     assert done.returncode == 0, done.stderr
     assert "wrote experiments/wider_net.py" in done.stdout and "wrote experiments/wider_net.md" in done.stdout
@@ -46,9 +45,9 @@ def test_new_experiment_creates_code_lab_book_and_registry_line_and_runs(code_co
     reproduced = run_main(workdir, "--reproduce=1", main=code_copy / "main.py")
     assert reproduced.returncode == 0 and "run 1 reproduced" in reproduced.stdout, reproduced.stderr
     assert wider_net("--sweep", "--config.seed=1,2").returncode == 0
-    torchrun = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                               str(code_copy / "main.py"), "--experiment=wider_net", "--config=configs/tiny.yml",
-                               "--verbose=0"], cwd=workdir, capture_output=True, text=True, timeout=300)
+    torchrun = spawn.run(workdir, command=[sys.executable, "-m", "torch.distributed.run", "--standalone",
+                                           "--nproc_per_node=2", str(code_copy / "main.py"), "--experiment=wider_net",
+                                           "--config=configs/tiny.yml", "--verbose=0"])
     assert torchrun.returncode == 0, torchrun.stderr
     assert query(db, "SELECT run_id, experiment, status, cli FROM Experiments WHERE run_id > 0 ORDER BY run_id") == [
         (1, "wider_net", "finished", ""), (2, "wider_net", "finished", ""), (3, "wider_net", "finished", ""),
@@ -57,15 +56,10 @@ def test_new_experiment_creates_code_lab_book_and_registry_line_and_runs(code_co
     slow = make_mnist_folder(workdir / "slow-data", n_train=2400, n_test=200)
     config = tiny_config(slow, **{"training.num_epochs": 3, "data.batch_size": 32})
     (workdir / "configs" / "tiny.yml").write_text(yaml.safe_dump(config))
-    process = subprocess.Popen([sys.executable, str(code_copy / "main.py"), "--experiment=wider_net",
-                                "--config=configs/tiny.yml"], cwd=workdir, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True)
-    try:
-        wait_for(lambda: logged_epochs(db, 5) >= 1 or process.poll() is not None, what="the first epoch")
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(timeout=120) == 143
-    finally:
-        process.kill()
+    process = spawn(workdir, "--experiment=wider_net", "--config=configs/tiny.yml", main=code_copy / "main.py")
+    wait_for(lambda: logged_epochs(db, 5) >= 1 or process.poll() is not None, what="the first epoch")
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=120) == 143
     resumed = run_main(workdir, "--resume=5", main=code_copy / "main.py")
     assert resumed.returncode == 0 and "resuming after epoch" in resumed.stdout, resumed.stderr
     assert wider_net("--comment=uninterrupted").returncode == 0
@@ -104,3 +98,11 @@ def test_print_config_and_list_leave_the_run_table_alone(workdir):
     assert not (workdir / "results").exists()
     assert tiny_in_process(workdir).returncode == 0  # and a real run afterwards is run 1
     assert query(workdir / "results" / "resultTable.db", "SELECT run_id FROM Experiments") == [(1,)]
+
+    # With a run table there, both leave every byte of it (and of everything beside it) as it was.
+    before = {path: path.read_bytes() for path in (workdir / "results").rglob("*") if path.is_file()}
+    assert run_in_process(workdir, "--list").returncode == 0
+    assert run_in_process(workdir, "--config=configs/tiny.yml", "--print-config").returncode == 0
+    assert run_in_process(workdir, "--experiment=experiment1", "--config=configs/tiny.yml",
+                          "--print-config").returncode == 0
+    assert {path: path.read_bytes() for path in (workdir / "results").rglob("*") if path.is_file()} == before

@@ -3,16 +3,14 @@
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 
 import pytest
 import yaml
 
 import main
-from helpers import (MAIN, assert_refused, logged_epochs, make_mnist_folder, query, recorded_numbers, start_main,
-                     tiny_config, tiny_in_process, unprefixed, wait_for)
+from helpers import (assert_refused, logged_epochs, make_mnist_folder, query, recorded_numbers, run_main, tiny_config,
+                     tiny_in_process, unprefixed, wait_for)
 from modes.sweep import sweep_combinations
 from utils.config import sweep_values
 
@@ -107,22 +105,18 @@ def slow_sweep(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_stopped_sweep_resumes_where_it_was(slow_sweep):
+def test_a_stopped_sweep_resumes_where_it_was(slow_sweep, spawn):
     db = slow_sweep / "results" / "resultTable.db"
     sweep = [*TINY, "--sweep", "--config.seed=1,2,3"]
-    process = start_main(slow_sweep, *sweep)
-    try:
-        wait_for(lambda: logged_epochs(db, 2) >= 1 or process.poll() is not None, what="the second combination")
-        process.send_signal(signal.SIGTERM)
-        out, err = process.communicate(timeout=120)
-    finally:
-        process.kill()
+    process = spawn(slow_sweep, *sweep)
+    wait_for(lambda: logged_epochs(db, 2) >= 1 or process.poll() is not None, what="the second combination")
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
     assert process.returncode == 143, out + err
     assert "the same command resumes it" in err
     assert query(db, "SELECT run_id, status FROM Experiments ORDER BY run_id") == [(1, "finished"), (2, "failed")]
 
-    again = subprocess.run([sys.executable, str(MAIN), *sweep], cwd=slow_sweep, capture_output=True, text=True,
-                           timeout=300)
+    again = run_main(slow_sweep, *sweep)
     assert again.returncode == 0, again.stderr
     lines = unprefixed(again.stdout)
     assert "[1/3] seed=1: skipped, finished as run 1" in lines and "[2/3] seed=2: run 2, resumed" in lines
@@ -133,14 +127,10 @@ def test_a_stopped_sweep_resumes_where_it_was(slow_sweep):
 
 
 @pytest.mark.slow
-def test_three_workers_started_at_once_run_each_of_six_combinations_once(workdir):
+def test_three_workers_started_at_once_run_each_of_six_combinations_once(workdir, spawn):
     sweep = [*TINY, "--sweep", "--config.seed=1,2,3,4,5,6"]
-    workers = [start_main(workdir, *sweep) for _ in range(3)]
-    try:
-        outcomes = [(worker.wait(timeout=300), *worker.communicate()) for worker in workers]
-    finally:
-        for worker in workers:
-            worker.kill()
+    workers = [spawn(workdir, *sweep) for _ in range(3)]
+    outcomes = [(worker.wait(timeout=300), *worker.communicate()) for worker in workers]
     assert [code for code, _, _ in outcomes] == [0, 0, 0], outcomes
     db = workdir / "results" / "resultTable.db"
     assert query(db, "SELECT COUNT(*), SUM(status='finished'), COUNT(DISTINCT config_hash) FROM Experiments") == [
@@ -153,24 +143,25 @@ def test_three_workers_started_at_once_run_each_of_six_combinations_once(workdir
 
 
 @pytest.mark.slow
-def test_when_a_worker_is_killed_the_survivor_resumes_its_combination_and_ends_the_sweep(slow_sweep):
+def test_when_a_worker_is_killed_the_survivor_resumes_its_combination_and_ends_the_sweep(slow_sweep, spawn):
     db = slow_sweep / "results" / "resultTable.db"
     sweep = [*TINY, "--sweep", "--config.seed=1,2,3"]
-    first = start_main(slow_sweep, *sweep)
-    second = None
-    try:
-        wait_for(lambda: logged_epochs(db, 1) >= 1 or first.poll() is not None, what="the first worker's run")
-        second = start_main(slow_sweep, *sweep)  # claims combination 2 while the first is in combination 1
-        wait_for(lambda: logged_epochs(db, 2) >= 1 or second.poll() is not None, what="the second worker's run")
-        [(killed_run,)] = query(db, "SELECT E.run_id FROM Experiments E JOIN TemplateLaunch L ON L.run_id = E.run_id "
-                                    "WHERE E.status='running' AND L.pid=?", first.pid)
-        first.kill()  # SIGKILL in the middle of its combination
-        first.wait()
-        out, err = second.communicate(timeout=300)
-    finally:
-        for process in (first, second):
-            if process is not None:
-                process.kill()
+    first = spawn(slow_sweep, *sweep)
+    wait_for(lambda: logged_epochs(db, 1) >= 1 or first.poll() is not None, what="the first worker's run")
+    second = spawn(slow_sweep, *sweep)  # claims another combination while the first is in one
+
+    def running_run(worker):
+        rows = query(db, "SELECT E.run_id FROM Experiments E JOIN TemplateLaunch L ON L.run_id = E.run_id "
+                         "WHERE E.status='running' AND L.pid=?", worker.pid)
+        return rows[0][0] if rows else None
+
+    wait_for(lambda: (running_run(first) and logged_epochs(db, running_run(second) or 0) >= 1)
+             or first.poll() is not None or second.poll() is not None, what="both workers in a run")
+    killed_run = running_run(first)
+    first.kill()  # SIGKILL in the middle of its combination
+    assert killed_run is not None and second.poll() is None
+    first.wait()
+    out, err = second.communicate(timeout=300)
     assert second.returncode == 0, out + err
     assert f": run {killed_run}, resumed" in out  # the survivor took it over; no one ran the command again
     assert query(db, "SELECT run_id, status, hidden FROM Experiments ORDER BY run_id") == [
@@ -180,9 +171,8 @@ def test_when_a_worker_is_killed_the_survivor_resumes_its_combination_and_ends_t
 
 
 @pytest.mark.slow
-def test_workers_option_runs_the_sweep_and_ctrl_c_stops_every_worker(workdir, slow_sweep):
-    done = subprocess.run([sys.executable, str(MAIN), *TINY, "--sweep", "--config.seed=1,2,3", "--workers=2"],
-                          cwd=workdir, capture_output=True, text=True, timeout=300)
+def test_workers_option_runs_the_sweep_and_ctrl_c_stops_every_worker(workdir, slow_sweep, spawn):
+    done = run_main(workdir, *TINY, "--sweep", "--config.seed=1,2,3", "--workers=2")
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.startswith("workers: 2 processes")
     assert {line[:4] for line in done.stdout.splitlines()[1:]} == {"[w1]", "[w2]"}
@@ -190,21 +180,17 @@ def test_workers_option_runs_the_sweep_and_ctrl_c_stops_every_worker(workdir, sl
                                                           "FROM Experiments") == [(3, 3)]
 
     db = slow_sweep / "results" / "resultTable.db"
-    parent = start_main(slow_sweep, *TINY, "--sweep", "--config.seed=1,2,3", "--workers=2")
-    try:
-        wait_for(lambda: logged_epochs(db, 1) >= 1 and logged_epochs(db, 2) >= 1 or parent.poll() is not None,
-                 what="both workers' runs")
-        pids = [pid for (pid,) in query(db, "SELECT pid FROM TemplateLaunch")]
-        parent.send_signal(signal.SIGINT)  # what Ctrl-C sends to the command in the foreground
-        out, err = parent.communicate(timeout=120)
-    finally:
-        parent.kill()
+    parent = spawn(slow_sweep, *TINY, "--sweep", "--config.seed=1,2,3", "--workers=2")
+    wait_for(lambda: logged_epochs(db, 1) >= 1 and logged_epochs(db, 2) >= 1 or parent.poll() is not None,
+             what="both workers' runs")
+    pids = [pid for (pid,) in query(db, "SELECT pid FROM TemplateLaunch")]
+    os.killpg(parent.pid, signal.SIGINT)  # Ctrl-C: the terminal signals the whole foreground process group
+    out, err = parent.communicate(timeout=120)
     assert parent.returncode == 130, out + err
     assert "stopped all 2 workers" in err
     time.sleep(0.5)
     assert not [pid for pid in pids if os.path.exists(f"/proc/{pid}")]  # no process left
     assert query(db, "SELECT status FROM Experiments ORDER BY run_id") == [("failed",), ("failed",)]
-    resumed = subprocess.run([sys.executable, str(MAIN), *TINY, "--sweep", "--config.seed=1,2,3", "--workers=2"],
-                             cwd=slow_sweep, capture_output=True, text=True, timeout=300)
+    resumed = run_main(slow_sweep, *TINY, "--sweep", "--config.seed=1,2,3", "--workers=2")
     assert resumed.returncode == 0 and resumed.stdout.count(", resumed") == 2, resumed.stdout + resumed.stderr
     assert query(db, "SELECT COUNT(*), SUM(status='finished') FROM Experiments") == [(3, 3)]

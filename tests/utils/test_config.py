@@ -1,4 +1,6 @@
 """Loading the YAML baseline and merging typed --config.* overrides onto it."""
+import copy
+
 import pytest
 
 from utils.config import apply_overrides, dump_config, load_config, parse_override
@@ -29,8 +31,12 @@ def test_an_integer_for_a_float_key_becomes_a_float_and_null_fits_a_null_key():
 
 
 def test_overrides_leave_the_loaded_config_untouched():
-    merged("--config.seed=3")
-    assert BASE["seed"] == 0
+    before = copy.deepcopy(BASE)
+    config = merged("--config.seed=3", "--config.training.num_epochs=9", "--config.model.channels=[4,8]")
+    assert config["training"]["num_epochs"] == 9 and config["model"]["channels"] == [4, 8]
+    assert BASE == before  # the nested sections too: a shallow copy would have changed BASE["training"]
+    config["model"]["channels"].append(16)
+    assert BASE["model"]["channels"] == [32, 64]
 
 
 @pytest.mark.parametrize("arg, message", [
@@ -68,6 +74,13 @@ def test_exponent_floats_in_the_yaml_file_are_floats(tmp_path):
     assert load_config(tmp_path / "c.yml")["training"] == {"learning_rate": 1e-3, "weight_decay": 5e-4}
 
 
-def test_the_canonical_dump_ignores_key_order():
-    reordered = {"model": BASE["model"], "training": BASE["training"], "data": BASE["data"], "seed": 0}
+def test_the_canonical_dump_ignores_key_order_at_every_level():
+    def reversed_keys(value):
+        if isinstance(value, dict):
+            return {key: reversed_keys(value[key]) for key in reversed(list(value))}
+        return value
+
+    reordered = reversed_keys(BASE)
+    assert list(reordered["training"]) != list(BASE["training"])  # nested keys in another order
     assert dump_config(reordered) == dump_config(BASE)
+    assert dump_config(merged("--config.training.num_epochs=9")) != dump_config(BASE)
