@@ -181,7 +181,8 @@ def spread(values, unit="", scale=1.0, digits=1):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder holding MNIST/raw")
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder holding MNIST/raw",
+                        type=lambda path: str(Path(path).resolve()))  # the runs start in folders of their own
     parser.add_argument("--seeds", type=int, default=5, help="seeds per config for the end-to-end runs")
     parser.add_argument("--cpu", action="store_true", help="measure on the CPU even where a GPU is available")
     args = parser.parse_args()

@@ -37,7 +37,8 @@ def sweep(data, combinations, workers=None):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder holding MNIST/raw")
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder holding MNIST/raw",
+                        type=lambda path: str(Path(path).resolve()))  # the runs start in folders of their own
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--combinations", type=int, default=4)
     args = parser.parse_args()

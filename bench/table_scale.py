@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO))
 from main import WHERE_KEYS  # noqa: E402  (the repository root must be on the path first)
 from utils.config import dump_config, load_config_text  # noqa: E402
 from utils.runtable.identity import RunIdentity  # noqa: E402
-from utils.runtable.readers import SAME_DIFF_AS  # noqa: E402
+from utils.runtable.readers import same_diff_as  # noqa: E402
 from utils.runtable.registry import DIFF_INLINE_LIMIT  # noqa: E402
 from utils.runtable.run import show_columns_that_differ  # noqa: E402
 
@@ -78,7 +78,7 @@ def grow(db, runs):
                 if table == "Experiments":
                     row["config_hash"] = identity.config_hash
                     if row["diff"] and len(row["diff"]) > DIFF_INLINE_LIMIT:  # as registration stores it
-                        row["diff"] = f"{SAME_DIFF_AS}1 (sha256 {diff_hash})"
+                        row["diff"] = same_diff_as(1, diff_hash)
                 elif table == "ConfigFile":
                     row["file_content"] = identity.config_text
                 elif table == "TemplateLaunch":
@@ -165,7 +165,8 @@ def deepboard_main_page(db, folder):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder holding MNIST/raw")
+    parser.add_argument("--data", default=str(REPO.parent / "shared" / "data"), help="folder holding MNIST/raw",
+                        type=lambda path: str(Path(path).resolve()))  # the runs start in folders of their own
     parser.add_argument("--sizes", default="1000,10000")
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="bench-table-"))

@@ -64,10 +64,11 @@ def run_registered(launch, register, threads=None):
             run, identity = Replica(*outcome[:3]), outcome[3]
         verbose = launch.args.verbose if world.is_main else 0
         results, code = execute(launch, run, identity, verbose, world, threads=threads)
-        if code == 0:  # every rank is done with its collectives before the process group goes away
+        # Every rank is done with its collectives before the process group goes away. Not after a stop: a stopped
+        # rank may have left the others inside a collective, and a barrier would hang until torchrun kills every
+        # rank; once this one exits, theirs fail at once on the closed connection.
+        if code == 0:
             world.barrier()
-        # A stopped rank may have left the others inside a collective: waiting for them would hang until torchrun
-        # kills every rank; once this one exits, theirs fails at once on the closed connection.
         return results, code, run if world.is_main else None
     finally:
         leave_world(world)

@@ -162,18 +162,22 @@ def copy_template(destination):
     see that recorded; returns the copy's folder."""
     shutil.copytree(REPO, destination, ignore=shutil.ignore_patterns(".git", "results", "__pycache__",
                                                                      ".pytest_cache"))
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-C", str(destination)]
-    subprocess.run([*git, "init", "-q"], check=True)
-    subprocess.run([*git, "add", "-A"], check=True)
-    subprocess.run([*git, "commit", "-qm", "template"], check=True)
+    _git(destination, "init", "-q")
+    _git(destination, "add", "-A")
+    _git(destination, "commit", "-qm", "template")
     return destination
 
 
 def git_commit_all(folder, message):
     """Commit every change of the template copy at `folder`; returns the new commit's hash."""
-    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-C", str(folder)]
-    subprocess.run([*git, "commit", "-qam", message], check=True)
-    return subprocess.run([*git, "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+    _git(folder, "commit", "-qam", message)
+    return _git(folder, "rev-parse", "HEAD")
+
+
+def _git(folder, *args):
+    """The output of one git command in `folder`, committing as a test user."""
+    return subprocess.run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", "-C", str(folder),
+                           *args], capture_output=True, text=True, check=True).stdout.strip()
 
 
 def private_mounts_work(tmp_path):

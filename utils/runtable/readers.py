@@ -16,6 +16,16 @@ DEBUG_RUN_ID = -1
 SAME_DIFF_AS = "(the same uncommitted changes as run "  # how a run names the run that holds its long diff
 
 
+def same_diff_as(run_id, diff_hash):
+    """What a run's diff column holds when run `run_id` holds the same long diff (see registry._stored_diff)."""
+    return f"{SAME_DIFF_AS}{run_id} (sha256 {diff_hash})"
+
+
+def diff_holder(diff):
+    """The run ID that a diff column written by same_diff_as names, or None for a diff held whole."""
+    return int(diff[len(SAME_DIFF_AS):].split()[0]) if diff and diff.startswith(SAME_DIFF_AS) else None
+
+
 @dataclass
 class RecordedRun:
     """What the table holds of one run: enough to run it again and to compare the outcome."""
@@ -56,9 +66,9 @@ def read_row(db, path, run_id):
     if row is None:
         raise UserError(f"there is no run {run_id} in {path}; see the Run ID column of deepboard")
     experiment, status, hidden, comment, commit, diff, config_hash, config_text, flags, data = row
-    if diff and diff.startswith(SAME_DIFF_AS):  # stored once, in an earlier run
-        holder = db.execute("SELECT diff FROM Experiments WHERE run_id=?",
-                            (int(diff[len(SAME_DIFF_AS):].split(")")[0].split()[0]),)).fetchone()
+    holder_id = diff_holder(diff)
+    if holder_id is not None:  # stored once, in an earlier run
+        holder = db.execute("SELECT diff FROM Experiments WHERE run_id=?", (holder_id,)).fetchone()
         diff = holder[0] if holder else diff
     if flags is None or config_text is None:
         raise UserError(f"run {run_id} was not recorded by this template's main.py; its flags are unknown")

@@ -19,7 +19,7 @@ from typing import NamedTuple
 from utils.config import flatten_values, load_config_text, without_keys
 from utils.errors import UserError, disk_full, is_disk_full
 from utils.runtable import liveness
-from utils.runtable.readers import DEBUG_RUN_ID, SAME_DIFF_AS, read_row
+from utils.runtable.readers import DEBUG_RUN_ID, SAME_DIFF_AS, read_row, same_diff_as
 from utils.runtable.run import Run
 from utils.runtable.schema import (connect, create_table, network_filesystem_warning, prepare_for_writing,
                                    side_columns)
@@ -297,7 +297,7 @@ def _stored_diff(db, diff, diff_hash):
     row = db.execute("SELECT MIN(L.run_id) FROM TemplateLaunch L JOIN Experiments E ON E.run_id = L.run_id "
                      "WHERE L.diff_hash=? AND L.run_id>0 AND E.diff NOT LIKE ?",
                      (diff_hash, f"{SAME_DIFF_AS}%")).fetchone()
-    return diff if row[0] is None else f"{SAME_DIFF_AS}{row[0]} (sha256 {diff_hash})"
+    return diff if row[0] is None else same_diff_as(row[0], diff_hash)
 
 
 def _record_process(db, run_id, code=None):
