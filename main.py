@@ -24,7 +24,10 @@ CODE_DIR = Path(__file__).resolve().parent
 OUTPUT_ONLY = ("verbose",)
 # Config keys that say where things are or how they are fetched, not what is computed: never part of a run's
 # identity, and the only overrides --resume, --reproduce and --verify take. Add a key of yours of that kind here.
-WHERE_KEYS = ("data.path", "data.download")
+WHERE_KEYS = ("data.path", "data.download", "data.workers", "data.memory_limit_mb")
+# Config keys added after runs were recorded without them, and the value those runs had: a launch with the key at
+# that value records it as not set (null), so it stays the same run as the earlier ones.
+IMPLIED = {"data.name": "mnist"}
 # Each mode and the function that carries it out.
 MODES = {"run": "modes.run:run_new", "resume": "modes.resume:resume", "reproduce": "modes.reproduce:reproduce",
          "verify": "modes.verify:verify", "sweep": "modes.sweep:sweep", "compare": "modes.compare:compare_mode",
@@ -79,7 +82,7 @@ def make_parser():
                        help="with --compare: the reference is this run's group (default: the baseline config's)")
     modes.add_argument("--format", choices=("table", "markdown", "json"), default="table",
                        help="with --compare: a table (default), Markdown for a lab book, or JSON")
-    modes.add_argument("--list", action="store_true", help="list the registered experiments and exit")
+    modes.add_argument("--list", action="store_true", help="list the registered experiments and datasets and exit")
     modes.add_argument("--print-config", action="store_true",
                        help="print the merged config (--config and overrides) and exit")
     modes.add_argument("--new-experiment", metavar="NAME",
@@ -95,7 +98,7 @@ def main(argv=None):
     args, overrides = read_command_line(parser, argv)
     mode = choose_mode(args, overrides, parser, OUTPUT_ONLY)
     launch = Launch(args, overrides, argv, experiments, group_defaults(parser, "experiment flags"), OUTPUT_ONLY,
-                    WHERE_KEYS, CODE_DIR)
+                    WHERE_KEYS, IMPLIED, CODE_DIR)
     module, function = MODES[mode].split(":")  # imported only when chosen: a refusal stays fast
     return getattr(importlib.import_module(module), function)(launch)
 

@@ -1,16 +1,16 @@
-"""MNIST's four IDX files on disk, without torch: finding (or downloading) them, their headers, their fingerprint.
+"""The IDX datasets (MNIST, Fashion-MNIST, KMNIST): four IDX files each, found or downloaded, read without torch.
 
-Files are read from `<data.path>/MNIST/raw`, gzipped or not; nothing is ever extracted or written there, so the folder
-may be read-only. Missing files are downloaded (md5-checked) only when `data.download` is true.
+Files are read from `<data.path>/<FOLDER>/raw` (torchvision's layout), gzipped or not; nothing is ever extracted or
+written there, so the folder may be read-only. Missing files are downloaded (md5-checked) only when `data.download`
+is true.
 """
 import gzip
-import hashlib
-import json
 import math
-import os
 import struct
 from pathlib import Path
 
+from data.files import download, fingerprint
+from data.registry import Arrays, DataInfo
 from utils.errors import UserError
 
 FILES = {
@@ -19,33 +19,94 @@ FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
-MD5 = {  # of the .gz files as published; the same ones torchvision checks
-    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
-    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
-    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
-}
 
 
-def raw_folder(data_path):
-    return Path(data_path).expanduser() / "MNIST" / "raw"
+class IdxDataset:
+    """One dataset in the four IDX files' format: 28x28 grey images, 10 classes."""
+
+    def __init__(self, title, folder, mirrors, md5, classes, mean, std):
+        self.title, self.folder, self.mirrors, self.md5 = title, folder, mirrors, md5  # md5 of each .gz file
+        self.classes, self.mean, self.std = tuple(classes), (mean,), (std,)
+        self.summary = f"{title}: 28x28 grey, {len(classes)} classes (IDX files in DATA/{folder}/raw)"
+
+    def raw_folder(self, data_path):
+        return Path(data_path).expanduser() / self.folder / "raw"
+
+    def find_files(self, data_path, download_missing):
+        """{name: path} of the four files under `data_path`, downloading the missing ones if `download_missing`."""
+        folder = self.raw_folder(data_path)
+        found, missing = {}, []
+        for name, stem in FILES.items():
+            path = next((p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()), None)
+            if path is None:
+                missing.append(name)
+            found[name] = path
+        if missing and download_missing:
+            for name in missing:
+                filename = f"{FILES[name]}.gz"
+                found[name] = download(folder, filename, [f"{mirror}{filename}" for mirror in self.mirrors],
+                                       self.md5[filename], lambda reason: self._missing_message(folder, reason))
+        elif missing:
+            raise UserError(self._missing_message(folder, "and data.download is false"))
+        return found
+
+    def fingerprint(self, cfg, cache_path=None):
+        """The sha256 of the four files' content (decompressed), the same wherever they lie and however compressed."""
+        return fingerprint(self.find_files(cfg["path"], cfg["download"]), cache_path)
+
+    def describe(self, cfg, cache_dir=None):
+        """The DataInfo, from the files' headers alone."""
+        files = self.find_files(cfg["path"], cfg["download"])
+        num_train, num_test = read_header(files["train_labels"])[0], read_header(files["test_labels"])[0]
+        _, height, width = read_header(files["train_images"])
+        return DataInfo(1, height, width, self.classes, self.mean, self.std, num_train, num_test)
+
+    def load(self, cfg, cache_dir=None, world=None):
+        """The four files as Arrays: uint8 images [N, 1, 28, 28] and int64 labels, on the CPU."""
+        import numpy as np
+        import torch
+
+        files = self.find_files(cfg["path"], cfg["download"])
+        arrays = {name: read_idx(path) for name, path in files.items()}
+        for split in ("train", "test"):
+            images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
+            if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
+                raise UserError(f"{self.title} {split} files in {files[f'{split}_images'].parent} do not match: "
+                                f"{images.shape[0]} images of shape {images.shape[1:]}, {labels.shape[0]} labels")
+        tensors = {name: torch.from_numpy(array.astype(np.int64) if name.endswith("labels") else array.copy())
+                   for name, array in arrays.items()}
+        return Arrays(tensors["train_images"].unsqueeze(1), tensors["train_labels"],
+                      tensors["test_images"].unsqueeze(1), tensors["test_labels"], self.classes, self.mean, self.std,
+                      self.describe(cfg))
+
+    def _missing_message(self, folder, reason):
+        names = ", ".join(f"{stem}[.gz]" for stem in FILES.values())
+        return (f"{self.title} files missing in {folder} {reason}; put the four files there ({names}) "
+                f"or set --config.data.path to the folder that holds {self.folder}/raw")
 
 
-def find_files(data_path, download):
-    """{name: path} of the four MNIST files under `data_path`, downloading the missing ones if `download`."""
-    folder = raw_folder(data_path)
-    found, missing = {}, []
-    for name, stem in FILES.items():
-        path = next((p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()), None)
-        if path is None:
-            missing.append(name)
-        found[name] = path
-    if missing and download:
-        for name in missing:
-            found[name] = _download(folder, f"{FILES[name]}.gz")
-    elif missing:
-        raise UserError(_missing_message(folder, "and data.download is false"))
-    return found
+MNIST = IdxDataset(
+    "MNIST", "MNIST", ["https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"],
+    {"train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+     "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+     "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+     "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c"},
+    [str(digit) for digit in range(10)], mean=0.1307, std=0.3081)
+FASHION_MNIST = IdxDataset(
+    "Fashion-MNIST", "FashionMNIST", ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
+    {"train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+     "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+     "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+     "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310"},
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+    mean=0.2860, std=0.3530)
+KMNIST = IdxDataset(
+    "KMNIST", "KMNIST", ["http://codh.rois.ac.jp/kmnist/dataset/kmnist/"],
+    {"train-images-idx3-ubyte.gz": "bdb82020997e1d708af4cf47b453dcf7",
+     "train-labels-idx1-ubyte.gz": "e144d726b3acfaa3e44228e80efcd344",
+     "t10k-images-idx3-ubyte.gz": "5c965bf0a639b31b8f53240b1b52f4d7",
+     "t10k-labels-idx1-ubyte.gz": "7320c461ea6c1c855c0b718fb2a4b134"},
+    ["o", "ki", "su", "tsu", "na", "ha", "ma", "ya", "re", "wo"], mean=0.1918, std=0.3483)
 
 
 def read_header(path):
@@ -56,9 +117,9 @@ def read_header(path):
             zero, dtype_code, ndim = struct.unpack(">HBB", f.read(4))
             shape = struct.unpack(f">{ndim}I", f.read(4 * ndim))
     except (OSError, EOFError, struct.error) as e:
-        raise UserError(f"cannot read MNIST file {path}: {e}; delete it so it is downloaded again") from None
+        raise UserError(f"cannot read IDX file {path}: {e}; delete it so it is downloaded again") from None
     if zero != 0 or dtype_code != 0x08:
-        raise UserError(f"{path} is not a uint8 IDX file; replace it with the original MNIST file")
+        raise UserError(f"{path} is not a uint8 IDX file; replace it with the original file")
     return shape
 
 
@@ -72,90 +133,8 @@ def read_idx(path):
         with opener(path, "rb") as f:
             raw = f.read()
     except (OSError, EOFError) as e:
-        raise UserError(f"cannot read MNIST file {path}: {e}; delete it so it is downloaded again") from None
+        raise UserError(f"cannot read IDX file {path}: {e}; delete it so it is downloaded again") from None
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * len(shape))
     if data.size != math.prod(shape):
-        raise UserError(f"{path} is not a uint8 IDX file of shape {shape}; replace it with the original MNIST file")
+        raise UserError(f"{path} is not a uint8 IDX file of shape {shape}; replace it with the original file")
     return data.reshape(shape)
-
-
-def mnist_fingerprint(config, cache_path=None):
-    """The fingerprint of the MNIST files `config['data']` points at (missing ones downloaded where allowed)."""
-    return fingerprint(find_files(config["data"]["path"], config["data"]["download"]), cache_path)
-
-
-def fingerprint(files, cache_path=None):
-    """The sha256 of the four files' content (decompressed), the same wherever they lie and however compressed.
-
-    Hashing 55 MB takes about 0.4 s; with `cache_path`, a file's hash is kept there by path, size and modification
-    time, so a launch that finds the same files again (a refused duplicate) pays a few milliseconds.
-    """
-    cache = _read_cache(cache_path)
-    digest = hashlib.sha256()
-    changed = False
-    for name in FILES:
-        path = Path(files[name]).resolve()
-        stat = path.stat()
-        key = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
-        if key not in cache:
-            opener = gzip.open if path.suffix == ".gz" else open
-            file_digest = hashlib.sha256()
-            with opener(path, "rb") as f:
-                for block in iter(lambda: f.read(1 << 20), b""):
-                    file_digest.update(block)
-            cache[key] = file_digest.hexdigest()
-            changed = True
-        digest.update(f"{name}:{cache[key]}\n".encode())
-    if changed and cache_path is not None:
-        _write_cache(cache_path, cache)
-    return digest.hexdigest()
-
-
-def _read_cache(cache_path):
-    try:
-        return json.loads(Path(cache_path).read_text()) if cache_path is not None else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _write_cache(cache_path, cache):
-    """Keep the hashes for the next launch, in a folder that exists already (a refused launch creates none); a
-    folder that cannot be written only costs the next launch 0.4 s."""
-    cache_path = Path(cache_path)
-    if not cache_path.parent.is_dir():
-        return
-    tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(json.dumps(cache, indent=0))
-        tmp.replace(cache_path)
-    except OSError:
-        try:
-            tmp.unlink(missing_ok=True)
-        except OSError:
-            pass  # a read-only folder: nothing was written
-
-
-def _missing_message(folder, reason):
-    names = ", ".join(f"{stem}[.gz]" for stem in FILES.values())
-    return (f"MNIST files missing in {folder} {reason}; put the four files there ({names}) "
-            f"or set --config.data.path to the folder that holds MNIST/raw")
-
-
-def _download(folder, filename):
-    """Path of `filename` downloaded into `folder` (md5-checked), or a UserError naming what is needed."""
-    from torchvision.datasets import MNIST  # only here: reading local files needs no torchvision
-    from torchvision.datasets.utils import download_url
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(_missing_message(folder, f"and the folder cannot be written ({e.strerror})")) from None
-    errors = []
-    for mirror in MNIST.mirrors:
-        try:
-            download_url(f"{mirror}{filename}", root=str(folder), filename=filename, md5=MD5[filename])
-            return folder / filename
-        except Exception as e:  # any network failure: try the next mirror, then explain
-            errors.append(f"{type(e).__name__}")
-            (folder / filename).unlink(missing_ok=True)
-    raise UserError(_missing_message(folder, f"and the download failed ({', '.join(errors)}; offline?)"))

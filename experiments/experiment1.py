@@ -1,19 +1,21 @@
-"""experiment1: the baseline. A small CNN trained on MNIST; the lab book is experiments/experiment1.md."""
+"""experiment1: the baseline. A small CNN trained on MNIST (or the dataset data.name selects); the lab book is
+experiments/experiment1.md."""
 
 
 def data_fingerprint(config, cache_path):
     """What the data is, for the run's identity: the same files give the same run wherever they lie."""
-    from data.idx import mnist_fingerprint
+    from data.registry import data_fingerprint
 
-    return mnist_fingerprint(config, cache_path)
+    return data_fingerprint(config, cache_path)
 
 
 def check_config(config, world_size=1):
     """Refuse, before the run is registered, any value its pieces would refuse later: a mistake leaves no row."""
-    import data.mnist, models.cnn, training.optim, utils.device  # noqa: E401
+    import data.loaders, models.cnn, training.optim, utils.device  # noqa: E401
 
-    data.mnist.check_config(config, world_size)
-    for piece in (models.cnn, training.optim, utils.device):
+    info = data.loaders.check_config(config, world_size)
+    models.cnn.check_config(config, info)
+    for piece in (training.optim, utils.device):
         piece.check_config(config)
 
 
@@ -23,7 +25,7 @@ def experiment1(config, run, device, world, watch="accuracy", verbose=1):
     The seed and the CPU threads are set before this is called; `world` says which torchrun process this is.
     """
     # Heavy imports live here, not at the top, so that a refused launch (duplicate, bad flag) answers without torch.
-    from data.mnist import make_loaders
+    from data.loaders import make_loaders
     from models.cnn import make_model
     from training.loop import evaluate, train_epoch
     from training.optim import make_optimizer, make_scheduler
@@ -32,15 +34,17 @@ def experiment1(config, run, device, world, watch="accuracy", verbose=1):
 
     training = config["training"]
     autocast = autocast_dtype(training["autocast"], device)
-    train, val, test = make_loaders(config, device, seed=config["seed"], world=world)
-    model = world.wrap(make_model(config, device), device)
+    train, val, test, info = make_loaders(config, device, seed=config["seed"], world=world,
+                                          cache_dir=run.folder.parent)
+    model = world.wrap(make_model(config, info, device), device)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch=len(train))
     # Resume, checkpoints, the order of writes and the final reload, the same for every experiment.
-    epochs = Epochs(run, model, optimizer, scheduler, train.generator, world=world, watch=watch, verbose=verbose)
+    epochs = Epochs(run, model, optimizer, scheduler, train, world=world, watch=watch, verbose=verbose)
     if verbose >= 2:
         print(f"run {run.id}: {sum(p.numel() for p in model.parameters()):,} parameters on {device}, "
-              f"{train.num_samples} train / {val.num_samples} validation / {test.num_samples} test images")
+              f"{train.num_samples} train / {val.num_samples} validation / {test.num_samples} test images of "
+              f"{info.channels}x{info.height}x{info.width}, {info.num_classes} classes")
 
     for epoch in epochs.remaining(training["num_epochs"]):
         train_metrics = train_epoch(

@@ -1,4 +1,4 @@
-"""The baseline network: a small convolutional classifier for 28x28 grey images."""
+"""The baseline network: a small convolutional classifier, built for the images and classes the data reports."""
 import torch
 from torch import nn
 
@@ -6,21 +6,22 @@ from utils.errors import UserError
 
 
 class CNN(nn.Module):
-    """A conv block (conv, BatchNorm, ReLU, 2x2 max-pool) per entry of `channels`, a hidden layer, and 10 logits.
+    """A conv block (conv, BatchNorm, ReLU, 2x2 max-pool) per entry of `channels`, a hidden layer, and a logit per
+    class, for images of `in_channels` x `image_size` (height, width).
 
     With `pool_first`, each block pools right after its convolution (conv, max-pool, BatchNorm, ReLU): BatchNorm and
     ReLU then work on a map four times smaller, which makes a training step about a quarter faster on a CPU, where
     those passes over memory cost as much as the convolutions.
     """
 
-    def __init__(self, channels=(32, 64), kernel_size=5, hidden=128, dropout=0.1, image_size=28, num_classes=10,
-                 pool_first=False):
+    def __init__(self, channels=(32, 64), kernel_size=5, hidden=128, dropout=0.1, image_size=(28, 28), num_classes=10,
+                 pool_first=False, in_channels=1):
         super().__init__()
-        size = feature_size(image_size, len(channels), kernel_size)
-        if size < 1:
-            raise ValueError(f"{len(channels)} conv blocks of kernel {kernel_size} shrink a {image_size}px image "
+        height, width = (feature_size(side, len(channels), kernel_size) for side in image_size)
+        if min(height, width) < 1:
+            raise ValueError(f"{len(channels)} conv blocks of kernel {kernel_size} shrink a {image_size} image "
                              f"to nothing")
-        blocks, in_channels = [], 1
+        blocks = []
         for out_channels in channels:
             conv = nn.Conv2d(in_channels, out_channels, kernel_size, bias=False)  # BatchNorm supplies the bias
             norm, pool = [nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)], [nn.MaxPool2d(2)]
@@ -29,7 +30,7 @@ class CNN(nn.Module):
         self.features = nn.Sequential(*blocks)
         self.classifier = nn.Sequential(
             nn.Flatten(),
-            nn.Linear(in_channels * size * size, hidden), nn.ReLU(inplace=True),
+            nn.Linear(in_channels * height * width, hidden), nn.ReLU(inplace=True),
             nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
         )
@@ -45,21 +46,24 @@ def feature_size(image_size, num_blocks, kernel_size):
     return image_size
 
 
-def check_config(config):
-    """Refuse a network that the images cannot go through."""
+def check_config(config, info):
+    """Refuse a network that the images `info` describes cannot go through."""
     cfg = config["model"]
-    if feature_size(28, len(cfg["channels"]), cfg["kernel_size"]) < 1:
+    side = min(info.height, info.width)
+    if feature_size(side, len(cfg["channels"]), cfg["kernel_size"]) < 1:
         raise UserError(f"model.channels {cfg['channels']} with model.kernel_size {cfg['kernel_size']} shrink the "
-                        f"28px images to nothing; use fewer channels entries or a smaller kernel_size")
+                        f"{info.height}x{info.width} images to nothing; use fewer channels entries or a smaller "
+                        f"kernel_size")
     if not 0 <= cfg["dropout"] < 1:
         raise UserError(f"model.dropout is a probability in [0, 1), got {cfg['dropout']}")
 
 
-def make_model(config, device):
-    """The CNN described by `config['model']`, on `device`."""
-    check_config(config)
+def make_model(config, info, device):
+    """The CNN described by `config['model']` for the data `info` describes (a DataInfo), on `device`."""
+    check_config(config, info)
     cfg = config["model"]
     model = CNN(channels=tuple(cfg["channels"]), kernel_size=cfg["kernel_size"], hidden=cfg["hidden"],
-                dropout=cfg["dropout"], pool_first=cfg.get("pool_first", False))
+                dropout=cfg["dropout"], image_size=(info.height, info.width), num_classes=info.num_classes,
+                pool_first=cfg.get("pool_first", False), in_channels=info.channels)
     memory_format = torch.channels_last if cfg.get("channels_last", False) else torch.preserve_format
     return model.to(device=device, memory_format=memory_format)

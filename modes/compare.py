@@ -35,7 +35,7 @@ def compared_groups(launch):
     groups = grouped_runs(path, launch.where_keys)
     chosen = choose_groups(launch, groups)
     against = launch.args.against
-    return comparison(path, groups, chosen, launch.code_dir, launch.where_keys, against)
+    return comparison(path, groups, chosen, launch.code_dir, launch.where_keys, against, launch.implied)
 
 
 def grouped_runs(path, where_keys=()):
@@ -48,7 +48,7 @@ def grouped_runs(path, where_keys=()):
     return groups
 
 
-def comparison(path, groups, chosen=None, code_dir=None, where_keys=(), against=None):
+def comparison(path, groups, chosen=None, code_dir=None, where_keys=(), against=None, implied=None):
     """The `chosen` groups (default: all) described, each against its experiment's reference group.
 
     The reference is the group of run `against`, else the group of `code_dir`/configs/config.yml as it is, else the
@@ -59,7 +59,7 @@ def comparison(path, groups, chosen=None, code_dir=None, where_keys=(), against=
     for key in chosen:
         experiment = groups[key][0].experiment
         if experiment not in references:
-            references[experiment] = reference_group(groups, experiment, code_dir, where_keys, against)
+            references[experiment] = reference_group(groups, experiment, code_dir, where_keys, against, implied or {})
         if references[experiment] is None:  # no run of the baseline config: the experiment's first group stands in
             first = next(key for key, members in groups.items() if members[0].experiment == experiment)
             references[experiment] = first
@@ -96,7 +96,7 @@ def choose_groups(launch, groups):
     return [key for key, members in groups.items() if args.experiment in (None, members[0].experiment)]
 
 
-def reference_group(groups, experiment, code_dir, where_keys, against):
+def reference_group(groups, experiment, code_dir, where_keys, against, implied):
     """The key of the reference group for `experiment`: --against's, or the baseline config's; or None."""
     if against is not None:
         for key, members in groups.items():
@@ -106,9 +106,10 @@ def reference_group(groups, experiment, code_dir, where_keys, against):
     baseline = code_dir / BASELINE_CONFIG if code_dir is not None else None
     if baseline is None or not baseline.exists():
         return None
-    from utils.config import dump_config, load_config
+    from utils.config import dump_config, load_config, unset_implied
     from utils.runtable.identity import RunIdentity
-    wanted = RunIdentity(experiment, dump_config(load_config(baseline)), where_keys=where_keys).group_hash
+    config = unset_implied(load_config(baseline), implied)
+    wanted = RunIdentity(experiment, dump_config(config), where_keys=where_keys).group_hash
     return next((key for key in groups if key[0] == wanted and groups[key][0].experiment == experiment), None)
 
 

@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 
 from utils.config import (OVERRIDE_PREFIX, apply_overrides, dump_config, flatten_values, load_config, load_config_text,
-                          parse_override, without_keys)
+                          parse_override, unset_implied, without_keys)
 from utils.errors import UserError
 from utils.runtable.identity import RunIdentity
 from utils.runtable.registry import RunTable
@@ -38,6 +38,7 @@ class Launch:
     flag_defaults: dict  # experiment flag -> its default
     output_only: tuple  # experiment flags that change only what is printed
     where_keys: tuple  # config keys that say where things are or how they are fetched: not part of the identity
+    implied: dict  # config key -> the value that runs recorded before the key existed had: recorded as not set
     code_dir: Path
 
     @cached_property
@@ -61,8 +62,9 @@ class Launch:
                 if name not in self.output_only and getattr(self.args, name) != default}
 
     def config(self, overrides=None):
-        """The merged config of this command (with `overrides` instead of the command's own)."""
-        return apply_overrides(load_config(self.args.config), self.overrides if overrides is None else overrides)
+        """The merged config of this command (with `overrides` instead of the command's own), as a run records it."""
+        config = apply_overrides(load_config(self.args.config), self.overrides if overrides is None else overrides)
+        return unset_implied(config, self.implied)
 
     def identity(self, overrides=None, world_size=1):
         """The RunIdentity of a fresh launch of this command (with `overrides` instead of the command's own)."""
@@ -153,7 +155,8 @@ class Launch:
 
     def warn_of_new_keys(self):
         """Say once (until a run has them) that the YAML sets keys no recorded run of the experiment has."""
-        yaml_keys = flatten_values(without_keys(load_config(self.args.config), set(self.where_keys)))
+        yaml_keys = flatten_values(without_keys(unset_implied(load_config(self.args.config), self.implied),
+                                                set(self.where_keys)))
         new = self.table.keys_new_to(self.args.experiment, yaml_keys)
         if new:
             print(f"warning: {self.args.config} sets {', '.join(new)}, which no recorded run of {self.args.experiment} "

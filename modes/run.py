@@ -7,7 +7,7 @@ SIGTERM into a failed run with every point it logged.
 import json
 import sys
 
-from modes.launch import command_of, torchrun_world_size
+from modes.launch import TABLE_PATH, command_of, torchrun_world_size
 from utils.config import flatten_values, load_config_text, without_keys
 from utils.errors import DiskFull, Terminated, UserError
 from utils.provenance import git_commit, git_diff
@@ -94,6 +94,7 @@ def execute(launch, run, identity, verbose, world=None, announce=True, threads=N
     try:
         with run:
             # torch is imported only once a run really starts
+            from data.loaders import loader_workers
             from utils.device import keep_freed_memory, pick_device, set_threads
             from utils.distributed import World
             from utils.provenance import environment
@@ -104,7 +105,8 @@ def execute(launch, run, identity, verbose, world=None, announce=True, threads=N
             # The experiment gets the config back from its recorded text: what runs is exactly what was recorded.
             config = without_keys(load_config_text(identity.config_text), set())  # a key set to null is not set
             training = config.get("training", {})
-            threads = set_threads(threads or training.get("threads", 0), processes_per_machine=world.local_size)
+            threads = set_threads(threads or training.get("threads", 0), processes_per_machine=world.local_size,
+                                  loader_workers=loader_workers(config, TABLE_PATH.parent))
             seed_everything(config.get("seed", 0), deterministic=training.get("deterministic", True))
             device = pick_device(force_cpu=flags.get("cpu", False), index=world.local_rank)
             run.log_hparams({**flatten_values(config), **{k: v for k, v in flags.items() if k != "verbose"},

@@ -69,7 +69,7 @@ def test_a_value_the_experiment_cannot_use_is_refused_leaving_no_row_and_no_fold
     for override, message in [
         ("--config.training.autocast=fp8", "training.autocast must be auto, bf16 or off, got 'fp8'"),
         ("--config.training.optimizer=lamb", "training.optimizer must be sgd or adamw, got 'lamb'"),
-        ("--config.model.kernel_size=13", "shrink the 28px images to nothing"),
+        ("--config.model.kernel_size=13", "shrink the 28x28 images to nothing"),
         ("--config.data.val_size=640", "data.val_size must be between 1 and 639"),
     ]:
         assert_refused(tiny_in_process(workdir, override), message)

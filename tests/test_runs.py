@@ -6,7 +6,7 @@ import sys
 import torch
 import yaml
 
-from data.mnist import make_loaders
+from data.loaders import make_loaders
 from helpers import REPO, assert_refused, query, run_in_process, tiny_in_process
 from models.cnn import make_model
 from training.loop import evaluate
@@ -30,10 +30,12 @@ def test_a_run_records_its_row_hparams_curves_results_and_checkpoint(workdir):
         1, "experiment1", "configs/tiny.yml", "finished", "", "")
     assert yaml.safe_load(config_text)["training"]["num_epochs"] == 2  # the merged config is stored
 
-    # Every key of the merged config is an hparam, with the flags, the threads and the world size.
+    # Every key set in the merged config is an hparam, with the flags, the threads and the world size; a null key
+    # (data.image_size, and data.name at its implied mnist) is not set.
     hparams = dict(query(db, "SELECT metric, value FROM Results WHERE run_id=1 AND is_hparam=1"))
     config_keys = {f"{section}.{key}" for section, values in yaml.safe_load(config_text).items()
-                   if isinstance(values, dict) for key in values} | {"seed"}
+                   if isinstance(values, dict) for key, value in values.items() if value is not None} | {"seed"}
+    assert "data.name" not in hparams and "data.image_size" not in hparams
     assert config_keys <= hparams.keys()
     assert hparams["training.learning_rate"] == 0.005 and hparams["data.batch_size"] == 64
     assert hparams["training.momentum"] == 0.9 and hparams["model.channels"] == "[4, 8]"
@@ -55,10 +57,10 @@ def test_a_run_records_its_row_hparams_curves_results_and_checkpoint(workdir):
 
     # The checkpoint on disk is the model that was tested: reload it and evaluate the test set again.
     config = yaml.safe_load(config_text)
-    model = make_model(config, torch.device("cpu"))
+    _, _, test, info = make_loaders(config, torch.device("cpu"), seed=config["seed"])
+    model = make_model(config, info, torch.device("cpu"))
     checkpoint = load_checkpoint(workdir / "results" / "1" / "best.pt", model, torch.device("cpu"))
     assert checkpoint["epoch"] == results["best_epoch"]
-    _, _, test = make_loaders(config, torch.device("cpu"), seed=config["seed"])
     assert evaluate(model, test)["accuracy"] == results["test_accuracy"]
     assert (workdir / "results" / "1" / "last.pt").exists()
 

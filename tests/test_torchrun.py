@@ -7,7 +7,7 @@ import pytest
 import torch
 import yaml
 
-from data.mnist import make_loaders
+from data.loaders import make_loaders
 from helpers import (MAIN, assert_refused, logged_epochs, make_mnist_folder, query, run_main, tiny_config,
                      tiny_in_process, wait_for)
 from models.cnn import make_model
@@ -71,9 +71,9 @@ def test_torchrun_records_one_run_with_reduced_metrics_and_refuses_another_numbe
     # The recorded metrics describe the whole data, not one rank's half: the same checkpoint evaluated by one
     # process on the full validation and test sets gives exactly the recorded numbers.
     config = yaml.safe_load(query(db, "SELECT file_content FROM ConfigFile WHERE run_id=1")[0][0])
-    model = make_model(config, torch.device("cpu"))
+    _, val, test, info = make_loaders(config, torch.device("cpu"), seed=config["seed"])
+    model = make_model(config, info, torch.device("cpu"))
     load_checkpoint(long_workdir / "results" / "1" / "best.pt", model, torch.device("cpu"))
-    _, val, test = make_loaders(config, torch.device("cpu"), seed=config["seed"])
     results = dict(query(db, "SELECT metric, value FROM Results WHERE run_id=1 AND is_hparam=0"))
     assert evaluate(model, test)["accuracy"] == results["test_accuracy"]
     assert evaluate(model, val)["accuracy"] == results["best_val_accuracy"]

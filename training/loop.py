@@ -1,5 +1,6 @@
 """One training pass and one evaluation pass: functions of (model, batches, ...) that return metrics.
 
+`batches` is any iterable of (images, labels): the loops move them to the model's device and count what they saw.
 They know nothing of the run table: the caller hands `log_step` a callable and records what comes back.
 """
 import time
@@ -31,6 +32,7 @@ def train_epoch(model, batches, optimizer, scheduler, *, label_smoothing=0.0, fi
     seen, window = 0, 0
     bar = tqdm(batches, desc=progress, leave=False, dynamic_ncols=True, disable=True if progress is None else None)
     for step, (images, labels) in enumerate(bar, start=first_step + 1):
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with _autocast(device, autocast):
             logits = model(images)
         loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
@@ -56,7 +58,7 @@ def train_epoch(model, batches, optimizer, scheduler, *, label_smoothing=0.0, fi
     seen = _summed(world, torch.tensor(seen, device=device)).item()
     metrics = {"loss": total_loss.item() / seen, "accuracy": correct.item() / seen}
     epoch_time = time.perf_counter() - started
-    return {**metrics, "epoch_time": epoch_time, "throughput": batches.num_samples / epoch_time}
+    return {**metrics, "epoch_time": epoch_time, "throughput": seen / epoch_time}
 
 
 @torch.no_grad()
@@ -69,13 +71,16 @@ def evaluate(model, batches, autocast=None, world=None):
     device = next(model.parameters()).device
     total_loss = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = torch.zeros((), dtype=torch.long, device=device)
     for images, labels in batches:
+        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
         with _autocast(device, autocast):
             logits = model(images)
         total_loss += F.cross_entropy(logits.float(), labels, reduction="sum")
         correct += (logits.argmax(dim=1) == labels).sum()
-    total_loss, correct = _summed(world, total_loss), _summed(world, correct)
-    return {"accuracy": correct.item() / batches.num_samples, "loss": total_loss.item() / batches.num_samples}
+        seen += len(labels)
+    total_loss, correct, seen = _summed(world, total_loss), _summed(world, correct), _summed(world, seen).item()
+    return {"accuracy": correct.item() / seen, "loss": total_loss.item() / seen}
 
 
 def _autocast(device, dtype):

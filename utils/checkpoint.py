@@ -22,22 +22,22 @@ def load_checkpoint(path, model, device):
     return checkpoint
 
 
-def save_training_state(path, model, optimizer, scheduler, generator, **extra):
+def save_training_state(path, model, optimizer, scheduler, loader, **extra):
     """Everything needed to continue training bit for bit: weights, optimizer, schedule and every random state."""
     _save({
         "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
+        "generator": loader.get_state(), "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
         "numpy_rng": np.random.get_state(), "python_rng": random.getstate(), **extra,
     }, path)
 
 
-def load_training_state(path, model, optimizer, scheduler, generator, device):
+def load_training_state(path, model, optimizer, scheduler, loader, device):
     """Restore what save_training_state wrote; returns the checkpoint dict (its `extra` entries included)."""
     state = load_checkpoint(path, model, device)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    generator.set_state(state["generator"])
+    loader.set_state(state["generator"])
     torch.set_rng_state(state["torch_rng"])
     if state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])

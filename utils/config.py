@@ -92,6 +92,20 @@ def without_keys(config, dotted_keys):
     return strip(config, "")
 
 
+def unset_implied(config, implied):
+    """A copy of `config` with each dotted key of `implied` set to null where it has the implied value: runs recorded
+    before the key existed had that value without saying so, and a null key is not part of a run's identity."""
+    config = copy.deepcopy(config)
+    for key, value in implied.items():
+        *sections, leaf = key.split(".")
+        parent = config
+        for section in sections:
+            parent = parent.get(section) if isinstance(parent, dict) else None
+        if isinstance(parent, dict) and leaf in parent and parent[leaf] == value:
+            parent[leaf] = None
+    return config
+
+
 def load_config_text(text):
     """The config dict of a recorded run: the exact inverse of dump_config (plain YAML 1.1 rules, as it was written).
 

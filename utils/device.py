@@ -15,14 +15,15 @@ def pick_device(force_cpu=False, index=0):
     return torch.device("cpu")
 
 
-def set_threads(threads=0, processes_per_machine=1):
-    """Use `threads` CPU threads, or with 0 this process's share of the cores it may run on.
+def set_threads(threads=0, processes_per_machine=1, loader_workers=0):
+    """Use `threads` CPU threads, or with 0 this process's share of the cores it may run on, less one for each of
+    its data loader's worker processes.
 
     torch counts the machine's cores; a cluster job or a `taskset` may be allowed fewer, torchrun may start several
     processes on them, and more threads than cores slow every step down.
     """
     available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(threads or max(1, available // processes_per_machine))
+    torch.set_num_threads(threads or max(1, available // processes_per_machine - loader_workers))
     return torch.get_num_threads()
 
 

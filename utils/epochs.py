@@ -12,9 +12,9 @@ from utils.checkpoint import (load_checkpoint, load_training_state, remove_parti
 class Epochs:
     """The bookkeeping around an experiment's epoch loop (see the module docstring)."""
 
-    def __init__(self, run, model, optimizer, scheduler, generator, *, world, watch="accuracy", verbose=1):
+    def __init__(self, run, model, optimizer, scheduler, loader, *, world, watch="accuracy", verbose=1):
         self.run, self.model, self.world, self.watch, self.verbose = run, model, world, watch, verbose
-        self._training_state = (optimizer, scheduler, generator)
+        self._training_state = (optimizer, scheduler, loader)  # the loader's state: its next pass's draw
         self.best_value, self.best_epoch, self.done = None, None, 0
         self._best_path, self._last_path = run.folder / "best.pt", run.folder / "last.pt"
         self._epoch, self._total = 0, 0

@@ -92,7 +92,8 @@ def test_print_config_and_list_leave_the_run_table_alone(workdir):
     assert printed.returncode == 0, printed.stderr
     config = yaml.safe_load(printed.stdout)
     assert config["training"]["num_epochs"] == 9 and config["model"]["channels"] == [4, 8]
-    assert run_in_process(workdir, "--list").stdout.startswith("experiment1")
+    listed = run_in_process(workdir, "--list").stdout
+    assert "\n  experiment1 " in listed and "\n  fashion_mnist " in listed and "\n  folder " in listed
     assert_refused(run_in_process(workdir, "--config=configs/tiny.yml", "--print-config", "--config.training.x=1"),
                    "unknown config key")
     assert not (workdir / "results").exists()

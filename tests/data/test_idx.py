@@ -1,10 +1,11 @@
-"""Reading MNIST from IDX files: gzipped or not, read-only folders, and a clear error when files are missing."""
+"""The IDX datasets (MNIST, Fashion-MNIST, KMNIST): gzipped or not, read-only folders, a clear error when files are
+missing, and the in-memory batches they are served in."""
 import numpy as np
 import pytest
 import torch
 
-from data.idx import read_header, read_idx
-from data.mnist import Batches, load_mnist, random_shift, split_train_val
+from data.idx import MNIST, read_header, read_idx
+from data.loaders import Batches, GeneratorPlans, Plan, shifted, split_train_val
 from helpers import assert_refused, make_mnist_folder, synthetic_digits, tiny_in_process, write_idx
 from utils.errors import UserError
 
@@ -12,7 +13,9 @@ from utils.errors import UserError
 @pytest.mark.parametrize("gz", [True, False])
 def test_idx_files_are_read_gzipped_or_not(tmp_path, gz):
     root = make_mnist_folder(tmp_path, n_train=30, n_test=10, gz=gz)
-    train_x, train_y, test_x, test_y = load_mnist(root, download=False)
+    arrays = MNIST.load({"path": root, "download": False})
+    train_x, train_y, test_x, test_y = arrays.train_images[:, 0], arrays.train_labels, arrays.test_images[:, 0], \
+        arrays.test_labels
     expected_x, expected_y = synthetic_digits(30, seed=1)
     assert train_x.dtype == torch.uint8 and train_x.shape == (30, 28, 28)
     assert torch.equal(train_x, torch.from_numpy(expected_x)) and train_y.tolist() == expected_y.tolist()
@@ -22,14 +25,14 @@ def test_idx_files_are_read_gzipped_or_not(tmp_path, gz):
 def test_nothing_is_written_beside_the_raw_files(tmp_path):
     root = make_mnist_folder(tmp_path, n_train=30, n_test=10)
     before = sorted(p.name for p in (root / "MNIST" / "raw").iterdir())
-    load_mnist(root, download=False)
+    MNIST.load({"path": root, "download": False})
     assert sorted(p.name for p in (root / "MNIST" / "raw").iterdir()) == before
     assert sorted(p.name for p in (root / "MNIST").iterdir()) == ["raw"]
 
 
 def test_missing_files_name_the_folder_and_the_four_files(tmp_path):
     with pytest.raises(UserError) as error:
-        load_mnist(tmp_path, download=False)
+        MNIST.load({"path": tmp_path, "download": False})
     message = str(error.value)
     assert str(tmp_path / "MNIST" / "raw") in message
     for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
@@ -54,22 +57,27 @@ def test_the_validation_split_depends_only_on_its_seed():
 
 
 def test_batches_cover_every_sample_once_per_pass_in_a_seeded_order():
-    images = torch.arange(10, dtype=torch.uint8).repeat_interleave(784).view(10, 28, 28)
+    images = torch.arange(10, dtype=torch.uint8).repeat_interleave(784).view(10, 1, 28, 28)
     labels = torch.arange(10)
-    order = lambda seed: torch.cat([y for _, y in Batches(images, labels, 4, shuffle=True,
-                                                           generator=torch.Generator().manual_seed(seed))])
+
+    def batches(plans):
+        return Batches(images, labels, Plan(10, 4, plans), (0.5,), (0.5,))
+    order = lambda seed: torch.cat([y for _, y in batches(GeneratorPlans(seed))])
     assert sorted(order(0).tolist()) == list(range(10))
     assert torch.equal(order(0), order(0)) and not torch.equal(order(0), order(1))
-    assert len(Batches(images, labels, 4)) == 3
+    assert len(batches(None)) == 3 and torch.equal(torch.cat([y for _, y in batches(None)]), labels)
 
 
-def test_random_shift_moves_images_by_at_most_the_given_pixels():
+def test_shifts_move_images_by_at_most_the_given_pixels_and_pad_with_background():
     image = torch.zeros(1, 1, 28, 28)
     image[0, 0, 10, 10] = 1.0
-    shifted = random_shift(image.repeat(50, 1, 1, 1), 2, torch.Generator().manual_seed(0))
-    positions = {tuple((s[0] == 1.0).nonzero()[0].tolist()) for s in shifted}
+    offsets = torch.Generator().manual_seed(0)
+    dy, dx = (torch.randint(0, 5, (50,), generator=offsets) for _ in "yx")
+    moved = shifted(image.repeat(50, 1, 1, 1), dy, dx, 2, [-7.0])
+    positions = {tuple((s[0] == 1.0).nonzero()[0].tolist()) for s in moved}
     assert len(positions) > 5
     assert all(abs(r - 10) <= 2 and abs(c - 10) <= 2 for r, c in positions)
+    assert (moved == -7.0).any() and set(moved.unique().tolist()) <= {-7.0, 0.0, 1.0}
 
 
 def test_a_run_without_data_is_refused_before_it_is_registered(workdir, tmp_path):
@@ -83,7 +91,7 @@ def test_the_header_gives_the_training_set_size_and_an_impossible_split_is_refus
     assert read_header(mnist_root / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz") == (640,)
     assert_refused(tiny_in_process(workdir, "--config.data.val_size=640"), "data.val_size must be between 1 and 639")
     assert_refused(tiny_in_process(workdir, "--config.model.kernel_size=13"),
-                   "shrink the 28px images to nothing")
+                   "shrink the 28x28 images to nothing")
     assert_refused(tiny_in_process(workdir, "--config.training.autocast=fp8"), "training.autocast must be")
     assert_refused(tiny_in_process(workdir, "--config.training.optimizer=adam"), "training.optimizer must be")
     assert not (workdir / "results").exists()

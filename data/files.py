@@ -1,0 +1,105 @@
+"""Data files on disk, without torch: their content's fingerprint (cached), downloads (md5-checked) and archives
+extracted so that nothing lands outside their folder."""
+import gzip
+import hashlib
+import json
+import os
+import tarfile
+from pathlib import Path, PurePosixPath
+
+from utils.errors import UserError
+
+
+def content_hash(path):
+    """The sha256 of a file's content (decompressed for .gz): the same however it is compressed."""
+    opener = gzip.open if Path(path).suffix == ".gz" else open
+    digest = hashlib.sha256()
+    try:
+        with opener(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    except (OSError, EOFError) as e:
+        raise UserError(f"cannot read data file {path} ({type(e).__name__}: {e}); delete or replace it") from None
+    return digest.hexdigest()
+
+
+def fingerprint(files, cache_path=None):
+    """The sha256 of the named files' content: `files` is {name: path}, the names in the order they are hashed.
+
+    With `cache_path`, a file's hash is kept there by path, size and modification time, so a launch that finds the
+    same files again (a refused duplicate) pays a few milliseconds instead of reading them.
+    """
+    cache = read_cache(cache_path)
+    digest = hashlib.sha256()
+    changed = False
+    for name, path in files.items():
+        path = Path(path).resolve()
+        stat = path.stat()
+        key = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+        if key not in cache:
+            cache[key] = content_hash(path)
+            changed = True
+        digest.update(f"{name}:{cache[key]}\n".encode())
+    if changed:
+        write_cache(cache_path, cache)
+    return digest.hexdigest()
+
+
+def read_cache(cache_path):
+    try:
+        return json.loads(Path(cache_path).read_text()) if cache_path is not None else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def write_cache(cache_path, cache):
+    """Keep `cache` for the next launch, in a folder that exists already (a refused launch creates none); a folder
+    that cannot be written only costs the next launch the time to hash again."""
+    if cache_path is None or not Path(cache_path).parent.is_dir():
+        return
+    cache_path = Path(cache_path)
+    tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(json.dumps(cache, indent=0))
+        tmp.replace(cache_path)
+    except OSError:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # a read-only folder: nothing was written
+
+
+def download(folder, filename, urls, md5, missing_message):
+    """Path of `filename` downloaded into `folder` from the first of `urls` that works (md5-checked), or a UserError
+    built by `missing_message(reason)`."""
+    from torchvision.datasets.utils import download_url  # only here: reading local files needs no torchvision
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(missing_message(f"and the folder cannot be written ({e.strerror})")) from None
+    errors = []
+    for url in urls:
+        try:
+            download_url(url, root=str(folder), filename=filename, md5=md5)
+            return folder / filename
+        except Exception as e:  # any network failure: try the next address, then explain
+            errors.append(type(e).__name__)
+            (folder / filename).unlink(missing_ok=True)
+    raise UserError(missing_message(f"and the download failed ({', '.join(errors)}; offline?)"))
+
+
+def extract_tar(archive, folder):
+    """Extract `archive` into `folder`, refusing it whole if any member would land outside (`../x`, `/x`, a link)."""
+    try:
+        with tarfile.open(archive) as tar:
+            members = tar.getmembers()
+            for member in members:
+                parts = PurePosixPath(member.name).parts
+                if member.name.startswith(("/", "\\")) or ".." in parts or member.issym() or member.islnk():
+                    raise UserError(f"archive {archive} holds {member.name!r}, which would land outside {folder}; "
+                                    f"nothing was extracted: replace the archive with the original")
+            tar.extractall(folder, members=members, filter="data")  # the standard library's own guard as well
+    except (tarfile.TarError, OSError, EOFError) as e:
+        raise UserError(f"cannot extract {archive} ({type(e).__name__}: {e}); delete it so it is downloaded "
+                        f"again") from None

@@ -1,0 +1,249 @@
+"""Your own images: a folder in torchvision's ImageFolder layout, `DIR/train/CLASS/*.png` and `DIR/test/CLASS/...`.
+
+Classes are the sub-folders' names (sorted); images are grey when every one is, else RGB; they must have one size, or
+are resized to `data.image_size`. The first launch scans the folder once: each file's sha256 (the run's identity is
+the folder's content, wherever it lies), its size and colour, and its pixel sums (the normalisation), and refuses
+what the folder gets wrong before the run is registered. The scan is cached beside the run table by each file's path,
+size and modification time, so a later launch only lists the folder.
+
+A folder whose decoded images fit in `data.memory_limit_mb` is decoded once into a tensor file in
+`results/data_cache/` and served from memory; a larger one is streamed by `data.workers` worker processes. Both
+paths give the same batches, bit for bit (data/loaders.py).
+"""
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+from data.files import read_cache, write_cache
+from data.registry import Arrays, DataInfo, Files
+from utils.errors import UserError
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+SPLITS = ("train", "test")
+
+
+class ImageFolder:
+    summary = "your images: DATA/train/CLASS/*.png|jpg|... and DATA/test/CLASS/..., in memory or streamed"
+
+    def __init__(self):
+        self._scans = {}  # listing digest -> scan, for the launch that fingerprints, checks and loads in one process
+
+    def fingerprint(self, cfg, cache_path=None):
+        return self.scan(cfg, Path(cache_path).parent if cache_path is not None else None)["fingerprint"]
+
+    def describe(self, cfg, cache_dir=None):
+        scan = self.scan(cfg, cache_dir)
+        height, width = image_size(cfg, scan)
+        channels = 1 if scan["grey"] else 3
+        pixels = scan["pixels"]
+        mean = [s / pixels / 255 for s in scan["sums"]]
+        std = [max((q / pixels / 255**2 - m * m), 0.0) ** 0.5 or 1.0 for q, m in zip(scan["sumsq"], mean)]
+        if channels == 3 and len(mean) == 1:
+            mean, std = mean * 3, std * 3
+        return DataInfo(channels, height, width, tuple(scan["classes"]), tuple(mean), tuple(std),
+                        scan["counts"]["train"], scan["counts"]["test"])
+
+    def files(self, cfg, cache_dir=None):
+        """The folder as Files: (path, label) of every image per split, in a fixed order, and how to decode them."""
+        root = Path(cfg["path"]).expanduser()
+        scan = self.scan(cfg, cache_dir)
+        info = self.describe(cfg, cache_dir)
+        labels = {name: index for index, name in enumerate(scan["classes"])}
+        entries = {split: [] for split in SPLITS}
+        for relative in _listing(root)[0]:
+            split, label, _ = relative.split("/", 2)
+            entries[split].append((str(root / relative), labels[label]))
+        size = image_size(cfg, scan) if cfg.get("image_size") else None
+        return Files(tuple(entries["train"]), tuple(entries["test"]), "L" if scan["grey"] else "RGB", size, info)
+
+    def load(self, cfg, cache_dir=None, world=None):
+        """Arrays decoded once and cached under `cache_dir`/data_cache when they fit in `data.memory_limit_mb`,
+        else the Files to stream."""
+        files = self.files(cfg, cache_dir)
+        info = files.info
+        decoded = (info.num_train + info.num_test) * info.channels * info.height * info.width
+        if decoded > cfg.get("memory_limit_mb", 4096) * 2**20:
+            return files
+        return decoded_arrays(files, self.scan(cfg, cache_dir)["fingerprint"], cache_dir, cfg.get("workers", 0), world)
+
+    def scan(self, cfg, cache_dir=None):
+        """What the folder holds (see the module docstring); a UserError for anything a run could not train on."""
+        root = Path(cfg["path"]).expanduser()
+        relatives, stats = _listing(root)
+        listing = hashlib.sha256(json.dumps([relatives, stats]).encode()).hexdigest()
+        if listing in self._scans:
+            return self._check(self._scans[listing], cfg, root)
+        cache_path = None
+        if cache_dir is not None:
+            cache_path = Path(cache_dir) / f"data_folder_{hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]}.json"
+        summary_cache = read_cache(cache_path)
+        if summary_cache.get("listing") == listing:
+            scan = summary_cache["scan"]
+        else:
+            scan = _scan(root, relatives, stats, read_cache(_files_cache(cache_path)), cache_path)
+            write_cache(cache_path, {"listing": listing, "scan": scan})
+        self._scans[listing] = scan
+        return self._check(scan, cfg, root)
+
+    @staticmethod
+    def _check(scan, cfg, root):
+        if scan["bad"]:
+            relative, error = scan["bad"]
+            raise UserError(f"cannot decode {root / relative} ({error}); delete or replace it")
+        image_size(cfg, scan)
+        return scan
+
+
+def image_size(cfg, scan):
+    """(height, width) the network sees: `data.image_size` (a side, or [height, width]), or the images' one size."""
+    wanted = cfg.get("image_size")
+    if wanted is not None:
+        size = (wanted, wanted) if isinstance(wanted, int) and not isinstance(wanted, bool) else wanted
+        if (not isinstance(size, (list, tuple)) or len(size) != 2
+                or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
+            raise UserError(f"data.image_size is a side in pixels or [height, width], got {wanted!r}")
+        return tuple(size)
+    if len(scan["sizes"]) > 1:
+        (first, example), (second, other) = list(scan["sizes"].items())[:2]
+        raise UserError(f"images of different sizes in {cfg['path']}: {first} ({example}) and {second} ({other}); "
+                        f"set --config.data.image_size=SIDE to resize them all")
+    width, height = (int(s) for s in next(iter(scan["sizes"])).split("x"))
+    return height, width
+
+
+def _listing(root):
+    """(relative paths 'split/class/name', [size, mtime_ns] of each), sorted; a UserError for a wrong layout."""
+    if not root.is_dir():
+        raise UserError(f"data folder {root} does not exist; set --config.data.path to a folder holding "
+                        f"train/CLASS/*.png and test/CLASS/*.png")
+    relatives, stats, classes = [], [], {}
+    for split in SPLITS:
+        folder = root / split
+        if not folder.is_dir():
+            raise UserError(f"data folder {root} has no {split}/ folder; it needs train/CLASS/*.png and "
+                            f"test/CLASS/*.png (one sub-folder per class)")
+        classes[split] = sorted(entry.name for entry in os.scandir(folder) if entry.is_dir())
+        if not classes[split]:
+            raise UserError(f"{folder} holds no class folders; put each class's images in {folder}/CLASS/")
+        for label in classes[split]:
+            images = sorted((entry.name, entry.stat()) for entry in os.scandir(folder / label)
+                            if entry.is_file() and entry.name.lower().endswith(EXTENSIONS))
+            if not images:
+                raise UserError(f"class folder {folder / label} holds no images ({', '.join(EXTENSIONS)})")
+            for name, stat in images:
+                relatives.append(f"{split}/{label}/{name}")
+                stats.append([stat.st_size, stat.st_mtime_ns])
+    if classes["train"] != classes["test"]:
+        only = sorted(set(classes["train"]) ^ set(classes["test"]))
+        where = "train" if only[0] in classes["train"] else "test"
+        raise UserError(f"train/ and test/ in {root} have different classes: {only[0]!r} is only in {where}/; "
+                        f"both need the same class folders")
+    return relatives, stats
+
+
+def _files_cache(cache_path):
+    return cache_path.with_suffix(".files.json") if cache_path is not None else None
+
+
+def _scan(root, relatives, stats, known, cache_path):
+    """Hash, decode and measure every file not in `known` (by path, size and mtime); the folder's summary."""
+    digest = hashlib.sha256()
+    files, sizes, classes, counts = {}, {}, [], {split: 0 for split in SPLITS}
+    sums, sumsq, pixels, grey, bad = None, None, 0, True, None
+    for relative, (size, mtime) in zip(relatives, stats):
+        key = f"{relative}:{size}:{mtime}"
+        entry = known.get(key) or _measure(root / relative)
+        files[key] = entry
+        split, label, _ = relative.split("/", 2)
+        counts[split] += 1
+        if split == "train" and label not in classes:
+            classes.append(label)
+        digest.update(f"{relative}:{entry['sha256']}\n".encode())
+        if "error" in entry:
+            bad = bad or (relative, entry["error"])
+            continue
+        sizes.setdefault(f"{entry['width']}x{entry['height']}", relative)
+        grey = grey and entry["grey"]
+        if split == "train":
+            sums = _add(sums, entry["sums"])
+            sumsq = _add(sumsq, entry["sumsq"])
+            pixels += entry["width"] * entry["height"]
+    write_cache(_files_cache(cache_path), files)
+    if not grey and sums is not None and len(sums) == 1:
+        sums, sumsq = sums * 3, sumsq * 3
+    return {"fingerprint": digest.hexdigest(), "classes": classes, "counts": counts, "sizes": sizes, "grey": grey,
+            "sums": sums or [0.0], "sumsq": sumsq or [0.0], "pixels": max(pixels, 1), "bad": bad}
+
+
+def _add(total, values):
+    """Per-channel sums, where a grey image counts in each of three colour channels."""
+    if total is None:
+        return list(values)
+    if len(total) != len(values):
+        total, values = (total * 3 if len(total) == 1 else total), (values * 3 if len(values) == 1 else values)
+    return [a + b for a, b in zip(total, values)]
+
+
+def _measure(path):
+    """{sha256, width, height, grey, sums, sumsq} of one image file, or {sha256, error} if it cannot be decoded."""
+    import numpy as np
+    from PIL import Image
+
+    data = path.read_bytes()
+    entry = {"sha256": hashlib.sha256(data).hexdigest()}
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.load()
+            grey = image.mode in GREY_MODES
+            pixels = np.asarray(image.convert("L" if grey else "RGB"), dtype=np.float64).reshape(
+                image.height * image.width, -1)
+            entry.update(width=image.width, height=image.height, grey=grey, sums=pixels.sum(0).tolist(),
+                         sumsq=(pixels ** 2).sum(0).tolist())
+    except Exception as e:  # PIL raises many kinds for a file it cannot read; each is a bad image
+        entry["error"] = f"{type(e).__name__}: {e}"
+    return entry
+
+
+def decode(path, mode, size):
+    """uint8 array [C, H, W] of the image at `path`, in `mode` ('L' or 'RGB'), resized to `size` (h, w) if given."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image = image.convert(mode)
+        if size is not None and (image.height, image.width) != tuple(size):
+            image = image.resize((size[1], size[0]), Image.BILINEAR)
+        array = np.asarray(image, dtype=np.uint8)
+    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def decoded_arrays(files, fingerprint, cache_dir, workers, world):
+    """Arrays of every image in `files`, decoded once and kept in a tensor file named by the folder's content."""
+    import torch
+
+    from data.loaders import decode_all
+
+    def decoded():
+        return {split: decode_all(getattr(files, split), files.mode, files.size, workers) for split in SPLITS}
+
+    if cache_dir is None:
+        tensors = decoded()
+    else:
+        name = f"folder-{fingerprint[:16]}-{files.mode}-{files.info.height}x{files.info.width}.pt"
+        path = Path(cache_dir) / "data_cache" / name
+        if (world is None or world.is_main) and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{name}.{os.getpid()}.tmp")
+            torch.save(decoded(), tmp)
+            tmp.replace(path)
+        if world is not None:
+            world.barrier()  # rank 0 has written the cache
+        tensors = torch.load(path, weights_only=True)
+    info = files.info
+    return Arrays(*tensors["train"], *tensors["test"], info.classes, info.mean, info.std, info)
+
+
+FOLDER = ImageFolder()

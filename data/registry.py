@@ -1,0 +1,151 @@
+"""The datasets a run can train on, by name (`data.name`), and what every dataset tells the rest of the template.
+
+A dataset is one object with a one-line `summary` (for --list) and three methods:
+
+    fingerprint(cfg, cache_path) -> str    the sha256 of its content, for the run's identity (no torch needed)
+    describe(cfg, cache_dir) -> DataInfo   shape, classes, normalisation and sizes, read cheaply (headers, a scan)
+    load(cfg, cache_dir, world) -> Arrays | Files   the images: tensors to hold in memory, or files to stream
+
+`cfg` is the config's `data` section; `cache_dir` is the run table's folder, where a dataset may keep what it
+measured or decoded once. A dataset of your own in code needs only a function that returns `Arrays`;
+register it below as "name": "data.my_module:my_function" (see the README's "Your own data").
+"""
+import difflib
+import hashlib
+import importlib
+from dataclasses import dataclass, field
+
+from utils.errors import UserError
+
+DATASETS = {
+    "mnist": "data.idx:MNIST",
+    "fashion_mnist": "data.idx:FASHION_MNIST",
+    "kmnist": "data.idx:KMNIST",
+    "cifar10": "data.cifar:CIFAR10",
+    "folder": "data.folder:FOLDER",
+}
+DEFAULT = "mnist"  # what a config without data.name (every run recorded before datasets could be chosen) trained on
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What the network and the loaders need to know of a dataset."""
+    channels: int
+    height: int
+    width: int
+    classes: tuple  # class names; their number is the network's number of outputs
+    mean: tuple  # per channel, of pixel values scaled to [0, 1]
+    std: tuple
+    num_train: int  # images in the training split (the validation images are taken from it)
+    num_test: int
+
+    @property
+    def num_classes(self):
+        return len(self.classes)
+
+
+@dataclass
+class Arrays:
+    """A dataset held in memory: uint8 images [N, C, H, W] (or [N, H, W] for grey) and int64 labels [N]."""
+    train_images: object
+    train_labels: object
+    test_images: object
+    test_labels: object
+    classes: tuple
+    mean: tuple = None  # per channel in [0, 1]; None: measured on the training images
+    std: tuple = None
+    info: DataInfo = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class Files:
+    """A dataset streamed from image files: paths and labels per split, decoded to `mode` ('L' or 'RGB') and, where
+    `size` is set, resized to it (height, width)."""
+    train: tuple  # ((path, label), ...)
+    test: tuple
+    mode: str
+    size: tuple | None
+    info: DataInfo
+
+
+def dataset_name(cfg):
+    return cfg.get("name") or DEFAULT
+
+
+def find_dataset(name):
+    """The dataset registered as `name`, or a UserError naming the close ones."""
+    if name not in DATASETS:
+        close = difflib.get_close_matches(str(name), DATASETS, n=1, cutoff=0.5)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        raise UserError(f"unknown data.name {name!r}{hint}; datasets: {', '.join(DATASETS)} "
+                        f"(register your own in data/registry.py)")
+    module, attribute = DATASETS[name].split(":")
+    dataset = getattr(importlib.import_module(module), attribute)
+    return dataset if hasattr(dataset, "describe") else InCode(name, dataset)
+
+
+def data_fingerprint(config, cache_path=None):
+    """The fingerprint of the data `config['data']` selects: the same content gives the same run wherever it lies."""
+    cfg = config["data"]
+    return find_dataset(dataset_name(cfg)).fingerprint(cfg, cache_path)
+
+
+def describe_data(config, cache_dir=None):
+    """The DataInfo of the data `config['data']` selects."""
+    cfg = config["data"]
+    return find_dataset(dataset_name(cfg)).describe(cfg, cache_dir)
+
+
+class InCode:
+    """A dataset written as a function of `cfg` that returns Arrays: loaded once per process, fingerprinted by the
+    bytes of its tensors."""
+
+    def __init__(self, name, function):
+        self.name, self.function, self._loaded = name, function, {}
+        self.summary = (function.__doc__ or f"{name}: a dataset in code").strip().splitlines()[0]
+
+    def load(self, cfg, cache_dir=None, world=None):
+        key = repr(sorted(cfg.items()))
+        if key not in self._loaded:
+            arrays = self.function(cfg)
+            if not isinstance(arrays, Arrays):
+                raise UserError(f"dataset {self.name!r} returned {type(arrays).__name__}; its function must return "
+                                f"data.registry.Arrays")
+            self._loaded[key] = with_info(arrays)
+        return self._loaded[key]
+
+    def describe(self, cfg, cache_dir=None):
+        return self.load(cfg).info
+
+    def fingerprint(self, cfg, cache_path=None):
+        arrays = self.load(cfg)
+        digest = hashlib.sha256()
+        for tensor in (arrays.train_images, arrays.train_labels, arrays.test_images, arrays.test_labels):
+            digest.update(str(tuple(tensor.shape)).encode())
+            digest.update(tensor.contiguous().numpy().tobytes())
+        digest.update(repr((tuple(arrays.classes), arrays.mean, arrays.std)).encode())
+        return digest.hexdigest()
+
+
+def with_info(arrays):
+    """`arrays` with images as [N, C, H, W], checked, and its DataInfo filled in (mean and std measured if unset)."""
+    import torch
+
+    for split in ("train", "test"):
+        images, labels = getattr(arrays, f"{split}_images"), getattr(arrays, f"{split}_labels")
+        if images.dtype != torch.uint8 or images.ndim not in (3, 4) or labels.ndim != 1 or len(images) != len(labels):
+            raise UserError(f"{split} images must be uint8 [N, C, H, W] (or [N, H, W]) with N labels; got "
+                            f"{images.dtype} {tuple(images.shape)} and {tuple(labels.shape)} labels")
+        if images.ndim == 3:
+            setattr(arrays, f"{split}_images", images.unsqueeze(1))
+        setattr(arrays, f"{split}_labels", labels.long())
+    _, channels, height, width = arrays.train_images.shape
+    if arrays.test_images.shape[1:] != arrays.train_images.shape[1:]:
+        raise UserError(f"train images are {tuple(arrays.train_images.shape[1:])}, test images "
+                        f"{tuple(arrays.test_images.shape[1:])}: they must have one shape")
+    if arrays.mean is None or arrays.std is None:
+        pixels = arrays.train_images.double().div(255).transpose(0, 1).reshape(channels, -1)
+        arrays.mean, arrays.std = tuple(pixels.mean(1).tolist()), tuple(pixels.std(1).tolist())
+    arrays.info = DataInfo(channels, height, width, tuple(arrays.classes), tuple(arrays.mean), tuple(arrays.std),
+                           len(arrays.train_labels), len(arrays.test_labels))
+    return arrays
