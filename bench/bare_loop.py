@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main(config_path, data, seed, force_cpu=False):
-    from data.mnist import make_loaders
+    from data.loaders import make_loaders
     from models.cnn import make_model
     from training.loop import evaluate, train_epoch
     from training.optim import make_optimizer, make_scheduler
@@ -29,8 +29,8 @@ def main(config_path, data, seed, force_cpu=False):
     seed_everything(seed, deterministic=training["deterministic"])
     device = pick_device(force_cpu)
     autocast = autocast_dtype(training["autocast"], device)
-    train, _, test = make_loaders(config, device, seed=seed)
-    model = make_model(config, device)
+    train, _, test, info = make_loaders(config, device, seed=seed)
+    model = make_model(config, info, device)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch=len(train))
     for epoch in range(training["num_epochs"]):

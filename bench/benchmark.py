@@ -102,41 +102,27 @@ def refused_duplicate(folder, config_path, data, seed, device_flags, repeats=5):
     return statistics.median(times)
 
 
-class _Loader:
-    """A DataLoader seen as the template's Batches: iterable, with a length and a sample count."""
-
-    def __init__(self, loader, device, memory_format):
-        self.loader, self.device, self.memory_format = loader, device, memory_format
-        self.num_samples = len(loader.dataset)
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        return ((images.to(self.device).contiguous(memory_format=self.memory_format), labels.to(self.device))
-                for images, labels in self.loader)
-
-
 def epoch_times(config, data, device):
     """(template epoch s, torchvision pipeline epoch s, steps per epoch) training the same model for one epoch."""
     import torch
     from torch.utils.data import DataLoader, Subset
     from torchvision import datasets, transforms
 
-    from data.mnist import MEAN, STD, make_loaders, split_train_val
+    from data.idx import MNIST
+    from data.loaders import make_loaders, split_train_val
     from models.cnn import make_model
     from training.loop import train_epoch
     from training.optim import make_optimizer, make_scheduler
 
     def one_epoch(batches):
         torch.manual_seed(0)
-        model = make_model(config, device)
+        model = make_model(config, info, device)
         optimizer = make_optimizer(model, config)
         scheduler = make_scheduler(optimizer, config, len(batches))
         return train_epoch(model, batches, optimizer, scheduler,
                            label_smoothing=config["training"]["label_smoothing"])["epoch_time"]
 
-    train, _, _ = make_loaders(config, device, seed=0)
+    train, _, _, info = make_loaders(config, device, seed=0)
     template = one_epoch(train)
     # The usual pipeline reads decompressed files, which torchvision expects; the shared folder stays untouched.
     with tempfile.TemporaryDirectory() as root:
@@ -145,12 +131,11 @@ def epoch_times(config, data, device):
         for gz in (Path(data) / "MNIST" / "raw").glob("*.gz"):
             (raw / gz.stem).write_bytes(gzip.decompress(gz.read_bytes()))
         dataset = datasets.MNIST(root, train=True, download=False, transform=transforms.Compose([
-            transforms.ToTensor(), transforms.Normalize((MEAN,), (STD,))]))
+            transforms.ToTensor(), transforms.Normalize(MNIST.mean, MNIST.std)]))
         train_index, _ = split_train_val(len(dataset), config["data"]["val_size"], config["data"]["split_seed"])
         loader = DataLoader(Subset(dataset, train_index.tolist()), batch_size=config["data"]["batch_size"],
                             shuffle=True)
-        memory_format = torch.channels_last if config["model"]["channels_last"] else torch.contiguous_format
-        usual = one_epoch(_Loader(loader, device, memory_format))
+        usual = one_epoch(loader)
     return template, usual, len(train)
 
 

@@ -49,14 +49,15 @@ def main(argv):
         importlib.import_module(module)
     spent["imports (torch, and its compiler stack that the optimizer's first step loads)"] = time.perf_counter() - begun
 
-    import data.mnist
+    import data.loaders
     import main as front_door
     import training.loop
     import utils.epochs
     import utils.runtable.registry
     import utils.runtable.run
 
-    data.mnist.make_loaders = timing("data: read the IDX files, split, move to the device", data.mnist.make_loaders)
+    data.loaders.make_loaders = timing("data: read the IDX files, split, move to the device",
+                                       data.loaders.make_loaders)
     training.loop.train_epoch = timing("training epochs", training.loop.train_epoch)
     evaluations = []
 

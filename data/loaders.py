@@ -113,12 +113,11 @@ def shifted(images, dy, dx, shift, background):
     return padded[batch, :, rows, cols].permute(0, 3, 1, 2)
 
 
-class Batches:
-    """Batches of (normalised images, labels) drawn from uint8 tensors already on the device."""
+class Planned:
+    """Batches that follow a Plan: as many as it has, and its state (what a resume restores) as theirs."""
 
-    def __init__(self, images, labels, plan, mean, std, channels_last=False):
-        self.images, self.labels, self.plan, self.mean, self.std = images, labels, plan, mean, std
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    def __init__(self, plan):
+        self.plan = plan
 
     def __len__(self):
         return len(self.plan)
@@ -128,17 +127,26 @@ class Batches:
         """Samples in one pass, over all ranks together."""
         return self.plan.n
 
-    def __iter__(self):
-        for index, dy, dx in self.plan.batches():
-            index = index.to(self.images.device)
-            yield (prepare(self.images[index], self.mean, self.std, self.plan.shift, dy, dx, self.memory_format),
-                   self.labels[index])
-
     def get_state(self):
         return self.plan.plans.get_state()
 
     def set_state(self, state):
         self.plan.plans.set_state(state)
+
+
+class Batches(Planned):
+    """Batches of (normalised images, labels) drawn from uint8 tensors already on the device."""
+
+    def __init__(self, images, labels, plan, mean, std, channels_last=False):
+        super().__init__(plan)
+        self.images, self.labels, self.mean, self.std = images, labels, mean, std
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def __iter__(self):
+        for index, dy, dx in self.plan.batches():
+            index = index.to(self.images.device)
+            yield (prepare(self.images[index], self.mean, self.std, self.plan.shift, dy, dx, self.memory_format),
+                   self.labels[index])
 
 
 class ImageFiles(torch.utils.data.Dataset):
@@ -164,32 +172,19 @@ class ImageFiles(torch.utils.data.Dataset):
         return prepare(images, self.mean, self.std, self.shift, dy, dx, self.memory_format), labels
 
 
-class Streamed:
+class Streamed(Planned):
     """Batches of one split streamed from image files by `workers` processes, in the order of a Plan."""
 
     def __init__(self, files, entries, plan, channels_last, workers, device):
+        super().__init__(plan)
         info = files.info
         dataset = ImageFiles(entries, files.mode, files.size, info.mean, info.std, plan.shift, channels_last)
-        self.plan, self.device = plan, device
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=_PlanSampler(plan), collate_fn=_as_is, num_workers=workers,
-            persistent_workers=workers > 0, pin_memory=device.type == "cuda")
-
-    def __len__(self):
-        return len(self.plan)
-
-    @property
-    def num_samples(self):
-        return self.plan.n
+            persistent_workers=workers > 0, pin_memory=device.type == "cuda", generator=_unused_generator())
 
     def __iter__(self):
         return iter(self.loader)
-
-    def get_state(self):
-        return self.plan.plans.get_state()
-
-    def set_state(self, state):
-        self.plan.plans.set_state(state)
 
 
 class _PlanSampler:
@@ -209,11 +204,17 @@ def _as_is(batch):
     return batch
 
 
+def _unused_generator():
+    """A generator of the DataLoader's own: it draws a seed for its workers at every pass, which would otherwise come
+    from torch's global generator and change the model's dropout (nothing here uses the workers' seeds)."""
+    return torch.Generator().manual_seed(0)
+
+
 def decode_all(entries, mode, size, workers=0):
     """(uint8 images [N, C, H, W], int64 labels) of every (path, label) in `entries`, decoded by `workers` processes."""
     dataset = ImageFiles(entries, mode, size, None, None, 0, False)
     chunks = torch.utils.data.DataLoader(range(len(entries)), batch_size=512, num_workers=workers,
-                                         collate_fn=dataset.raw)
+                                         collate_fn=dataset.raw, generator=_unused_generator())
     images, labels = zip(*chunks)
     return torch.cat(images), torch.cat(labels)
 
@@ -259,12 +260,12 @@ def loader_workers(config, cache_dir=None):
     """How many worker processes this run's loaders start (each rank's): data.workers for a streamed folder, else 0.
 
     The CPU threads of training are shared with them."""
+    from data.folder import streams
+
     cfg = config["data"]
     if dataset_name(cfg) != "folder" or not cfg.get("workers"):
         return 0
-    info = describe_data(config, cache_dir)
-    decoded = (info.num_train + info.num_test) * info.channels * info.height * info.width
-    return cfg["workers"] if decoded > cfg.get("memory_limit_mb", 4096) * 2**20 else 0
+    return cfg["workers"] if streams(cfg, describe_data(config, cache_dir)) else 0
 
 
 def check_config(config, world_size=1):

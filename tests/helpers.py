@@ -1,8 +1,10 @@
-"""Test helpers: small synthetic MNIST-format IDX files, a tiny config, and the real `main.py`, in process or not."""
+"""Test helpers: small synthetic datasets in each format the template reads (IDX files, CIFAR batches, image
+folders), a tiny config, and the real `main.py`, in process or not."""
 import contextlib
 import gzip
 import io
 import os
+import pickle
 import shutil
 import signal
 import sqlite3
@@ -15,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+
+from data.registry import Arrays
 
 REPO = Path(__file__).resolve().parent.parent
 MAIN = REPO / "main.py"
@@ -39,9 +43,9 @@ def synthetic_digits(n, seed):
     return images.astype(np.uint8), labels.astype(np.uint8)
 
 
-def make_mnist_folder(root, n_train=640, n_test=200, gz=True):
-    """`root`/MNIST/raw holding the four files; returns `root` (what data.path points at)."""
-    raw = root / "MNIST" / "raw"
+def make_mnist_folder(root, n_train=640, n_test=200, gz=True, folder="MNIST"):
+    """`root`/`folder`/raw holding the four files; returns `root` (what data.path points at)."""
+    raw = root / folder / "raw"
     raw.mkdir(parents=True)
     train_x, train_y = synthetic_digits(n_train, seed=1)
     test_x, test_y = synthetic_digits(n_test, seed=2)
@@ -51,6 +55,63 @@ def make_mnist_folder(root, n_train=640, n_test=200, gz=True):
     write_idx(raw / f"t10k-images-idx3-ubyte{suffix}", test_x, gz)
     write_idx(raw / f"t10k-labels-idx1-ubyte{suffix}", test_y, gz)
     return root
+
+
+def colour_digits(n, seed, size=32):
+    """(uint8 images [n, 3, size, size], labels [n]): the synthetic digits, each class also of its own colour."""
+    grey, labels = synthetic_digits(n, seed)
+    images = np.zeros((n, 3, size, size), dtype=np.uint8)
+    images[:, :, 2:30, 2:30] = grey[:, None]
+    images[:, 0] = np.where(images[:, 0] > 200, 25 * labels[:, None, None], images[:, 0])
+    return images, labels
+
+
+def write_cifar_batch(path, images, labels):
+    """A CIFAR-10 python batch: a pickled dict of bytes keys, the images as uint8 rows of 3072 values."""
+    batch = {b"batch_label": b"synthetic", b"labels": [int(label) for label in labels],
+             b"data": images.reshape(len(images), -1), b"filenames": [b"x.png"] * len(images)}
+    with open(path, "wb") as f:
+        pickle.dump(batch, f, protocol=2)
+
+
+def make_cifar_folder(root, n_train=500, n_test=200):
+    """`root`/cifar-10-batches-py with five training batches and a test batch; returns `root`."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    train_x, train_y = colour_digits(n_train, seed=1)
+    for i, part in enumerate(np.array_split(np.arange(n_train), 5), start=1):
+        write_cifar_batch(folder / f"data_batch_{i}", train_x[part], train_y[part])
+    test_x, test_y = colour_digits(n_test, seed=2)
+    write_cifar_batch(folder / "test_batch", test_x, test_y)
+    return root
+
+
+def make_image_folder(root, n_train=320, n_test=100, colour=False, sizes=(28,), formats=("png", "jpg")):
+    """`root`/train/CLASS/*.png|jpg and `root`/test/CLASS/...: the synthetic digits as files, classes named by digit,
+    files alternating between `formats` and `sizes`; returns `root`."""
+    from PIL import Image
+
+    for split, n, seed in (("train", n_train, 1), ("test", n_test, 2)):
+        images, labels = colour_digits(n, seed) if colour else synthetic_digits(n, seed)
+        for i, (image, label) in enumerate(zip(images, labels)):
+            folder = root / split / f"digit{label}"
+            folder.mkdir(parents=True, exist_ok=True)
+            picture = Image.fromarray(image.transpose(1, 2, 0) if colour else image)
+            side = sizes[i % len(sizes)]
+            if picture.size != (side, side):
+                picture = picture.resize((side, side))
+            picture.save(folder / f"{i:05d}.{formats[i % len(formats)]}")
+    return root
+
+
+def noise_dataset(cfg):
+    """noise: two classes of random images, the second brighter (a dataset in code, registered by a test)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, 2, (300,), generator=generator)
+    images = (torch.rand(300, 1, 16, 16, generator=generator) * 120 + labels[:, None, None, None] * 100).byte()
+    return Arrays(images[:200], labels[:200], images[200:], labels[200:], classes=("dark", "bright"))
 
 
 def tiny_config(data_path, **changes):

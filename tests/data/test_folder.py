@@ -1,0 +1,124 @@
+"""Your own images: a folder of PNG and JPEG files trains, held in memory or streamed with the same numbers, is the same
+run wherever it lies, and everything a folder can get wrong is refused before a run is registered."""
+import shutil
+
+import pytest
+from PIL import Image
+
+import data.folder
+from helpers import assert_refused, make_image_folder, query, run_in_process, tiny_in_process
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("images") / "digits", n_train=640)
+
+
+def folder_run(workdir, root, *args):
+    return tiny_in_process(workdir, "--config.data.name=folder", f"--config.data.path={root}", *args)
+
+
+def test_a_folder_of_png_and_jpeg_files_trains_with_classes_from_its_sub_folders(workdir, images):
+    done = folder_run(workdir, images, "--verbose=2")
+    assert done.returncode == 0, done.stderr
+    assert "512 train / 128 validation / 100 test images of 1x28x28, 10 classes" in done.stdout
+    db = workdir / "results" / "resultTable.db"
+    results = dict(query(db, "SELECT metric, value FROM Results WHERE run_id=1 AND is_hparam=0"))
+    assert results["test_accuracy"] > 0.5  # chance is 0.1
+    assert list((workdir / "results" / "data_cache").glob("folder-*-L-28x28.pt"))  # decoded once, kept
+
+
+def test_colour_is_detected_and_images_of_several_sizes_are_resized_to_image_size(workdir, tmp_path):
+    root = make_image_folder(tmp_path / "colour", colour=True, sizes=(32, 20))
+    assert_refused(folder_run(workdir, root), "images of different sizes", "32x32", "20x20",
+                   "--config.data.image_size=SIDE")
+    done = folder_run(workdir, root, "--config.data.image_size=24", "--verbose=2")
+    assert done.returncode == 0, done.stderr
+    assert "images of 3x24x24, 10 classes" in done.stdout
+
+
+def test_the_folder_held_in_memory_and_streamed_gives_the_same_numbers(workdir, images):
+    assert folder_run(workdir, images).returncode == 0
+    streamed = run_in_process(workdir, "--reproduce=1", "--config.data.memory_limit_mb=0",
+                              "--config.data.workers=0")
+    assert streamed.returncode == 0, streamed.stdout + streamed.stderr
+    assert "run 1 reproduced: all" in streamed.stdout
+
+
+def test_the_same_folder_elsewhere_is_the_same_run_and_one_changed_image_is_another(workdir, images, tmp_path,
+                                                                                   monkeypatch):
+    assert folder_run(workdir, images).returncode == 0
+    copy = tmp_path / "copy"
+    shutil.copytree(images, copy)
+    assert_refused(folder_run(workdir, copy), "run 1")
+
+    # A refused duplicate of a scanned folder reads the scan from beside the table: no image is read again.
+    monkeypatch.setattr(data.folder.FOLDER, "_scans", {})
+    monkeypatch.setattr(data.folder, "_measure", lambda path: pytest.fail(f"{path} was read again"))
+    assert_refused(folder_run(workdir, images), "run 1")
+    monkeypatch.undo()
+
+    first = sorted((copy / "train" / "digit3").iterdir())[0]
+    Image.open(first).rotate(90).save(first)
+    changed = folder_run(workdir, copy)
+    assert changed.returncode == 0, changed.stderr
+    fingerprints = query(workdir / "results" / "resultTable.db",
+                         "SELECT run_id, data_fingerprint FROM TemplateLaunch ORDER BY run_id")
+    assert [run for run, _ in fingerprints] == [1, 2] and fingerprints[0][1] != fingerprints[1][1]
+
+
+def broken(root, case):
+    """A copy of the image folder at `root` with one thing wrong; returns (folder, what the refusal says)."""
+    if case == "no test folder":
+        shutil.rmtree(root / "test")
+        return root, "has no test/ folder"
+    if case == "no train folder":
+        shutil.rmtree(root / "train")
+        return root, "has no train/ folder"
+    if case == "empty class":
+        (root / "train" / "digit9b").mkdir()
+        (root / "test" / "digit9b").mkdir()
+        return root, f"class folder {root / 'train' / 'digit9b'} holds no images"
+    if case == "classes differ":
+        shutil.rmtree(root / "test" / "digit4")
+        return root, "different classes: 'digit4' is only in train/"
+    if case == "undecodable file":
+        bad = root / "test" / "digit2" / "broken.png"
+        bad.write_bytes(b"\x89PNG\r\n\x1a\n not really")
+        return root, f"cannot decode {bad}"
+    if case == "a truncated jpeg":
+        first = sorted((root / "train" / "digit1").glob("*.jpg"))[0]
+        first.write_bytes(first.read_bytes()[:60])
+        return root, f"cannot decode {first}"
+    raise ValueError(case)
+
+
+@pytest.mark.parametrize("case", ["no test folder", "no train folder", "empty class", "classes differ",
+                                  "undecodable file", "a truncated jpeg"])
+def test_what_a_folder_gets_wrong_is_refused_in_one_line_with_no_row_and_no_folder(workdir, images, tmp_path, case):
+    root, message = broken(shutil.copytree(images, tmp_path / "broken"), case)
+    assert_refused(folder_run(workdir, root), message)
+    assert not (workdir / "results").exists()
+
+
+def test_a_missing_folder_and_a_wrong_image_size_are_refused(workdir, images, tmp_path):
+    assert_refused(folder_run(workdir, tmp_path / "nowhere"), "does not exist")
+    assert_refused(folder_run(workdir, images, "--config.data.image_size=[28]"), "data.image_size is a side")
+    assert_refused(folder_run(workdir, images, "--config.data.workers=-1"), "data.workers is a number")
+    assert not (workdir / "results").exists()
+
+
+def test_seeds_compare_verify_and_sweep_work_on_a_streamed_folder(workdir, images):
+    streamed = ("--config.data.memory_limit_mb=0", "--config.data.workers=0")
+    seeds = folder_run(workdir, images, *streamed, "--seeds=2")
+    assert seeds.returncode == 0, seeds.stderr
+    swept = folder_run(workdir, images, *streamed, "--sweep", "--config.training.learning_rate=0.005,0.01")
+    assert swept.returncode == 0, swept.stderr
+    assert "already finished" in swept.stdout or swept.stdout.count("finished") >= 2
+    assert query(workdir / "results" / "resultTable.db", "SELECT COUNT(*) FROM Experiments") == [(3,)]
+    compared = run_in_process(workdir, "--compare", "--format=json")
+    assert compared.returncode == 0, compared.stderr
+    assert '"runs": [\n      1,\n      2\n    ]' in compared.stdout
+    verified = run_in_process(workdir, "--verify", "1", "3")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    assert "all 2 replayed runs match their record" in verified.stdout
