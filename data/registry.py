@@ -25,6 +25,7 @@ DATASETS = {
     "folder": "data.folder:FOLDER",
 }
 DEFAULT = "mnist"  # what a config without data.name (every run recorded before datasets could be chosen) trained on
+_IN_CODE = {}  # (name, function) -> its InCode wrapper: see find_dataset
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,10 @@ def find_dataset(name):
                         f"(register your own in data/registry.py)")
     module, attribute = DATASETS[name].split(":")
     dataset = getattr(importlib.import_module(module), attribute)
-    return dataset if hasattr(dataset, "describe") else InCode(name, dataset)
+    if hasattr(dataset, "describe"):
+        return dataset
+    # One wrapper per function, so that a launch loads a dataset in code once for its fingerprint, checks and run.
+    return _IN_CODE.setdefault((name, dataset), InCode(name, dataset))
 
 
 def data_fingerprint(config, cache_path=None):
