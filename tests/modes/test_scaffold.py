@@ -28,7 +28,8 @@ def test_new_experiment_creates_code_lab_book_and_registry_line_and_runs(code_co
 
     listed = run_main(code_copy, "--list", main=code_copy / "main.py")
     assert listed.returncode == 0
-    assert [line.split()[0] for line in listed.stdout.splitlines()] == ["experiment1", "wider_net"]
+    experiments = listed.stdout.split("datasets")[0].splitlines()
+    assert [line.split()[0] for line in experiments] == ["experiments:", "experiment1", "wider_net"]
     assert "wider_net: one line that says what this experiment tries" in listed.stdout
 
     # Short, and with no resume or checkpoint code of its own...
