@@ -1,7 +1,7 @@
 """Run an experiment and record it in the run table (results/resultTable.db).
 
     python main.py --experiment=experiment1 --config=configs/config.yml [flags] [--config.SECTION.KEY=VALUE ...]
-        [--seeds=N] [--sweep]
+        [--seeds=N] [--sweep] [--search=N]
     python main.py --resume=RUNID | --reproduce=RUNID | --verify [RUNID ...] | --compare [RUNID ...]
     python main.py --list | --new-experiment=NAME | --config=FILE --print-config
 """
@@ -30,7 +30,7 @@ WHERE_KEYS = ("data.path", "data.download", "data.workers", "data.memory_limit_m
 IMPLIED = {"data.name": "mnist"}
 # Each mode and the function that carries it out.
 MODES = {"run": "modes.run:run_new", "resume": "modes.resume:resume", "reproduce": "modes.reproduce:reproduce",
-         "verify": "modes.verify:verify", "sweep": "modes.sweep:sweep", "compare": "modes.compare:compare_mode",
+         "verify": "modes.verify:verify", "sweep": "modes.sweep:sweep", "search": "modes.search:search", "compare": "modes.compare:compare_mode",
          "new_experiment": "modes.scaffold:scaffold", "list": "modes.info:list_experiments",
          "print_config": "modes.info:print_config"}
 
@@ -73,6 +73,12 @@ def make_parser():
                        help="split override values at commas and run every combination, skipping finished ones")
     modes.add_argument("--seeds", metavar="N|A,B,...",
                        help="run every configuration with N seeds (the config's seed and the next N-1) or these seeds")
+    modes.add_argument("--search", type=int, metavar="N",
+                       help="a study of N trials that Optuna proposes over the ranges (A..B, log:A..B) and choices "
+                            "(A,B,C) of the overrides; the same command continues it")
+    modes.add_argument("--search-space", metavar="FILE",
+                       help="with --search: a YAML file of more ranges and choices ('training.learning_rate: "
+                            "log:1e-4..1e-2')")
     modes.add_argument("--workers", type=int, metavar="N",
                        help="with --sweep or --seeds: start N local workers that share the runs, and wait for them")
     modes.add_argument("--compare", type=int, nargs="*", metavar="RUNID",

@@ -174,7 +174,8 @@ def choose_mode(args, overrides, parser, output_only):
         ("resume", args.resume is not None), ("reproduce", args.reproduce is not None),
         ("verify", args.verify is not None), ("compare", args.compare is not None), ("list", args.list),
         ("print_config", args.print_config), ("new_experiment", args.new_experiment is not None),
-        ("sweep", args.sweep or args.seeds is not None)) if on]
+        ("search", args.search is not None), ("sweep", args.sweep or (args.seeds is not None and args.search is None)))
+        if on]
     if len(chosen) > 1:
         named = ["--seeds" if mode == "sweep" and not args.sweep else "--" + mode.replace("_", "-") for mode in chosen]
         raise UserError(f"{' and '.join(named)} do different things; use one of them")
@@ -183,7 +184,8 @@ def choose_mode(args, overrides, parser, output_only):
                                         ("--steps", args.steps, None, ("verify",)),
                                         ("--against", args.against, None, ("compare",)),
                                         ("--format", args.format, "table", ("compare",)),
-                                        ("--workers", args.workers, None, ("sweep",))):
+                                        ("--workers", args.workers, None, ("sweep",)),
+                                        ("--search-space", args.search_space, None, ("search",))):
         if value != default and mode not in modes:
             named = " and ".join("--sweep or --seeds" if m == "sweep" else f"--{m}" for m in modes)
             raise UserError(f"{flag} only applies to {named}")
@@ -197,11 +199,13 @@ def choose_mode(args, overrides, parser, output_only):
             raise UserError(f"--{mode} takes the run's recorded experiment, config and flags; drop {', '.join(given)}")
     elif mode == "print_config" and args.config is None:
         raise UserError("--print-config needs --config=FILE (and any --config.* overrides)")
-    elif mode in ("run", "sweep"):
+    elif mode in ("run", "sweep", "search"):
         missing = [f"--{name}" for name in ("experiment", "config") if getattr(args, name) is None]
         if missing:
             raise UserError(f"{' and '.join(missing)} required, e.g. "
                             f"python main.py --experiment=experiment1 --config=configs/config.yml")
+    if mode == "search" and args.debug:
+        raise UserError("--search records every trial as a run of its own; drop --debug")
     if mode == "sweep" and args.debug:
         raise UserError(f"{'--sweep' if args.sweep else '--seeds'} records every run as a run of its own; "
                         f"drop --debug")

@@ -74,7 +74,7 @@ def run_registered(launch, register, threads=None):
         leave_world(world)
 
 
-def execute(launch, run, identity, verbose, world=None, announce=True, threads=None):
+def execute(launch, run, identity, verbose, world=None, announce=True, threads=None, texts=None):
     """(results or None, exit code) of running `identity`'s experiment into `run`; `announce` prints how it ended.
 
     `threads` is the CPU thread count a recorded run had (a resume, a reproduction, a replay): CPU kernels sum in
@@ -112,6 +112,8 @@ def execute(launch, run, identity, verbose, world=None, announce=True, threads=N
             run.log_hparams({**flatten_values(config), **{k: v for k, v in flags.items() if k != "verbose"},
                              "threads": threads, "world_size": world.size})
             run.log_text("environment", json.dumps(environment(device, threads), indent=2))
+            for tag, text in (texts or {}).items():  # what the caller records beside the run (a search's trial)
+                run.log_text(tag, text)
             results = experiment(config, run, device, world, **kwargs)
             if run.status == "running":
                 run.finish(results)

@@ -75,13 +75,12 @@ def work(launch, items, worker):
             print(f"[{number}/{total}] {label}: run {claim.run.id}{', resumed' if claim.run.resumed else ''}",
                   flush=True)
             try:
-                _, stopped = execute(launch, claim.run, identity, launch.args.verbose, threads=claim.threads)
+                results, stopped = run_claimed(launch, claim, identity)
             except UserError:  # a mistake every combination would repeat (a full disk): this worker stops
                 table.leave_sweep(key, worker)
                 raise
-            except Exception:  # a crash of one combination: show it, keep it failed, go on with the next
-                traceback.print_exc()
-                stopped, code = 0, 1
+            if results is None and not stopped:
+                code = 1
             if stopped:
                 table.leave_sweep(key, worker)
                 print("the sweep stopped; the same command resumes it, skipping the finished combinations",
@@ -103,6 +102,20 @@ def work(launch, items, worker):
         return 1 if any(status != "finished" for _, _, status, _ in rows) else code
     print("nothing left to claim; the last worker to end prints the sweep's table")
     return code
+
+
+def run_claimed(launch, claim, identity, texts=None):
+    """(results, or None if its code crashed; the exit code if it was stopped, else 0) of running a claimed run.
+
+    A crash is shown and the run kept failed, so that the caller goes on with its next run; a user's mistake that
+    every run would repeat (a full disk) propagates."""
+    try:
+        return execute(launch, claim.run, identity, launch.args.verbose, threads=claim.threads, texts=texts)
+    except UserError:
+        raise
+    except Exception:
+        traceback.print_exc()
+        return None, 0
 
 
 def sweep_rows(launch, items):

@@ -6,6 +6,7 @@ reads `1e-4` as a string, so the loader here also reads exponent floats without 
 import copy
 import difflib
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -137,6 +138,54 @@ def sweep_values(text):
         else:
             current += char
     return values + [current]
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched key: a choice among override texts, or a range of numbers (integers when both ends are)."""
+    key: str
+    choices: tuple = ()  # override texts, for a choice
+    low: float = None
+    high: float = None
+    log: bool = False
+    integer: bool = False
+
+    def text(self, value):
+        """The override text of a value a sampler proposed for this dimension."""
+        return value if self.choices else repr(int(value) if self.integer else float(value))
+
+
+def search_dimension(key, text, current):
+    """The Dimension `--search` reads in `--config.KEY=TEXT` (`a,b,c`, `LOW..HIGH`, `log:LOW..HIGH`), or None for a
+    plain value (fixed). `current` is the key's value in the YAML: ranges are for numbers only."""
+    is_range = ".." in text and not text.lstrip().startswith(("[", "{"))
+    if not is_range:
+        values = sweep_values(text)
+        if len(values) == 1:
+            return None
+        for value in values:
+            _typed_value(key, current, value)  # each choice must fit the key, as a plain override would
+        return Dimension(key, choices=tuple(values))
+    log = text.startswith("log:")
+    ends = text[len("log:") if log else 0:].split("..")
+    example = f"--config.{key}=0.001..0.1 or --config.{key}=log:1e-4..1e-2"
+    if isinstance(current, bool) or not isinstance(current, (int, float)):
+        raise UserError(f"'{key}' holds {_type_name(current)} ({current!r}), which has no range; list the values "
+                        f"to choose from instead (--config.{key}=A,B)")
+    try:
+        low, high = (parse_yaml_value(end.strip()) for end in ends) if len(ends) == 2 else (None, None)
+    except UserError:
+        low = high = None
+    if any(isinstance(end, bool) or not isinstance(end, (int, float)) for end in (low, high)):
+        raise UserError(f"cannot read {text!r} as a range for '{key}'; write {example}")
+    if not low < high:
+        raise UserError(f"the range {text!r} for '{key}' is empty: its low end must be below its high end")
+    if log and low <= 0:
+        raise UserError(f"the log range {text!r} for '{key}' must lie above 0")
+    integer = isinstance(low, int) and isinstance(high, int) and isinstance(current, int)
+    if isinstance(current, int) and not integer:
+        raise UserError(f"'{key}' is an integer (the YAML has {current!r}): its range needs integer ends, got {text!r}")
+    return Dimension(key, low=low, high=high, log=log, integer=integer)
 
 
 def apply_overrides(config, overrides):

@@ -1,0 +1,236 @@
+"""--search=N: a study of N trials over the space the overrides describe; Optuna proposes, the run table records.
+
+Each trial is one recorded run (or, with --seeds=K, a group of K runs whose mean is the trial's value), with its
+identity as any run has; its value is the watched validation metric (--watch), never a test result. The study lives
+beside the run table in Optuna's journal file (`results/search.journal`), named from the experiment, the config, the
+space and the flags, so the same command continues it until N trials are complete, and --search=20 after a finished
+--search=10 adds ten. A proposal that already finished in the table is not trained again: its recorded value is told.
+"""
+import hashlib
+import json
+import sys
+
+import yaml
+
+from dataclasses import dataclass
+
+from modes.launch import TABLE_PATH
+from modes.sweep import combination_command, run_claimed, with_seeds
+from utils.provenance import git_commit, git_diff
+from utils.config import flatten, search_dimension
+from utils.errors import UserError
+from utils.runtable.identity import SEED_KEY
+from utils.runtable.readers import read_run
+from utils.stats import summarise
+
+STUDIES_FILE = "search.journal"
+SHOWN = 5  # trials in the summary
+
+
+def search(launch):
+    """Exit code: 0 when the study has N complete trials, 130/143 when stopped."""
+    import optuna
+
+    count = launch.args.search
+    if count < 1:
+        raise UserError(f"--search=N runs a study of N >= 1 trials, got {count}")
+    fixed, dimensions = search_space(launch)
+    launch.check_experiment_takes_flags()
+    check_edges(launch, fixed, dimensions)
+    launch.warn_of_new_keys()
+    watch = launch.args.watch
+    metric = f"best_val_{watch}"
+    name = study_name(launch, fixed, dimensions)
+    TABLE_PATH.parent.mkdir(parents=True, exist_ok=True)
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(TABLE_PATH.parent / STUDIES_FILE)))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    direction = "maximize" if watch == "accuracy" else "minimize"
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
+    fail_abandoned_trials(launch, study)
+    # Seeded from the config's seed and how far the study is: one worker proposes the same trials in the same order.
+    seed = launch.config(fixed).get(SEED_KEY, 0)
+    study.sampler = optuna.samplers.TPESampler(seed=_mixed(seed, len(study.trials)))
+    distributions = {d.key: distribution(d) for d in dimensions}
+    done = complete_trials(study)
+    print(f"search: study {name}, {len(done)} of {count} trials complete; {metric} is "
+          f"{'maximised' if direction == 'maximize' else 'minimised'}", flush=True)
+    while len(done) < count:
+        trial = study.ask(distributions)
+        combination = [*fixed, *((d.key, d.text(trial.params[d.key])) for d in dimensions)]
+        label = " ".join(f"{d.key}={d.text(trial.params[d.key])}" for d in dimensions)
+        print(f"[trial {trial.number}] {label}", flush=True)
+        runs = with_seeds(launch, [combination]) if launch.args.seeds is not None else [combination]
+        values, run_ids = [], []
+        for seeded in runs:
+            identity = launch.identity(overrides=seeded)
+            outcome = run_combination(launch, seeded, identity, texts={
+                "search": json.dumps({"study": name, "trial": trial.number, "params": trial.params})})
+            if outcome.stopped:
+                study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                print("the search stopped; the same command continues the study", file=sys.stderr)
+                return outcome.stopped
+            if outcome.results is None:
+                break
+            values.append(outcome.results[metric])
+            run_ids.append(outcome.run_id)
+            trial.set_user_attr("runs", run_ids)
+        if len(values) < len(runs):
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)  # a run crashed: the study goes on without it
+            continue
+        study.tell(trial, sum(values) / len(values))
+        print(f"[trial {trial.number}] {metric} {sum(values) / len(values):.4f} (runs {', '.join(map(str, run_ids))})",
+              flush=True)
+        done = complete_trials(study)
+    print_summary(launch, study, dimensions, fixed, metric, direction)
+    return 0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How one run of a trial went: its results (None if it crashed or runs elsewhere), its ID, whether it stopped."""
+    results: dict | None
+    run_id: int | None
+    stopped: int = 0
+
+
+def run_combination(launch, combination, identity, texts=None):
+    """The Outcome of one run of a trial: its recorded results when it already finished, else it runs now."""
+    table = launch.table
+    latest = table.latest_run(identity)
+    if latest is not None and latest[1] == "finished":
+        print(f"  run {latest[0]} already finished with this config: its value is reused", flush=True)
+        return Outcome(read_run(table.path, latest[0]).results, latest[0])
+    claim = table.claim(identity, config_path=launch.args.config, command=combination_command(launch, combination),
+                        commit=git_commit(launch.code_dir), diff=git_diff(launch.code_dir))
+    if claim.run is None:
+        print(f"  run {claim.run_id} of this config is {claim.state}: the trial is failed", flush=True)
+        return Outcome(None, claim.run_id)
+    results, stopped = run_claimed(launch, claim, identity, texts)
+    return Outcome(results, claim.run.id, stopped)
+
+
+def search_space(launch):
+    """(fixed overrides, [Dimension]) of the command: its overrides, and those of --search-space=FILE."""
+    from utils.config import load_config
+
+    current = flatten(load_config(launch.args.config))
+    entries = list(launch.overrides)
+    if launch.args.search_space is not None:
+        entries += space_file_entries(launch.args.search_space)
+    fixed, dimensions = [], []
+    keys = [key for key, _ in entries]
+    twice = next((key for key in keys if keys.count(key) > 1), None)
+    if twice is not None:
+        raise UserError(f"'{twice}' is given twice (in the overrides or the search space); give it once")
+    for key, text in entries:
+        if key not in current:
+            launch.config([(key, text)])  # refused with the usual message (unknown key, did you mean ...)
+        dimension = search_dimension(key, text, current[key])
+        if dimension is None:
+            fixed.append((key, text))
+        else:
+            dimensions.append(dimension)
+    if not dimensions:
+        raise UserError("--search needs a space: give a key a range or a choice, e.g. "
+                        "--config.training.learning_rate=log:1e-4..1e-2 or --config.training.optimizer=sgd,adamw")
+    return fixed, dimensions
+
+
+def space_file_entries(path):
+    """[(dotted key, override text)] of a YAML search space: `training.learning_rate: log:1e-4..1e-2`, a list for a
+    choice."""
+    try:
+        with open(path) as f:
+            space = yaml.safe_load(f)
+    except OSError as e:
+        raise UserError(f"cannot read the search space {path}: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"the search space {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(space, dict) or not space:
+        raise UserError(f"the search space {path} must map dotted keys to ranges or lists, e.g. "
+                        f"'training.learning_rate: log:1e-4..1e-2'")
+    entries = []
+    for key, value in space.items():
+        if isinstance(value, list):
+            text = ",".join(yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...") for v in value)
+        else:
+            text = str(value)
+        entries.append((str(key), text))
+    return entries
+
+
+def check_edges(launch, fixed, dimensions):
+    """Refuse, before anything is recorded, a space whose ends or choices a run would refuse."""
+    middle = [(d.key, d.choices[0] if d.choices else d.text(d.low)) for d in dimensions]
+    for index, dimension in enumerate(dimensions):
+        for value in dimension.choices or (d_text for d_text in (dimension.text(dimension.low),
+                                                                    dimension.text(dimension.high))):
+            edge = [*middle[:index], (dimension.key, value), *middle[index + 1:]]
+            launch.check_config(launch.identity(overrides=[*fixed, *edge]))
+
+
+def distribution(dimension):
+    import optuna
+
+    if dimension.choices:
+        return optuna.distributions.CategoricalDistribution(dimension.choices)
+    if dimension.integer:
+        return optuna.distributions.IntDistribution(dimension.low, dimension.high, log=dimension.log)
+    return optuna.distributions.FloatDistribution(dimension.low, dimension.high, log=dimension.log)
+
+
+def study_name(launch, fixed, dimensions):
+    """The experiment and a hash of what the study searches: config, space, result flags, comment, seeds."""
+    from utils.config import dump_config
+
+    described = [launch.args.experiment, dump_config(launch.config(fixed)), [repr(d) for d in dimensions],
+                 sorted(launch.result_flags().items()), launch.args.comment, launch.args.seeds, launch.args.watch]
+    return f"{launch.args.experiment}-{hashlib.sha256(json.dumps(described).encode()).hexdigest()[:12]}"
+
+
+def complete_trials(study):
+    import optuna
+
+    return [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+
+
+def fail_abandoned_trials(launch, study):
+    """Mark failed the trials a killed search left running: none of their runs is running in the table now."""
+    import optuna
+
+    for trial in study.trials:
+        if trial.state != optuna.trial.TrialState.RUNNING:
+            continue
+        runs = trial.user_attrs.get("runs", [])
+        if not any(launch.table.status(run_id) == "running" for run_id in runs):
+            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+
+
+def print_summary(launch, study, dimensions, fixed, metric, direction):
+    """The top trials by validation, the held-out test result of the best one, and the command to confirm it."""
+    trials = sorted(complete_trials(study), key=lambda t: t.value, reverse=direction == "maximize")
+    print(f"\ntop {min(SHOWN, len(trials))} of {len(trials)} trials by {metric} (validation):")
+    for trial in trials[:SHOWN]:
+        runs = trial.user_attrs.get("runs", [])
+        values = [read_run(launch.table.path, run_id).results[metric] for run_id in runs]
+        summary = summarise(values)
+        interval = (f" (95% CI {summary.ci95[0]:.4f} to {summary.ci95[1]:.4f})" if summary.ci95 else "")
+        params = " ".join(f"{d.key}={d.text(trial.params[d.key])}" for d in dimensions)
+        print(f"  trial {trial.number}: {metric} {trial.value:.4f}{interval}  {params}  runs "
+              f"{', '.join(map(str, runs))}")
+    best = trials[0]
+    tests = [read_run(launch.table.path, run_id).results.get("test_accuracy") for run_id in best.user_attrs["runs"]]
+    if all(value is not None for value in tests):
+        print(f"held-out test accuracy of the best trial (for reporting the choice, not for making it): "
+              f"{sum(tests) / len(tests):.4f}")
+    overrides = [*fixed, *((d.key, d.text(best.params[d.key])) for d in dimensions)]
+    flags = [f"--{name}={value}" for name, value in launch.result_flags().items()]
+    print("confirm it with more seeds against the baseline:\n  python main.py "
+          f"--experiment={launch.args.experiment} --config={launch.args.config} "
+          + " ".join([*flags, *(f"--config.{key}={value}" for key, value in overrides if key != SEED_KEY)])
+          + " --seeds=5\n  python main.py --compare --experiment=" + launch.args.experiment)
+
+
+def _mixed(seed, position):
+    return int.from_bytes(hashlib.sha256(f"{seed}:{position}".encode()).digest()[:4], "big")
