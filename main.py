@@ -79,8 +79,12 @@ def make_parser():
     modes.add_argument("--search-space", metavar="FILE",
                        help="with --search: a YAML file of more ranges and choices ('training.learning_rate: "
                             "log:1e-4..1e-2')")
+    modes.add_argument("--prune", action="store_true",
+                       help="with --search: stop trials whose validation, epoch by epoch, falls below the median of "
+                            "earlier trials (Optuna's median pruner)")
     modes.add_argument("--workers", type=int, metavar="N",
-                       help="with --sweep or --seeds: start N local workers that share the runs, and wait for them")
+                       help="with --sweep, --seeds or --search: start N local workers that share the runs, and wait "
+                            "for them")
     modes.add_argument("--compare", type=int, nargs="*", metavar="RUNID",
                        help="groups of runs differing only in their seed: means, 95%% intervals and tests against a "
                             "reference group (filter with run IDs, --experiment, --config and overrides)")

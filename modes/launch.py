@@ -184,10 +184,11 @@ def choose_mode(args, overrides, parser, output_only):
                                         ("--steps", args.steps, None, ("verify",)),
                                         ("--against", args.against, None, ("compare",)),
                                         ("--format", args.format, "table", ("compare",)),
-                                        ("--workers", args.workers, None, ("sweep",)),
-                                        ("--search-space", args.search_space, None, ("search",))):
+                                        ("--workers", args.workers, None, ("sweep", "search")),
+                                        ("--search-space", args.search_space, None, ("search",)),
+                                        ("--prune", args.prune, False, ("search",))):
         if value != default and mode not in modes:
-            named = " and ".join("--sweep or --seeds" if m == "sweep" else f"--{m}" for m in modes)
+            named = " or ".join("--sweep, --seeds" if m == "sweep" else f"--{m}" for m in modes)
             raise UserError(f"{flag} only applies to {named}")
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps=N replays N >= 1 steps, got {args.steps}")

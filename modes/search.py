@@ -6,19 +6,24 @@ beside the run table in Optuna's journal file (`results/search.journal`), named 
 space and the flags, so the same command continues it until N trials are complete, and --search=20 after a finished
 --search=10 adds ten. A proposal that already finished in the table is not trained again: its recorded value is told.
 """
+import fcntl
 import hashlib
 import json
+import os
 import sys
+import time
+from contextlib import contextmanager, nullcontext
 
 import yaml
 
 from dataclasses import dataclass
 
 from modes.launch import TABLE_PATH
-from modes.sweep import combination_command, run_claimed, with_seeds
+from modes.sweep import POLL_S, combination_command, prefixed_output, run_claimed, start_workers, with_seeds, worker_name
 from utils.provenance import git_commit, git_diff
 from utils.config import flatten, search_dimension
-from utils.errors import UserError
+from utils.errors import Pruned, UserError
+from utils.runtable import liveness
 from utils.runtable.identity import SEED_KEY
 from utils.runtable.readers import read_run
 from utils.stats import summarise
@@ -29,8 +34,6 @@ SHOWN = 5  # trials in the summary
 
 def search(launch):
     """Exit code: 0 when the study has N complete trials, 130/143 when stopped."""
-    import optuna
-
     count = launch.args.search
     if count < 1:
         raise UserError(f"--search=N runs a study of N >= 1 trials, got {count}")
@@ -38,6 +41,17 @@ def search(launch):
     launch.check_experiment_takes_flags()
     check_edges(launch, fixed, dimensions)
     launch.warn_of_new_keys()
+    if launch.args.workers is not None:
+        return start_workers(launch)  # N copies of this command, sharing the study
+    several = bool(os.environ.get("SWEEP_WORKER"))  # one of --workers' processes: its lines say which
+    with prefixed_output(worker_name()) if several else nullcontext():
+        return run_study(launch, count, fixed, dimensions)
+
+
+def run_study(launch, count, fixed, dimensions):
+    """Exit code of this worker's part of the study: trials until `count` are complete, then the summary."""
+    import optuna
+
     watch = launch.args.watch
     metric = f"best_val_{watch}"
     name = study_name(launch, fixed, dimensions)
@@ -46,56 +60,66 @@ def search(launch):
         optuna.storages.journal.JournalFileBackend(str(TABLE_PATH.parent / STUDIES_FILE)))
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     direction = "maximize" if watch == "accuracy" else "minimize"
-    study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True)
-    fail_abandoned_trials(launch, study)
-    # Seeded from the config's seed and how far the study is: one worker proposes the same trials in the same order.
+    study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True,
+                                pruner=optuna.pruners.MedianPruner() if launch.args.prune else None)
     seed = launch.config(fixed).get(SEED_KEY, 0)
-    study.sampler = optuna.samplers.TPESampler(seed=_mixed(seed, len(study.trials)))
     distributions = {d.key: distribution(d) for d in dimensions}
-    done = complete_trials(study)
-    print(f"search: study {name}, {len(done)} of {count} trials complete; {metric} is "
+    print(f"search: study {name}, {len(complete_trials(study))} of {count} trials complete; {metric} is "
           f"{'maximised' if direction == 'maximize' else 'minimised'}", flush=True)
-    while len(done) < count:
-        trial = study.ask(distributions)
+    lock = TABLE_PATH.parent / "search.lock"
+    while True:
+        trial, others = next_trial(launch, study, count, distributions, lock, seed)
+        if trial is None and not others:
+            break
+        if trial is None:  # the last trials run in other workers: wait, and take over one whose worker died
+            time.sleep(POLL_S)
+            continue
         combination = [*fixed, *((d.key, d.text(trial.params[d.key])) for d in dimensions)]
         label = " ".join(f"{d.key}={d.text(trial.params[d.key])}" for d in dimensions)
         print(f"[trial {trial.number}] {label}", flush=True)
         runs = with_seeds(launch, [combination]) if launch.args.seeds is not None else [combination]
-        values, run_ids = [], []
-        for seeded in runs:
+        values, run_ids, pruned = [], [], False
+        for number, seeded in enumerate(runs):
             identity = launch.identity(overrides=seeded)
             outcome = run_combination(launch, seeded, identity, texts={
-                "search": json.dumps({"study": name, "trial": trial.number, "params": trial.params})})
+                "search": json.dumps({"study": name, "trial": trial.number, "params": trial.params})},
+                judge=judge_of(trial) if launch.args.prune and number == 0 else None)
             if outcome.stopped:
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 print("the search stopped; the same command continues the study", file=sys.stderr)
                 return outcome.stopped
+            if outcome.run_id is not None:
+                run_ids.append(outcome.run_id)
+                trial.set_user_attr("runs", run_ids)
             if outcome.results is None:
+                pruned = outcome.pruned
                 break
             values.append(outcome.results[metric])
-            run_ids.append(outcome.run_id)
-            trial.set_user_attr("runs", run_ids)
-        if len(values) < len(runs):
+        if pruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif len(values) < len(runs):
             study.tell(trial, state=optuna.trial.TrialState.FAIL)  # a run crashed: the study goes on without it
-            continue
-        study.tell(trial, sum(values) / len(values))
-        print(f"[trial {trial.number}] {metric} {sum(values) / len(values):.4f} (runs {', '.join(map(str, run_ids))})",
-              flush=True)
-        done = complete_trials(study)
+        else:
+            study.tell(trial, sum(values) / len(values))
+            print(f"[trial {trial.number}] {metric} {sum(values) / len(values):.4f} "
+                  f"(runs {', '.join(map(str, run_ids))})", flush=True)
     print_summary(launch, study, dimensions, fixed, metric, direction)
     return 0
 
 
 @dataclass(frozen=True)
 class Outcome:
-    """How one run of a trial went: its results (None if it crashed or runs elsewhere), its ID, whether it stopped."""
+    """How one run of a trial went: its results (None if it crashed, was pruned or runs elsewhere), its ID, and
+    whether it was pruned or stopped (the exit code)."""
     results: dict | None
     run_id: int | None
+    pruned: bool = False
     stopped: int = 0
 
 
-def run_combination(launch, combination, identity, texts=None):
-    """The Outcome of one run of a trial: its recorded results when it already finished, else it runs now."""
+def run_combination(launch, combination, identity, texts=None, judge=None):
+    """The Outcome of one run of a trial: its recorded results when it already finished, else it runs now, its
+    epochs judged by `judge(epoch, value)` (which raises Pruned to stop it)."""
     table = launch.table
     latest = table.latest_run(identity)
     if latest is not None and latest[1] == "finished":
@@ -104,10 +128,15 @@ def run_combination(launch, combination, identity, texts=None):
     claim = table.claim(identity, config_path=launch.args.config, command=combination_command(launch, combination),
                         commit=git_commit(launch.code_dir), diff=git_diff(launch.code_dir))
     if claim.run is None:
-        print(f"  run {claim.run_id} of this config is {claim.state}: the trial is failed", flush=True)
-        return Outcome(None, claim.run_id)
-    results, stopped = run_claimed(launch, claim, identity, texts)
-    return Outcome(results, claim.run.id, stopped)
+        print(f"  run {claim.run_id} of this config is {claim.state}: the trial is {claim.state}", flush=True)
+        return Outcome(None, claim.run_id, pruned=claim.state == "pruned")
+    claim.run.judge = judge
+    try:
+        results, stopped = run_claimed(launch, claim, identity, texts)
+    except Pruned:
+        print(f"  run {claim.run.id} pruned: its validation fell below the median of earlier trials", flush=True)
+        return Outcome(None, claim.run.id, pruned=True)
+    return Outcome(results, claim.run.id, stopped=stopped)
 
 
 def search_space(launch):
@@ -185,32 +214,87 @@ def study_name(launch, fixed, dimensions):
     from utils.config import dump_config
 
     described = [launch.args.experiment, dump_config(launch.config(fixed)), [repr(d) for d in dimensions],
-                 sorted(launch.result_flags().items()), launch.args.comment, launch.args.seeds, launch.args.watch]
+                 sorted(launch.result_flags().items()), launch.args.comment, launch.args.seeds, launch.args.watch,
+                 launch.args.prune]
     return f"{launch.args.experiment}-{hashlib.sha256(json.dumps(described).encode()).hexdigest()[:12]}"
 
 
 def complete_trials(study):
+    """The trials that count towards N: complete ones, and pruned ones (they ended as the pruner decided)."""
     import optuna
 
-    return [trial for trial in study.trials if trial.state == optuna.trial.TrialState.COMPLETE]
+    return [trial for trial in study.trials
+            if trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+
+
+def judge_of(trial):
+    """judge(epoch, value) for a run of `trial`: reports each epoch's watched validation value to the study and
+    raises Pruned when Optuna's pruner says the trial falls behind."""
+    def judge(epoch, value):
+        trial.report(value, epoch)
+        if trial.should_prune():
+            raise Pruned()
+    return judge
+
+
+def next_trial(launch, study, count, distributions, lock, seed):
+    """(a new trial for this worker, or None; whether other workers still run trials), decided under a file lock so
+    that the workers of one study together ask for exactly `count` trials that end complete or pruned."""
+    import optuna
+
+    with _locked(lock):
+        fail_abandoned_trials(launch, study)
+        running = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+        if len(complete_trials(study)) + len(running) >= count:
+            return None, bool(running)
+        # Seeded from the config's seed and the trial's place in the study: one worker proposes the same trials in
+        # the same order, and two workers never draw the same proposal.
+        study.sampler = optuna.samplers.TPESampler(seed=_mixed(seed, len(study.trials)))
+        trial = study.ask(distributions)
+        process = liveness.this_process()
+        trial.set_user_attr("worker", [process.host, process.pid, process.token])
+        return trial, bool(running)
 
 
 def fail_abandoned_trials(launch, study):
-    """Mark failed the trials a killed search left running: none of their runs is running in the table now."""
+    """Mark failed the trials whose worker is gone (killed): the other workers then finish the study."""
     import optuna
 
     for trial in study.trials:
         if trial.state != optuna.trial.TrialState.RUNNING:
             continue
+        host, pid, token = trial.user_attrs.get("worker", [None, None, None])
         runs = trial.user_attrs.get("runs", [])
-        if not any(launch.table.status(run_id) == "running" for run_id in runs):
-            study._storage.set_trial_state_values(trial._trial_id, optuna.trial.TrialState.FAIL)
+        gone = (host is None or liveness.is_gone(liveness.Process(host, pid, token))
+                or (runs and not any(launch.table.status(run_id) == "running" for run_id in runs)))
+        if gone:
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+            print(f"trial {trial.number} was left running by a worker that is gone: marked failed", flush=True)
+
+
+@contextmanager
+def _locked(path):
+    """An exclusive lock on `path` between the processes of this machine (a file lock; see the README for clusters)."""
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def print_summary(launch, study, dimensions, fixed, metric, direction):
     """The top trials by validation, the held-out test result of the best one, and the command to confirm it."""
-    trials = sorted(complete_trials(study), key=lambda t: t.value, reverse=direction == "maximize")
-    print(f"\ntop {min(SHOWN, len(trials))} of {len(trials)} trials by {metric} (validation):")
+    import optuna
+
+    trials = sorted((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: t.value,
+                    reverse=direction == "maximize")
+    pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
+    if not trials:
+        print(f"\nno trial completed ({pruned} pruned); widen the space or search without --prune")
+        return
+    print(f"\ntop {min(SHOWN, len(trials))} of {len(trials)} complete trials by {metric} (validation)"
+          + (f"; {pruned} pruned" if pruned else "") + ":")
     for trial in trials[:SHOWN]:
         runs = trial.user_attrs.get("runs", [])
         values = [read_run(launch.table.path, run_id).results[metric] for run_id in runs]

@@ -66,6 +66,8 @@ class Epochs:
             print(f"epoch {epoch}/{self._total}: train loss {train['loss']:.4f} acc {train['accuracy']:.4f} | "
                   f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}{timing}{' *' if improved else ''}",
                   flush=True)
+        if self.world.is_main:
+            self.run.report(epoch, value)  # last, once the epoch is safe: a search's pruner may stop the run here
 
     def best_model(self):
         """The model with the weights of the best epoch: what the test set may see."""

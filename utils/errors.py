@@ -16,6 +16,10 @@ class DiskFull(UserError):
         self.what = what
 
 
+class Pruned(BaseException):
+    """A search's pruner stopped a trial's run after an epoch: the run keeps all it logged and is marked pruned."""
+
+
 class Terminated(BaseException):
     """SIGTERM arrived (cluster walltime, scancel, kill): unwinds like Ctrl-C so that the run is marked failed."""
 

@@ -149,4 +149,4 @@ def test_reproduce_refuses_flags_it_takes_from_the_record(workdir):
                    "only where-keys (data.path, data.download, data.workers, data.memory_limit_mb) may change, drop --config.seed")
     assert_refused(run_in_process(workdir, "--reproduce=1", "--watch=loss"), "drop --watch")
     assert_refused(run_in_process(workdir, "--tolerance=0.1", "--experiment=experiment1", "--config=configs/tiny.yml"),
-                   "--tolerance only applies to --reproduce and --verify")
+                   "--tolerance only applies to --reproduce or --verify")

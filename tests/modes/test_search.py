@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from helpers import assert_refused, query, tiny_in_process
+from helpers import assert_refused, query, run_in_process, tiny_in_process
 
 SPACE = ("--config.training.learning_rate=log:1e-3..1e-1", "--config.model.dropout=0.0,0.2")
 
@@ -22,7 +22,7 @@ def test_a_study_records_every_trial_as_a_run_ranks_by_validation_and_continues(
     proposed = proposals(first.stdout)
     assert [number for number, _ in proposed] == ["0", "1", "2"]
     assert query(db, "SELECT COUNT(*) FROM Experiments WHERE status='finished'") == [(3,)]
-    assert "top 3 of 3 trials by best_val_accuracy (validation):" in first.stdout
+    assert "top 3 of 3 complete trials by best_val_accuracy (validation):" in first.stdout
     assert "held-out test accuracy of the best trial (for reporting the choice, not for making it)" in first.stdout
     assert "--seeds=5" in first.stdout and "python main.py --compare" in first.stdout
     # Each run says which study and trial it was (beside its identity, not part of it).
@@ -84,3 +84,77 @@ def test_a_space_file_adds_ranges_and_choices(workdir):
 def test_a_malformed_space_is_refused_in_one_line_with_nothing_recorded(workdir, args, message):
     assert_refused(tiny_in_process(workdir, *args), message)
     assert not (workdir / "results").exists()
+
+
+@pytest.mark.slow  # a study of 12 trials
+def test_pruning_stops_trials_that_cannot_learn_keeps_their_points_and_never_resumes_them(workdir):
+    db = workdir / "results" / "resultTable.db"
+    done = tiny_in_process(workdir, "--search=12", "--prune", "--config.training.learning_rate=log:1e-2..100",
+                           "--config.model.dropout=0.0,0.3")
+    assert done.returncode == 0, done.stderr
+    pruned = [int(run_id) for run_id in re.findall(r"run (\d+) pruned: its validation fell below", done.stdout)]
+    assert pruned, done.stdout
+    assert re.search(r"complete trials by best_val_accuracy \(validation\); \d+ pruned:", done.stdout)
+    for run_id in pruned:
+        assert query(db, "SELECT E.status, L.failure FROM Experiments E JOIN TemplateLaunch L ON L.run_id=E.run_id "
+                         "WHERE E.run_id=?", run_id) == [("failed", "pruned")]
+        kept = query(db, "SELECT COUNT(*) FROM Logs WHERE run_id=? AND split='val' AND label='accuracy'", run_id)
+        assert kept[0][0] >= 1  # every epoch it ran is kept
+        assert query(db, "SELECT COUNT(*) FROM Results WHERE run_id=? AND metric='test_accuracy'", run_id) == [(0,)]
+        assert_refused(run_in_process(workdir, f"--resume={run_id}"), "was pruned by a search")
+    assert query(db, "SELECT COUNT(*) FROM Experiments") == [(12,)]  # pruned trials count towards N
+    again = tiny_in_process(workdir, "--search=12", "--prune", "--config.training.learning_rate=log:1e-2..100",
+                            "--config.model.dropout=0.0,0.3")
+    assert "12 of 12 trials complete" in again.stdout and query(db, "SELECT COUNT(*) FROM Experiments") == [(12,)]
+
+
+def study_trials(folder):
+    """[(number, state name, params)] of every trial in the folder's one study."""
+    import optuna
+
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(folder / "results" / "search.journal")))
+    [summary] = optuna.get_all_study_summaries(storage)
+    study = optuna.load_study(study_name=summary.study_name, storage=storage)
+    return [(t.number, t.state.name, tuple(sorted(t.params.items()))) for t in study.trials]
+
+
+@pytest.mark.slow
+def test_workers_share_one_study_and_a_killed_worker_leaves_the_rest_to_the_others(tmp_path, spawn):
+    import yaml
+
+    from helpers import logged_epochs, make_mnist_folder, tiny_config, wait_for
+
+    data = make_mnist_folder(tmp_path / "data", n_train=2400, n_test=200)
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs" / "tiny.yml").write_text(yaml.safe_dump(
+        tiny_config(data, **{"training.num_epochs": 3, "data.batch_size": 32, "training.threads": 1})))
+    command = ("--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0", "--search=6", *SPACE)
+    db = tmp_path / "results" / "resultTable.db"
+    first = spawn(tmp_path, *command)
+    second = spawn(tmp_path, *command)
+    # Once both work on a trial, kill the first in the middle of its run.
+    wait_for(lambda: len(query(db, "SELECT run_id FROM Experiments WHERE status='running'")) >= 2
+             if db.exists() else False, what="two trials running")
+    running = [run_id for (run_id,) in query(db, "SELECT run_id FROM Experiments WHERE status='running'")]
+    wait_for(lambda: any(logged_epochs(db, run_id) >= 1 for run_id in running), what="an epoch")
+    first.kill()
+    first.communicate()
+    out, err = second.communicate(timeout=300)
+    assert second.returncode == 0, out + err
+    trials = study_trials(tmp_path)
+    complete = [params for _, state, params in trials if state == "COMPLETE"]
+    assert len(complete) == 6 and len(set(complete)) == 6  # exactly N, each proposed once
+    assert [state for _, state, _ in trials].count("FAIL") == 1  # the killed worker's trial
+    statuses = dict(query(db, "SELECT status, COUNT(*) FROM Experiments GROUP BY status"))
+    assert statuses["finished"] == 6 and statuses.get("failed", 0) + statuses.get("running", 0) == 1
+
+
+@pytest.mark.slow
+def test_workers_option_runs_one_study_in_several_processes(workdir, spawn):
+    done = spawn.run(workdir, "--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0", "--search=4",
+                     "--workers=2", *SPACE)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "workers: 2 processes" in done.stdout and "[w1] " in done.stdout and "[w2] " in done.stdout
+    assert [state for _, state, _ in study_trials(workdir)] == ["COMPLETE"] * 4
+    assert query(workdir / "results" / "resultTable.db", "SELECT COUNT(*) FROM Experiments") == [(4,)]

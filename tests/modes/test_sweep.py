@@ -55,7 +55,7 @@ def test_without_sweep_a_comma_is_never_split(workdir):
                    "add --sweep")
     assert_refused(tiny_in_process(workdir, "--sweep", "--debug", "--config.seed=1,2"), "drop --debug")
     assert_refused(tiny_in_process(workdir, "--sweep", "--config.seed=1,x"), "'seed' expects an integer")
-    assert_refused(tiny_in_process(workdir, "--workers=2"), "--workers only applies to --sweep or --seeds")
+    assert_refused(tiny_in_process(workdir, "--workers=2"), "--workers only applies to --sweep, --seeds or --search")
     assert not (workdir / "results").exists()  # every value is checked before the first run
 
 

@@ -105,6 +105,8 @@ class RunTable:
                 return Claim(None, "finished", visible[-1][0])
             if any(status == "running" for _, status, *_ in visible):
                 return Claim(None, "running", visible[-1][0])
+            if visible and visible[-1][3] == "pruned":  # a search stopped it: it is never resumed
+                return Claim(None, "pruned", visible[-1][0])
             crashes = sum(failure == "crash" and code == code_of(commit, diff) for *_, failure, code in rows)
             if crashes >= max_crashes:
                 return Claim(None, "crashed", visible[-1][0] if visible else rows[-1][0])
@@ -171,6 +173,10 @@ class RunTable:
                                 f"resume it once it has stopped")
             if row.hidden:
                 raise UserError(f"run {run_id} is hidden (it was retried as a new run); resume the newer run instead")
+            failure = db.execute("SELECT failure FROM TemplateLaunch WHERE run_id=?", (run_id,)).fetchone()
+            if failure is not None and failure[0] == "pruned":
+                raise UserError(f"run {run_id} was pruned by a search (its validation fell behind); a pruned run is "
+                                f"never resumed")
             if check is not None:
                 check(row.identity)
             db.execute("UPDATE Experiments SET status='running' WHERE run_id=?", (run_id,))

@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from utils.errors import DiskFull, Terminated, disk_full, is_disk_full
+from utils.errors import DiskFull, Pruned, Terminated, disk_full, is_disk_full
 from utils.runtable.liveness import heartbeat_interval
 from utils.runtable.schema import connect
 
@@ -34,6 +34,8 @@ class Run:
         self._buffer = []
         self._start = time.monotonic()
         self._heart = None
+        # With --prune, a search sets this to judge(epoch, watched validation value), which raises Pruned to stop.
+        self.judge = None
 
     def log_hparams(self, hparams):
         """Record hyperparameters (deepboard can show them as columns); lists and None are stored as text.
@@ -70,6 +72,11 @@ class Run:
         self._buffer.append((self.id, epoch, step, split, label, float(value), time.monotonic() - self._start, 0))
         if len(self._buffer) >= FLUSH_EVERY:
             self.flush()
+
+    def report(self, epoch, value):
+        """Hand a finished epoch's watched validation value to the search's judge, if any (see `judge`)."""
+        if self.judge is not None:
+            self.judge(epoch, value)
 
     def flush(self):
         """Write the buffered scalars now."""
@@ -172,6 +179,8 @@ def failure_reason(exc_type):
         return "terminated"
     if issubclass(exc_type, DiskFull):
         return "disk full"
+    if issubclass(exc_type, Pruned):
+        return "pruned"
     return "crash"
 
 
