@@ -79,6 +79,9 @@ def make_parser():
     modes.add_argument("--search-space", metavar="FILE",
                        help="with --search: a YAML file of more ranges and choices ('training.learning_rate: "
                             "log:1e-4..1e-2')")
+    modes.add_argument("--search-storage", metavar="URL",
+                       help="with --search: keep the study in this PostgreSQL database (postgresql://USER@HOST/DB), "
+                            "so that workers on several machines share it (default: results/search.journal)")
     modes.add_argument("--prune", action="store_true",
                        help="with --search: stop trials whose validation, epoch by epoch, falls below the median of "
                             "earlier trials (Optuna's median pruner)")

@@ -12,7 +12,7 @@ import warnings
 from utils.config import flatten_values, load_config_text, without_keys
 from utils.errors import UserError
 from utils.runtable.identity import SEED_KEY
-from utils.runtable.readers import config_texts, finished_runs
+from utils.runtable.readers import config_texts, finished_runs, pruned_runs
 from utils.stats import compare, summarise
 
 BASELINE_CONFIG = "configs/config.yml"  # the reference group: this config of the same experiment, as it is
@@ -24,6 +24,10 @@ def compare_mode(launch):
     groups = compared_groups(launch)
     fmt = launch.args.format
     print(json.dumps(groups, indent=2) if fmt == "json" else render(groups, markdown=fmt == "markdown"))
+    pruned = pruned_runs(launch.table.path)
+    if pruned:
+        print(f"note: run{'s' if len(pruned) > 1 else ''} {', '.join(map(str, pruned))} pruned by a search: stopped "
+              f"early without results, not compared", file=sys.stderr)
     return 0
 
 
@@ -128,7 +132,7 @@ def describe_group(runs, reference, is_reference, settings):
     for name in names:
         summary = summarise([run.results[name] for run in runs])
         group["metrics"][name] = {"n": summary.n, "mean": summary.mean, "std": summary.std,
-                                  "ci95": list(summary.ci95) if summary.ci95 else None}
+                                  "ci95": list(summary.ci95) if summary.ci95 else None, "role": role_of(name)}
     if not is_reference:
         group["vs_reference"] = {}
         for name in names:
@@ -142,6 +146,11 @@ def describe_group(runs, reference, is_reference, settings):
                 "diff": difference.diff, "ci95": list(difference.ci95), "p_value": difference.p_value,
                 "test": difference.test, "n": difference.n}
     return group
+
+
+def role_of(metric):
+    """'validation' for the metrics a choice is made by, 'held out' for the test set's (reported, never chosen by)."""
+    return "validation" if metric.startswith("best_val_") else "held out" if metric.startswith("test_") else "other"
 
 
 def sentence(name, n_runs, comparison):
@@ -184,10 +193,13 @@ def render(groups, markdown=False):
                          comparison["test"]])
             rows.append(row)
         out += _table(header, rows, markdown)
-        if versus is not None:
+        if versus is not None:  # the validation metric decides; the test set's results are reported, held out
             n_runs = len(group["runs"])
+            judged = [name for role in ("validation", "held out") for name in group["metrics"]
+                      if role_of(name) == role and name in versus]
             out += [("- " if markdown else "  ") + sentence(name, n_runs, versus.get(name))
-                    for name in group["metrics"] if name.startswith("test_") and name in versus]
+                    + (" [held out: report it, do not choose by it]" if role_of(name) == "held out" else "")
+                    for name in judged]
         out.append("")
     return "\n".join(out).rstrip()
 

@@ -186,7 +186,8 @@ def choose_mode(args, overrides, parser, output_only):
                                         ("--format", args.format, "table", ("compare",)),
                                         ("--workers", args.workers, None, ("sweep", "search")),
                                         ("--search-space", args.search_space, None, ("search",)),
-                                        ("--prune", args.prune, False, ("search",))):
+                                        ("--prune", args.prune, False, ("search",)),
+                                        ("--search-storage", args.search_storage, None, ("search",))):
         if value != default and mode not in modes:
             named = " or ".join("--sweep, --seeds" if m == "sweep" else f"--{m}" for m in modes)
             raise UserError(f"{flag} only applies to {named}")

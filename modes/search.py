@@ -5,6 +5,8 @@ identity as any run has; its value is the watched validation metric (--watch), n
 beside the run table in Optuna's journal file (`results/search.journal`), named from the experiment, the config, the
 space and the flags, so the same command continues it until N trials are complete, and --search=20 after a finished
 --search=10 adds ten. A proposal that already finished in the table is not trained again: its recorded value is told.
+Identical commands (and --workers=N) share the study, asking for trials under a lock; with --prune, Optuna's median
+pruner stops trials that fall behind, epoch by epoch.
 """
 import fcntl
 import hashlib
@@ -17,8 +19,9 @@ from contextlib import contextmanager, nullcontext
 import yaml
 
 from dataclasses import dataclass
+from pathlib import Path
 
-from modes.launch import TABLE_PATH
+from modes.launch import TABLE_PATH, torchrun_world_size
 from modes.sweep import POLL_S, combination_command, prefixed_output, run_claimed, start_workers, with_seeds, worker_name
 from utils.provenance import git_commit, git_diff
 from utils.config import flatten, search_dimension
@@ -35,6 +38,8 @@ SHOWN = 5  # trials in the summary
 def search(launch):
     """Exit code: 0 when the study has N complete trials, 130/143 when stopped."""
     count = launch.args.search
+    if torchrun_world_size() > 1:
+        raise UserError("--search runs its trials one after another in one process; launch it without torchrun")
     if count < 1:
         raise UserError(f"--search=N runs a study of N >= 1 trials, got {count}")
     fixed, dimensions = search_space(launch)
@@ -55,9 +60,7 @@ def run_study(launch, count, fixed, dimensions):
     watch = launch.args.watch
     metric = f"best_val_{watch}"
     name = study_name(launch, fixed, dimensions)
-    TABLE_PATH.parent.mkdir(parents=True, exist_ok=True)
-    storage = optuna.storages.JournalStorage(
-        optuna.storages.journal.JournalFileBackend(str(TABLE_PATH.parent / STUDIES_FILE)))
+    storage, lock = study_storage(launch.args.search_storage)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     direction = "maximize" if watch == "accuracy" else "minimize"
     study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True,
@@ -66,7 +69,6 @@ def run_study(launch, count, fixed, dimensions):
     distributions = {d.key: distribution(d) for d in dimensions}
     print(f"search: study {name}, {len(complete_trials(study))} of {count} trials complete; {metric} is "
           f"{'maximised' if direction == 'maximize' else 'minimised'}", flush=True)
-    lock = TABLE_PATH.parent / "search.lock"
     while True:
         trial, others = next_trial(launch, study, count, distributions, lock, seed)
         if trial is None and not others:
@@ -119,7 +121,7 @@ class Outcome:
 
 def run_combination(launch, combination, identity, texts=None, judge=None):
     """The Outcome of one run of a trial: its recorded results when it already finished, else it runs now, its
-    epochs judged by `judge(epoch, value)` (which raises Pruned to stop it)."""
+    epochs judged by `judge(epoch, value, last)` (which raises Pruned to stop it)."""
     table = launch.table
     latest = table.latest_run(identity)
     if latest is not None and latest[1] == "finished":
@@ -228,13 +230,32 @@ def complete_trials(study):
 
 
 def judge_of(trial):
-    """judge(epoch, value) for a run of `trial`: reports each epoch's watched validation value to the study and
-    raises Pruned when Optuna's pruner says the trial falls behind."""
-    def judge(epoch, value):
+    """judge(epoch, value, last) for a run of `trial`: reports each epoch's watched validation value to the study and
+    raises Pruned when Optuna's pruner says the trial falls behind, before its last epoch (after it, the run is done
+    and its results stand)."""
+    def judge(epoch, value, last):
         trial.report(value, epoch)
-        if trial.should_prune():
+        if not last and trial.should_prune():
             raise Pruned()
     return judge
+
+
+def study_storage(url):
+    """(Optuna storage, the lock its workers ask for trials under): the journal file beside the table and a file lock
+    on one machine, or a PostgreSQL server (`url`) and its advisory lock across machines."""
+    import optuna
+
+    if url is None:
+        TABLE_PATH.parent.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(str(TABLE_PATH.parent / STUDIES_FILE))
+        return optuna.storages.JournalStorage(backend), lambda: _file_locked(TABLE_PATH.parent / "search.lock")
+    if not url.startswith(("postgresql://", "postgresql+psycopg://")):
+        raise UserError(f"--search-storage takes a PostgreSQL URL (postgresql://USER@HOST:PORT/DATABASE), got {url!r}")
+    try:
+        storage = optuna.storages.RDBStorage(url)
+    except Exception as e:  # a server that cannot be reached or refuses the login: say so in one line
+        raise UserError(f"cannot open the study storage {url}: {str(e).strip().splitlines()[0]}") from None
+    return storage, lambda: _advisory_locked(storage)
 
 
 def next_trial(launch, study, count, distributions, lock, seed):
@@ -242,7 +263,7 @@ def next_trial(launch, study, count, distributions, lock, seed):
     that the workers of one study together ask for exactly `count` trials that end complete or pruned."""
     import optuna
 
-    with _locked(lock):
+    with lock():
         fail_abandoned_trials(launch, study)
         running = [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
         if len(complete_trials(study)) + len(running) >= count:
@@ -273,14 +294,30 @@ def fail_abandoned_trials(launch, study):
 
 
 @contextmanager
-def _locked(path):
-    """An exclusive lock on `path` between the processes of this machine (a file lock; see the README for clusters)."""
+def _file_locked(path):
+    """An exclusive lock on `path` between the processes of one machine."""
     with open(path, "a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+ADVISORY_KEY = 7_104_213  # the PostgreSQL advisory lock the template's searches take (any fixed number would do)
+
+
+@contextmanager
+def _advisory_locked(storage):
+    """An exclusive lock between the workers of every machine that share the PostgreSQL server of `storage`."""
+    from sqlalchemy import text
+
+    with storage.engine.connect() as connection:
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": ADVISORY_KEY})
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY})
 
 
 def print_summary(launch, study, dimensions, fixed, metric, direction):
@@ -314,6 +351,18 @@ def print_summary(launch, study, dimensions, fixed, metric, direction):
           f"--experiment={launch.args.experiment} --config={launch.args.config} "
           + " ".join([*flags, *(f"--config.{key}={value}" for key, value in overrides if key != SEED_KEY)])
           + " --seeds=5\n  python main.py --compare --experiment=" + launch.args.experiment)
+
+
+def read_studies(results_folder):
+    """{study name: Study} of the searches recorded beside a run table ({} when none), loaded without writing."""
+    import optuna
+
+    path = Path(results_folder) / STUDIES_FILE
+    if not path.exists():
+        return {}
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+    return {summary.study_name: optuna.load_study(study_name=summary.study_name, storage=storage)
+            for summary in optuna.get_all_study_summaries(storage)}
 
 
 def _mixed(seed, position):

@@ -12,7 +12,8 @@ import urllib.request
 import pytest
 import yaml
 
-from helpers import REPO, copy_template, make_mnist_folder, query, require, run_tiny, tiny_config, wait_for
+from helpers import (REPO, copy_template, make_mnist_folder, query, require, run_tiny, tiny_config, tiny_in_process,
+                     wait_for)
 
 pytestmark = pytest.mark.slow
 
@@ -151,3 +152,25 @@ def test_deepboard_renders_a_runs_curves_config_and_provenance(deepboard_server,
     info = browser.open(deepboard_server + "/fillpanel?run_id=3&tab=run_info").read().decode()
     assert commit in info  # the commit the run's code was at
     assert "notes_untracked.py" in info and "UNTRACKED_MARKER = 1" in info  # and its uncommitted changes
+
+
+def test_the_notebook_shows_a_search_study_with_optunas_plots_and_the_runs_of_its_trials(workdir, monkeypatch):
+    import nbformat
+    from nbclient import NotebookClient
+
+    searched = tiny_in_process(workdir, "--search=3", "--config.training.learning_rate=log:1e-3..1e-1",
+                               "--config.model.dropout=0.0,0.2")
+    assert searched.returncode == 0, searched.stderr
+    monkeypatch.setenv("RESULT_TABLE", str(workdir / "results" / "resultTable.db"))
+    notebook = nbformat.read(REPO / "notebooks" / "analysis.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=180, kernel_name="python3",
+                   resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()
+    outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
+    assert not [output for output in outputs if output.output_type == "error"]
+    text = "".join(output.get("text", "") for output in outputs)
+    assert "1 search studies" in text and "3 trials {'COMPLETE': 3}" in text
+    search_cell = next(cell for cell in notebook.cells if "read_studies" in cell.source)
+    figures = [output for output in search_cell.outputs if "image/png" in output.get("data", {})]
+    assert len(figures) == 2  # Optuna's optimisation history and parameter importances
+    trials_table = "".join(output["data"].get("text/html", "") for output in search_cell.outputs if "data" in output)
+    assert "training.learning_rate" in trials_table and "[1]" in trials_table and "[3]" in trials_table

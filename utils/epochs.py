@@ -67,7 +67,8 @@ class Epochs:
                   f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}{timing}{' *' if improved else ''}",
                   flush=True)
         if self.world.is_main:
-            self.run.report(epoch, value)  # last, once the epoch is safe: a search's pruner may stop the run here
+            # Last, once the epoch is safe: a search's pruner may stop the run here.
+            self.run.report(epoch, value, last=epoch == self._total)
 
     def best_model(self):
         """The model with the weights of the best epoch: what the test set may see."""

@@ -1,12 +1,18 @@
 """--search: Optuna proposes over the overrides' ranges and choices, every trial is a recorded run ranked by its
-validation metric, the same command continues the study, and a malformed space is refused before anything is
-recorded."""
+validation metric, the same command continues the study (in the journal beside the table, or a real PostgreSQL
+server the test starts), workers share it, and a malformed space is refused before anything is recorded."""
 import json
+import os
 import re
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 
-from helpers import assert_refused, query, run_in_process, tiny_in_process
+from helpers import assert_refused, query, require, run_in_process, tiny_in_process
 
 SPACE = ("--config.training.learning_rate=log:1e-3..1e-1", "--config.model.dropout=0.0,0.2")
 
@@ -103,6 +109,11 @@ def test_pruning_stops_trials_that_cannot_learn_keeps_their_points_and_never_res
         assert query(db, "SELECT COUNT(*) FROM Results WHERE run_id=? AND metric='test_accuracy'", run_id) == [(0,)]
         assert_refused(run_in_process(workdir, f"--resume={run_id}"), "was pruned by a search")
     assert query(db, "SELECT COUNT(*) FROM Experiments") == [(12,)]  # pruned trials count towards N
+    compared = run_in_process(workdir, "--compare")
+    assert "pruned by a search: stopped early without results, not compared" in compared.stderr
+    assert all(str(run_id) in compared.stderr.split("pruned by")[0] for run_id in pruned)
+    from utils.runtable.readers import runs_frame
+    assert set(runs_frame(db).loc[pruned, "status"]) == {"pruned"}
     again = tiny_in_process(workdir, "--search=12", "--prune", "--config.training.learning_rate=log:1e-2..100",
                             "--config.model.dropout=0.0,0.3")
     assert "12 of 12 trials complete" in again.stdout and query(db, "SELECT COUNT(*) FROM Experiments") == [(12,)]
@@ -158,3 +169,57 @@ def test_workers_option_runs_one_study_in_several_processes(workdir, spawn):
     assert "workers: 2 processes" in done.stdout and "[w1] " in done.stdout and "[w2] " in done.stdout
     assert [state for _, state, _ in study_trials(workdir)] == ["COMPLETE"] * 4
     assert query(workdir / "results" / "resultTable.db", "SELECT COUNT(*) FROM Experiments") == [(4,)]
+
+
+@pytest.fixture
+def postgres():
+    """The URL of a fresh PostgreSQL server on a free local port, stopped when the test ends."""
+    bins = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
+    require(bool(bins), "needs Debian's postgresql (apt-get install postgresql); .ci/run installs it")
+    binaries = bins[-1]
+    folder = Path(tempfile.mkdtemp(prefix="pg-"))  # not under pytest's folders: the server's user must reach it
+    user = []
+    if os.geteuid() == 0:  # the server refuses to run as root: as Debian's postgres user
+        shutil.chown(folder, "postgres")
+        user = ["runuser", "-u", "postgres", "--"]
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = folder / "data"
+
+    def pg(tool, *args):
+        subprocess.run([*user, str(binaries / tool), *args], check=True, capture_output=True, timeout=120)
+
+    pg("initdb", "-D", str(data), "--auth=trust", "-U", "postgres")
+    pg("pg_ctl", "-D", str(data), "-w", "-l", str(folder / "log"), "-o",
+       f"-p {port} -c listen_addresses=127.0.0.1 -k {folder}", "start")
+    try:
+        pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "studies")
+        yield f"postgresql://postgres@127.0.0.1:{port}/studies"
+    finally:
+        pg("pg_ctl", "-D", str(data), "-m", "immediate", "stop")
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_a_study_in_postgresql_is_recorded_continued_and_extended(workdir, postgres):
+    db = workdir / "results" / "resultTable.db"
+    first = tiny_in_process(workdir, "--search=3", f"--search-storage={postgres}", *SPACE)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert [number for number, _ in proposals(first.stdout)] == ["0", "1", "2"]
+    assert not (workdir / "results" / "search.journal").exists()  # the study lives in the server
+    again = tiny_in_process(workdir, "--search=3", f"--search-storage={postgres}", *SPACE)
+    assert "3 of 3 trials complete" in again.stdout and proposals(again.stdout) == []
+    more = tiny_in_process(workdir, "--search=4", f"--search-storage={postgres}", *SPACE)
+    assert [number for number, _ in proposals(more.stdout)] == ["3"]
+    assert query(db, "SELECT COUNT(*) FROM Experiments WHERE status='finished'") == [(4,)]
+
+
+def test_a_storage_that_is_not_postgresql_or_cannot_be_reached_is_refused(workdir):
+    assert_refused(tiny_in_process(workdir, "--search=2", "--search-storage=sqlite:///x.db", *SPACE),
+                   "--search-storage takes a PostgreSQL URL")
+    assert_refused(tiny_in_process(workdir, "--search=2", "--search-storage=postgresql://nobody@127.0.0.1:9/x",
+                                   *SPACE), "cannot open the study storage postgresql://nobody@127.0.0.1:9/x")
+    assert_refused(tiny_in_process(workdir, "--search-storage=postgresql://a@b/c"),
+                   "--search-storage only applies to --search")
+    assert not (workdir / "results").exists()

@@ -162,14 +162,28 @@ def config_texts(path, run_ids):
                                f"({', '.join('?' * len(run_ids))})", run_ids)) if run_ids else {}
 
 
+def pruned_runs(path):
+    """The IDs of the visible runs a search's pruner stopped (failed with the reason 'pruned')."""
+    with _open(path) as db:
+        if "failure" not in side_columns(db):
+            return []
+        return [run_id for (run_id,) in db.execute(
+            "SELECT E.run_id FROM Experiments E JOIN TemplateLaunch L ON L.run_id = E.run_id WHERE E.hidden=0 AND "
+            "E.status='failed' AND L.failure='pruned' ORDER BY E.run_id")]
+
+
 def runs_frame(path, show_hidden=False):
     """A pandas DataFrame with one row per run (index: run ID): its identity, status, hparams and results."""
     import pandas as pd
 
     with _open(path) as db:
+        # A run a search's pruner stopped is failed with the reason 'pruned': shown as its own status.
+        status = ("CASE WHEN E.status='failed' AND L.failure='pruned' THEN 'pruned' ELSE E.status END"
+                  if "failure" in side_columns(db) else "E.status")
         experiments = db.execute(
-            "SELECT run_id, experiment, status, comment, start, commit_hash, hidden FROM Experiments "
-            + ("" if show_hidden else "WHERE hidden=0 ") + "ORDER BY run_id").fetchall()
+            f"SELECT E.run_id, E.experiment, {status}, E.comment, E.start, E.commit_hash, E.hidden FROM Experiments E "
+            + ("LEFT JOIN TemplateLaunch L ON L.run_id = E.run_id " if "failure" in side_columns(db) else "")
+            + ("" if show_hidden else "WHERE E.hidden=0 ") + "ORDER BY E.run_id").fetchall()
         values = {}
         for run_id, metric, value in db.execute("SELECT run_id, metric, value FROM Results ORDER BY is_hparam DESC, "
                                                 "id_"):

@@ -34,7 +34,8 @@ class Run:
         self._buffer = []
         self._start = time.monotonic()
         self._heart = None
-        # With --prune, a search sets this to judge(epoch, watched validation value), which raises Pruned to stop.
+        # With --prune, a search sets this to judge(epoch, watched validation value, last), which raises Pruned to
+        # stop the run (never after its last epoch: a run that trained to the end keeps its results).
         self.judge = None
 
     def log_hparams(self, hparams):
@@ -73,10 +74,10 @@ class Run:
         if len(self._buffer) >= FLUSH_EVERY:
             self.flush()
 
-    def report(self, epoch, value):
+    def report(self, epoch, value, last):
         """Hand a finished epoch's watched validation value to the search's judge, if any (see `judge`)."""
         if self.judge is not None:
-            self.judge(epoch, value)
+            self.judge(epoch, value, last)
 
     def flush(self):
         """Write the buffered scalars now."""
