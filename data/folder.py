@@ -37,35 +37,32 @@ class ImageFolder:
         return self.scan(cfg, Path(cache_path).parent if cache_path is not None else None)["fingerprint"]
 
     def describe(self, cfg, cache_dir=None):
-        scan = self.scan(cfg, cache_dir)
-        height, width = image_size(cfg, scan)
-        channels = 1 if scan["grey"] else 3
-        pixels = scan["pixels"]
-        mean = [s / pixels / 255 for s in scan["sums"]]
-        std = [max((q / pixels / 255**2 - m * m), 0.0) ** 0.5 or 1.0 for q, m in zip(scan["sumsq"], mean)]
-        return DataInfo(channels, height, width, tuple(scan["classes"]), tuple(mean), tuple(std),
-                        scan["counts"]["train"], scan["counts"]["test"])
+        return _info(cfg, self.scan(cfg, cache_dir))
 
     def files(self, cfg, cache_dir=None):
         """The folder as Files: (path, label) of every image per split, in a fixed order, and how to decode them."""
+        return self._files(cfg, *self._read(cfg, cache_dir))
+
+    def load(self, cfg, cache_dir=None, world=None):
+        """Arrays decoded once and cached under `cache_dir`/data_cache when they fit in `data.memory_limit_mb`,
+        else the Files to stream."""
+        scan, groups = self._read(cfg, cache_dir)  # one listing of the folder for all that follows
+        files = self._files(cfg, scan, groups)
+        if streams(cfg, files.info):
+            return files
+        return decoded_arrays(files, scan["fingerprint"], cache_dir, cfg.get("workers", 0), world)
+
+    @staticmethod
+    def _files(cfg, scan, groups):
         root = Path(cfg["path"]).expanduser()
-        scan, groups = self._read(cfg, cache_dir)
-        info = self.describe(cfg, cache_dir)
         labels = {name: index for index, name in enumerate(scan["classes"])}
         entries = {split: [] for split in SPLITS}
         for prefix, images in groups:
             split, label, _ = prefix.split("/")
             entries[split] += [(str(root / prefix / name), labels[label]) for name, _ in images]
         size = image_size(cfg, scan) if cfg.get("image_size") else None
-        return Files(tuple(entries["train"]), tuple(entries["test"]), "L" if scan["grey"] else "RGB", size, info)
-
-    def load(self, cfg, cache_dir=None, world=None):
-        """Arrays decoded once and cached under `cache_dir`/data_cache when they fit in `data.memory_limit_mb`,
-        else the Files to stream."""
-        files = self.files(cfg, cache_dir)
-        if streams(cfg, files.info):
-            return files
-        return decoded_arrays(files, self.scan(cfg, cache_dir)["fingerprint"], cache_dir, cfg.get("workers", 0), world)
+        return Files(tuple(entries["train"]), tuple(entries["test"]), "L" if scan["grey"] else "RGB", size,
+                     _info(cfg, scan))
 
     def scan(self, cfg, cache_dir=None):
         """What the folder holds (see the module docstring); a UserError for anything a run could not train on."""
@@ -96,6 +93,16 @@ class ImageFolder:
             raise UserError(f"cannot decode {root / relative} ({error}); delete or replace it")
         image_size(cfg, scan)
         return scan
+
+
+def _info(cfg, scan):
+    """The DataInfo of a scanned folder: the network's input shape, the classes, the normalisation, the sizes."""
+    height, width = image_size(cfg, scan)
+    pixels = scan["pixels"]
+    mean = [s / pixels / 255 for s in scan["sums"]]
+    std = [max((q / pixels / 255**2 - m * m), 0.0) ** 0.5 or 1.0 for q, m in zip(scan["sumsq"], mean)]
+    return DataInfo(1 if scan["grey"] else 3, height, width, tuple(scan["classes"]), tuple(mean), tuple(std),
+                    scan["counts"]["train"], scan["counts"]["test"])
 
 
 def streams(cfg, info):

@@ -195,8 +195,7 @@ def check_edges(launch, fixed, dimensions):
     """Refuse, before anything is recorded, a space whose ends or choices a run would refuse."""
     middle = [(d.key, d.choices[0] if d.choices else d.text(d.low)) for d in dimensions]
     for index, dimension in enumerate(dimensions):
-        for value in dimension.choices or (d_text for d_text in (dimension.text(dimension.low),
-                                                                    dimension.text(dimension.high))):
+        for value in dimension.choices or (dimension.text(dimension.low), dimension.text(dimension.high)):
             edge = [*middle[:index], (dimension.key, value), *middle[index + 1:]]
             launch.check_config(launch.identity(overrides=[*fixed, *edge]))
 
