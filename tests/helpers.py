@@ -188,15 +188,21 @@ def wait_for(condition, timeout=120, what="condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
+def query_while_created(db_path, sql, *params):
+    """Rows of `sql` on a table another process may still be creating: none before its file and tables exist."""
+    if not Path(db_path).exists():
+        return []
+    try:
+        return query(db_path, sql, *params)
+    except sqlite3.OperationalError:
+        return []
+
+
 def logged_epochs(db_path, run_id):
     """How many epochs of run `run_id` have their validation accuracy in the table (0 before the table exists)."""
-    if not Path(db_path).exists():
-        return 0
-    try:
-        return query(db_path, "SELECT COUNT(*) FROM Logs WHERE run_id=? AND split='val' AND label='accuracy'",
-                     run_id)[0][0]
-    except sqlite3.OperationalError:
-        return 0
+    rows = query_while_created(db_path, "SELECT COUNT(*) FROM Logs WHERE run_id=? AND split='val' AND label='accuracy'",
+                               run_id)
+    return rows[0][0] if rows else 0
 
 
 def recorded_numbers(db_path, run_id):

@@ -134,7 +134,7 @@ def study_trials(folder):
 def test_workers_share_one_study_and_a_killed_worker_leaves_the_rest_to_the_others(tmp_path, spawn):
     import yaml
 
-    from helpers import logged_epochs, make_mnist_folder, tiny_config, wait_for
+    from helpers import logged_epochs, make_mnist_folder, query_while_created, tiny_config, wait_for
 
     data = make_mnist_folder(tmp_path / "data", n_train=2400, n_test=200)
     (tmp_path / "configs").mkdir()
@@ -145,8 +145,8 @@ def test_workers_share_one_study_and_a_killed_worker_leaves_the_rest_to_the_othe
     first = spawn(tmp_path, *command)
     second = spawn(tmp_path, *command)
     # Once both work on a trial, kill the first in the middle of its run.
-    wait_for(lambda: len(query(db, "SELECT run_id FROM Experiments WHERE status='running'")) >= 2
-             if db.exists() else False, what="two trials running")
+    wait_for(lambda: len(query_while_created(db, "SELECT run_id FROM Experiments WHERE status='running'")) >= 2,
+             what="two trials running")
     running = [run_id for (run_id,) in query(db, "SELECT run_id FROM Experiments WHERE status='running'")]
     wait_for(lambda: any(logged_epochs(db, run_id) >= 1 for run_id in running), what="an epoch")
     first.kill()
