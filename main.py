@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from modes.launch import Launch, Parser, choose_mode, group_defaults, read_command_line
+from modes.launch import Launch, Parser, Project, choose_mode, group_defaults, read_command_line
 from utils.errors import Terminated, UserError
 
 # ---- Register your experiments here: `from experiments.NAME import NAME` and a "NAME": NAME entry. ----
@@ -30,7 +30,8 @@ WHERE_KEYS = ("data.path", "data.download", "data.workers", "data.memory_limit_m
 IMPLIED = {"data.name": "mnist"}
 # Each mode and the function that carries it out.
 MODES = {"run": "modes.run:run_new", "resume": "modes.resume:resume", "reproduce": "modes.reproduce:reproduce",
-         "verify": "modes.verify:verify", "sweep": "modes.sweep:sweep", "search": "modes.search:search", "compare": "modes.compare:compare_mode",
+         "verify": "modes.verify:verify", "sweep": "modes.sweep:sweep", "search": "modes.search:search",
+         "compare": "modes.compare:compare_mode",
          "new_experiment": "modes.scaffold:scaffold", "list": "modes.info:list_experiments",
          "print_config": "modes.info:print_config"}
 
@@ -103,6 +104,20 @@ def make_parser():
     return parser
 
 
+def make_project(parser=None):
+    """This checkout's Project: the registry, the experiment flags and their roles, the where- and implied keys.
+
+    With it, a notebook starts runs as the command line does:
+        from main import make_project
+        from modes.launch import RunDescription
+        from modes.run import start_run
+        outcome = start_run(make_project(), RunDescription("experiment1", config, seed=1),
+                            config_path="configs/config.yml")
+    """
+    parser = parser or make_parser()
+    return Project(experiments, group_defaults(parser, "experiment flags"), OUTPUT_ONLY, WHERE_KEYS, IMPLIED, CODE_DIR)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGTERM, _raise_terminated)
@@ -110,8 +125,7 @@ def main(argv=None):
     parser = make_parser()
     args, overrides = read_command_line(parser, argv)
     mode = choose_mode(args, overrides, parser, OUTPUT_ONLY)
-    launch = Launch(args, overrides, argv, experiments, group_defaults(parser, "experiment flags"), OUTPUT_ONLY,
-                    WHERE_KEYS, IMPLIED, CODE_DIR)
+    launch = Launch(args, overrides, argv, make_project(parser))
     module, function = MODES[mode].split(":")  # imported only when chosen: a refusal stays fast
     return getattr(importlib.import_module(module), function)(launch)
 

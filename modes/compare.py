@@ -24,7 +24,7 @@ def compare_mode(launch):
     groups = compared_groups(launch)
     fmt = launch.args.format
     print(json.dumps(groups, indent=2) if fmt == "json" else render(groups, markdown=fmt == "markdown"))
-    pruned = pruned_runs(launch.table.path)
+    pruned = pruned_runs(launch.project.table.path)
     if pruned:
         print(f"note: run{'s' if len(pruned) > 1 else ''} {', '.join(map(str, pruned))} pruned by a search: stopped "
               f"early without results, not compared", file=sys.stderr)
@@ -33,13 +33,14 @@ def compare_mode(launch):
 
 def compared_groups(launch):
     """The groups the command selects, as the JSON format lists them: the references first, then the others."""
-    path = launch.table.path
+    path = launch.project.table.path
     if not path.exists():
         raise UserError(f"there is no run table at {path}, so no run to compare")
-    groups = grouped_runs(path, launch.where_keys)
+    project = launch.project
+    groups = grouped_runs(path, project.where_keys)
     chosen = choose_groups(launch, groups)
     against = launch.args.against
-    return comparison(path, groups, chosen, launch.code_dir, launch.where_keys, against, launch.implied)
+    return comparison(path, groups, chosen, project.code_dir, project.where_keys, against, project.implied)
 
 
 def grouped_runs(path, where_keys=()):
@@ -85,7 +86,7 @@ def choose_groups(launch, groups):
         found = {run.run_id for members in groups.values() for run in members}
         missing = sorted(wanted - found)
         if missing:
-            raise UserError(f"run {missing[0]} is not a finished, visible run of {launch.table.path}; "
+            raise UserError(f"run {missing[0]} is not a finished, visible run of {launch.project.table.path}; "
                             f"--compare groups finished runs only")
         return [key for key, members in groups.items() if wanted & {run.run_id for run in members}]
     if args.config is not None:

@@ -6,8 +6,8 @@ from utils.config import apply_overrides, dump_config, load_config
 def list_experiments(launch):
     """Print the registered experiments (name and the first line of the lab book) and the registered datasets."""
     print("experiments:")
-    for name in launch.experiments:
-        lab_book = launch.code_dir / "experiments" / f"{name}.md"
+    for name in launch.project.experiments:
+        lab_book = launch.project.code_dir / "experiments" / f"{name}.md"
         first = lab_book.read_text().splitlines()[0].lstrip("# ") if lab_book.exists() else "(no lab book)"
         print(f"  {name:20s} {first}")
     print("datasets (--config.data.name=NAME):")

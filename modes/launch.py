@@ -6,14 +6,14 @@ import argparse
 import difflib
 import os
 import sys
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
 from utils.config import (OVERRIDE_PREFIX, apply_overrides, dump_config, flatten_values, load_config, load_config_text,
-                          parse_override, unset_implied, without_keys)
+                          override_text, parse_override, unset_implied, without_keys)
 from utils.errors import UserError
-from utils.runtable.identity import RunIdentity
+from utils.runtable.identity import SEED_KEY, RunIdentity
 from utils.runtable.registry import RunTable
 
 TABLE_PATH = Path("results") / "resultTable.db"
@@ -28,12 +28,28 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see python main.py --help)")
 
 
+@dataclass(frozen=True)
+class RunDescription:
+    """What one run computes: the experiment, its merged config, its experiment flags, its comment and its seed.
+
+    `flags` may hold any experiment flag declared in main.py: those marked output-only (verbose) change what is
+    printed, the others are part of the identity when they differ from their default. `seed`, when given, replaces
+    the config's seed (what --seeds does).
+    """
+    experiment: str
+    config: dict
+    flags: dict = field(default_factory=dict)
+    comment: str = ""
+    seed: int | None = None
+
+    def run_config(self):
+        """The config the run records and gets: `config` with `seed` in it."""
+        return self.config if self.seed is None else {**self.config, SEED_KEY: self.seed}
+
+
 @dataclass
-class Launch:
-    """One command line, read: flags, overrides, and what main.py declares (registry, experiment flags)."""
-    args: argparse.Namespace
-    overrides: list  # [(dotted key, value text)]
-    argv: list
+class Project:
+    """What main.py declares: the registry, the experiment flags and their roles, the where-keys, the implied keys."""
     experiments: dict  # the registry: name -> function
     flag_defaults: dict  # experiment flag -> its default
     output_only: tuple  # experiment flags that change only what is printed
@@ -53,46 +69,27 @@ class Launch:
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise UserError(f"unknown experiment {name!r}{hint}; registered: {', '.join(self.experiments)}")
 
-    def result_flags(self):
-        """{flag: value} of the experiment flags of this command that change results and differ from their default.
+    def result_flags(self, flags):
+        """{flag: value} of `flags` that change results and differ from their default.
 
         Only flags away from their default count, so adding a flag with a default keeps every earlier identity.
         """
-        return {name: getattr(self.args, name) for name, default in self.flag_defaults.items()
-                if name not in self.output_only and getattr(self.args, name) != default}
+        unknown = sorted(set(flags) - set(self.flag_defaults))
+        if unknown:
+            raise UserError(f"{unknown[0]!r} is not an experiment flag; main.py declares "
+                            f"{', '.join(self.flag_defaults)}")
+        return {name: value for name, value in flags.items()
+                if name not in self.output_only and value != self.flag_defaults[name]}
 
-    def config(self, overrides=None):
-        """The merged config of this command (with `overrides` instead of the command's own), as a run records it."""
-        config = apply_overrides(load_config(self.args.config), self.overrides if overrides is None else overrides)
-        return unset_implied(config, self.implied)
-
-    def identity(self, overrides=None, world_size=1):
-        """The RunIdentity of a fresh launch of this command (with `overrides` instead of the command's own)."""
-        self.find_experiment(self.args.experiment)
-        config = self.config(overrides)
-        flags = self.result_flags()
+    def identity(self, description, world_size=1):
+        """The RunIdentity of a fresh run of `description`."""
+        self.find_experiment(description.experiment)
+        config = unset_implied(description.run_config(), self.implied)
+        flags = self.result_flags(description.flags)
         if world_size > 1:  # BatchNorm sees each rank's shard: the numbers differ from a single process
             flags["world_size"] = world_size
-        return RunIdentity(self.args.experiment, dump_config(config), flags, self.args.comment, self.where_keys,
-                           self.data_fingerprint(self.args.experiment, config))
-
-    def relocated(self, identity):
-        """A recorded run's identity with this command's where-key overrides (--config.data.path=DIR) applied.
-
-        Only where-keys may change: anything else would be another run. The data's fingerprint is taken anew.
-        """
-        self.check_only_where_keys_overridden()
-        if not self.overrides:
-            return identity
-        config = apply_overrides(load_config_text(identity.config_text), self.overrides)
-        return replace(identity, config_text=dump_config(config),
-                       data=self.data_fingerprint(identity.experiment, config))
-
-    def check_only_where_keys_overridden(self):
-        others = [key for key, _ in self.overrides if key not in self.where_keys]
-        if others:
-            raise UserError(f"{self.mode_flag()} takes the run's recorded config; of the overrides only where-keys "
-                            f"({', '.join(self.where_keys)}) may change, drop --config.{others[0]}")
+        return RunIdentity(description.experiment, dump_config(config), flags, description.comment, self.where_keys,
+                           self.data_fingerprint(description.experiment, config))
 
     def data_fingerprint(self, experiment, config):
         """The fingerprint of the data `config` points at, from the experiment module's data_fingerprint(config,
@@ -106,14 +103,10 @@ class Launch:
         """The function `name` of the experiment's module (check_config, data_fingerprint), or None."""
         return getattr(sys.modules[self.find_experiment(experiment).__module__], name, None)
 
-    def mode_flag(self):
-        return next((f"--{mode}" for mode in ("resume", "reproduce", "verify") if getattr(self.args, mode, None)
-                     is not None), "this command")
-
-    def experiment_flags(self, recorded_flags):
-        """Every experiment flag's value for a run with `recorded_flags`; output-only ones from this command."""
+    def experiment_flags(self, recorded_flags, output):
+        """Every experiment flag's value for a run with `recorded_flags`; output-only ones from `output`."""
         values = {**self.flag_defaults, **{k: v for k, v in recorded_flags.items() if k in self.flag_defaults}}
-        values.update({name: getattr(self.args, name) for name in self.output_only})
+        values.update({name: output[name] for name in self.output_only if name in output})
         return values
 
     def experiment_kwargs(self, experiment, flags):
@@ -135,6 +128,11 @@ class Launch:
                                 f"--{name.replace('_', '-')}; add {name}={self.flag_defaults[name]!r} to its function")
         return kwargs
 
+    def check_takes_flags(self, description):
+        """Refuse, before anything is registered, a flag the chosen experiment cannot use."""
+        self.experiment_kwargs(self.find_experiment(description.experiment),
+                               self.experiment_flags(self.result_flags(description.flags), {}))
+
     def check_config(self, identity):
         """Call check_config(config) of the experiment's module, where it has one: mistakes found before registering.
 
@@ -153,19 +151,87 @@ class Launch:
         else:
             check(config)
 
-    def warn_of_new_keys(self):
-        """Say once (until a run has them) that the YAML sets keys no recorded run of the experiment has."""
-        yaml_keys = flatten_values(without_keys(unset_implied(load_config(self.args.config), self.implied),
-                                                set(self.where_keys)))
-        new = self.table.keys_new_to(self.args.experiment, yaml_keys)
+    def warn_of_new_keys(self, description, source):
+        """Say once (until a run has them) that the config from `source` sets keys no recorded run of the experiment
+        has."""
+        keys = flatten_values(without_keys(unset_implied(description.config, self.implied), set(self.where_keys)))
+        new = self.table.keys_new_to(description.experiment, keys)
         if new:
-            print(f"warning: {self.args.config} sets {', '.join(new)}, which no recorded run of {self.args.experiment} "
+            print(f"warning: {source} sets {', '.join(new)}, which no recorded run of {description.experiment} "
                   f"has: those runs no longer match it as duplicates (a new key set to null keeps their identity)",
                   file=sys.stderr)
 
-    def check_experiment_takes_flags(self):
-        """Refuse, before anything is registered, a flag the chosen experiment cannot use."""
-        self.experiment_kwargs(self.find_experiment(self.args.experiment), self.experiment_flags(self.result_flags()))
+    def command(self, description, config_path):
+        """The command line that starts `description` from the YAML at `config_path`, as a user could paste it."""
+        from utils.provenance import command_line
+
+        base = flatten_values(unset_implied(load_config(config_path), self.implied))
+        wanted = flatten_values(unset_implied(description.run_config(), self.implied))
+        overrides = [f"{OVERRIDE_PREFIX}{key}={override_text(value)}" for key, value in wanted.items()
+                     if key not in base or base[key] != value]
+        flags = [f"--{name.replace('_', '-')}={value}" for name, value in self.result_flags(description.flags).items()]
+        comment = [f"--comment={description.comment}"] if description.comment else []
+        return command_line(["main.py", f"--experiment={description.experiment}", f"--config={config_path}", *flags,
+                             *comment, *overrides])
+
+
+@dataclass
+class Launch:
+    """One command line, read: its flags and overrides, and the project main.py declares."""
+    args: argparse.Namespace
+    overrides: list  # [(dotted key, value text)]
+    argv: list
+    project: Project
+
+    def config(self, overrides=None):
+        """The merged config of this command (with `overrides` instead of the command's own), as a run records it."""
+        config = apply_overrides(load_config(self.args.config), self.overrides if overrides is None else overrides)
+        return unset_implied(config, self.project.implied)
+
+    def description(self, overrides=None, seed=None):
+        """The RunDescription of this command (with `overrides` instead of the command's own, and `seed`)."""
+        return RunDescription(self.args.experiment, self.config(overrides), self.flags(), self.args.comment, seed)
+
+    def flags(self):
+        """{flag: value} of every experiment flag of this command."""
+        return {name: getattr(self.args, name) for name in self.project.flag_defaults}
+
+    def identity(self, overrides=None, world_size=1):
+        """The RunIdentity of a fresh launch of this command (with `overrides` instead of the command's own)."""
+        return self.project.identity(self.description(overrides), world_size)
+
+    def result_flags(self):
+        """{flag: value} of this command's experiment flags that are part of a run's identity."""
+        return self.project.result_flags(self.flags())
+
+    def relocated(self, identity):
+        """A recorded run's identity with this command's where-key overrides (--config.data.path=DIR) applied.
+
+        Only where-keys may change: anything else would be another run. The data's fingerprint is taken anew.
+        """
+        self.check_only_where_keys_overridden()
+        if not self.overrides:
+            return identity
+        config = apply_overrides(load_config_text(identity.config_text), self.overrides)
+        return replace(identity, config_text=dump_config(config),
+                       data=self.project.data_fingerprint(identity.experiment, config))
+
+    def check_only_where_keys_overridden(self):
+        others = [key for key, _ in self.overrides if key not in self.project.where_keys]
+        if others:
+            raise UserError(f"{self.mode_flag()} takes the run's recorded config; of the overrides only where-keys "
+                            f"({', '.join(self.project.where_keys)}) may change, drop --config.{others[0]}")
+
+    def mode_flag(self):
+        return next((f"--{mode}" for mode in ("resume", "reproduce", "verify") if getattr(self.args, mode, None)
+                     is not None), "this command")
+
+    def output_flags(self):
+        """{flag: value} of this command's output-only experiment flags (--verbose)."""
+        return {name: value for name, value in self.flags().items() if name in self.project.output_only}
+
+    def warn_of_new_keys(self):
+        self.project.warn_of_new_keys(self.description(overrides=[]), self.args.config)
 
 
 def choose_mode(args, overrides, parser, output_only):

@@ -18,18 +18,20 @@ ENVIRONMENT_KEYS = ("python", "torch", "torchvision", "deepboard", "numpy", "dev
 
 def reproduce(launch):
     """Exit code of re-running run `--reproduce`: 0 when every value matches, 1 when any differs."""
-    table = launch.table
+    project = launch.project
+    table = project.table
     recorded = read_run(table.path, launch.args.reproduce)
     identity = launch.relocated(recorded.identity)  # the data may lie elsewhere now: --config.data.path=DIR
 
     def register(world_size):
         check_world_size(recorded.identity, recorded.run_id, world_size, "--reproduce")
-        launch.find_experiment(recorded.identity.experiment)
+        project.find_experiment(recorded.identity.experiment)
         run = table.start_run(identity, config_path=f"(run {recorded.run_id})", command=command_of(launch.argv),
-                              commit=git_commit(launch.code_dir), diff=git_diff(launch.code_dir), debug=True)
+                              commit=git_commit(project.code_dir), diff=git_diff(project.code_dir), debug=True)
         return run, identity
 
-    results, code, run = run_registered(launch, register, threads=recorded.threads)
+    results, code, run = run_registered(project, register, launch.output_flags(),
+                                        cpu=identity.flags.get("cpu", False), threads=recorded.threads)
     if results is None or run is None:  # failed, or a torchrun rank other than 0
         return code
     new = read_run(table.path, DEBUG_RUN_ID)

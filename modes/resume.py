@@ -7,9 +7,10 @@ from utils.runtable.readers import read_row_of
 def resume(launch):
     """Exit code of continuing run `--resume` in place (on data moved elsewhere with --config.data.path=DIR)."""
     run_id = launch.args.resume
-    if not launch.table.path.exists():
-        raise UserError(f"there is no run table at {launch.table.path}, so no run {run_id} to resume")
-    row = read_row_of(launch.table.path, run_id)
+    table = launch.project.table
+    if not table.path.exists():
+        raise UserError(f"there is no run table at {table.path}, so no run {run_id} to resume")
+    row = read_row_of(table.path, run_id)
     recorded = row.identity
     identity = launch.relocated(recorded)
     if recorded.data and identity.data != recorded.data:
@@ -18,11 +19,12 @@ def resume(launch):
                         f"--config.data.path at the run's data")
 
     def register(world_size):
-        run, _ = launch.table.resume_run(
+        run, _ = table.resume_run(
             run_id, check=lambda identity: check_world_size(identity, run_id, world_size, "--resume"))
         return run, identity
 
-    _, code, _ = run_registered(launch, register, threads=row.threads)
+    _, code, _ = run_registered(launch.project, register, launch.output_flags(), cpu=identity.flags.get("cpu", False),
+                                threads=row.threads)
     return code
 
 

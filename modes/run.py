@@ -1,37 +1,107 @@
-"""Running an experiment: register the run, execute it with everything set up, report how it ended.
+"""Starting a run: `start_run` takes a RunDescription, registers the run, executes it and reports its Outcome.
 
-`execute` is the one harness every mode runs experiments through (a new run, a resume, a reproduction, a sweep's
-combination): it seeds, sets the threads, picks the device, records hparams and environment, and turns Ctrl-C and
-SIGTERM into a failed run with every point it logged.
+The front door, --seeds, --sweep and --search all start their runs through `start_run`, and a notebook can too. Under
+it, `execute` is the one harness every mode runs experiments through (a new run, a resume, a reproduction, a replay):
+it seeds, sets the threads, picks the device, records hparams and environment, and turns Ctrl-C and SIGTERM into a
+failed run with every point it logged.
 """
 import json
 import sys
+import traceback
+from dataclasses import dataclass
 
 from modes.launch import TABLE_PATH, command_of, torchrun_world_size
 from utils.config import flatten_values, load_config_text, without_keys
-from utils.errors import DiskFull, Terminated, UserError
+from utils.errors import DiskFull, Pruned, Terminated, UserError
 from utils.provenance import git_commit, git_diff
+from utils.runtable.readers import read_run
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a started run ended, or how its identical run in the table stands when it was not run (`ran` False).
+
+    state: "finished", "running" (in another live process), "crashed" (its code raised, now or too often before),
+    "pruned" (a search's pruner stopped it), "stopped" (Ctrl-C or SIGTERM: `code` is 130 or 143), "refused" (under
+    torchrun, on the ranks other than 0, when rank 0 refused the launch and said why).
+    """
+    results: dict | None  # the run's final results, when it finished now or before
+    run_id: int | None
+    state: str
+    ran: bool  # whether it ran in this call; False when an identical run already finished, runs or gave up
+    code: int = 0  # the exit code this run gives a command: 0, or 130/143 when stopped
+
+
+def start_run(project, description, *, shared=False, debug=False, config_path="", command=None, heading=None,
+              texts=None, judge=None):
+    """The Outcome of running `description`: registered in the table, executed, its results returned.
+
+    By default it is a new run: an identical run already recorded is refused (a UserError naming it), and under
+    torchrun every rank trains and rank 0 records. `debug` records it as run -1 instead, replacing the last one.
+    `shared` is how --seeds, --sweep and --search start a run that other workers may start too: an identical finished
+    run is not run again (its results are returned), one running elsewhere is left to its process, a killed one is
+    resumed, and a crash of the code is reported (traceback on stderr) rather than raised.
+
+    config_path and command are recorded as where the run came from (by default, the command a user would type to
+    start it from config_path). `heading` is printed before the run starts, with its ID; `texts` are logged beside
+    it; `judge(epoch, value, last)` sees each epoch's watched validation value and may raise Pruned.
+    """
+    if command is None:
+        command = project.command(description, config_path) if config_path else "(started from Python)"
+    table, commit, diff = project.table, git_commit(project.code_dir), git_diff(project.code_dir)
+    output = {name: description.flags.get(name, project.flag_defaults[name]) for name in project.output_only}
+    if not shared:
+        def register(world_size):
+            identity = project.identity(description, world_size)
+            if not debug:
+                table.refuse_duplicate(identity)  # before any data or model is loaded
+            project.check_takes_flags(description)
+            project.check_config(identity)
+            run = table.start_run(identity, config_path=config_path, command=command, commit=commit, diff=diff,
+                                  debug=debug)
+            if heading is not None:
+                print(f"{heading}: run {run.id}", flush=True)
+            return run, identity
+
+        results, code, run = run_registered(project, register, output, cpu=description.flags.get("cpu", False))
+        state = "finished" if results is not None else "stopped" if code in (130, 143) else "refused"
+        return Outcome(results, run.id if run is not None else None, state, True, code)
+
+    if torchrun_world_size() > 1:
+        raise UserError("runs that workers share run one after another in one process; launch without torchrun")
+    identity = project.identity(description)
+    latest = table.latest_run(identity)
+    if latest is not None and latest[1] == "finished":  # read-only: a finished sweep costs no write lock
+        return Outcome(read_run(table.path, latest[0]).results, latest[0], "finished", ran=False)
+    claim = table.claim(identity, config_path=config_path, command=command, commit=commit, diff=diff)
+    if claim.run is None:
+        results = read_run(table.path, claim.run_id).results if claim.state == "finished" else None
+        return Outcome(results, claim.run_id, claim.state, ran=False)
+    if heading is not None:
+        print(f"{heading}: run {claim.run.id}{', resumed' if claim.run.resumed else ''}", flush=True)
+    claim.run.judge = judge
+    try:
+        results, code = execute(project, claim.run, identity, output, threads=claim.threads, texts=texts)
+    except UserError:  # a mistake every run would repeat (a full disk): the caller stops
+        raise
+    except Pruned:
+        return Outcome(None, claim.run.id, "pruned", ran=True)
+    except Exception:
+        traceback.print_exc()
+        return Outcome(None, claim.run.id, "crashed", ran=True)
+    return Outcome(results, claim.run.id, "finished" if results is not None else "stopped", True, code)
 
 
 def run_new(launch):
     """Exit code of a fresh launch: a new run (or debug run) of the command's experiment and config."""
-    def register(world_size):
-        identity = launch.identity(world_size=world_size)
-        if not launch.args.debug:
-            launch.table.refuse_duplicate(identity)  # before any data or model is loaded
-        launch.check_experiment_takes_flags()
-        launch.check_config(identity)
-        launch.warn_of_new_keys()
-        run = launch.table.start_run(identity, config_path=launch.args.config, command=command_of(launch.argv),
-                                     commit=git_commit(launch.code_dir), diff=git_diff(launch.code_dir),
-                                     debug=launch.args.debug)
-        return run, identity
-
-    results, code, _ = run_registered(launch, register)
-    return code
+    description = launch.description()
+    launch.warn_of_new_keys()
+    outcome = start_run(launch.project, description, debug=launch.args.debug, config_path=launch.args.config,
+                        command=command_of(launch.argv))
+    return outcome.code
 
 
-def run_registered(launch, register, threads=None):
+def run_registered(project, register, output, cpu=False, threads=None):
     """(results, exit code, run) of a run that `register(world_size)` records, under torchrun or not.
 
     The run is None on torchrun's ranks other than 0, which record nothing.
@@ -41,13 +111,13 @@ def run_registered(launch, register, threads=None):
     """
     if torchrun_world_size() <= 1:
         run, identity = register(1)
-        results, code = execute(launch, run, identity, launch.args.verbose, threads=threads)
+        results, code = execute(project, run, identity, output, threads=threads)
         return results, code, run
 
     from utils.distributed import join_world, leave_world
     from utils.runtable.run import Replica
 
-    world = join_world(launch.args.cpu)
+    world = join_world(cpu)
     try:
         outcome = None
         if world.is_main:
@@ -62,8 +132,8 @@ def run_registered(launch, register, threads=None):
             return None, 2, None  # rank 0 said why
         if not world.is_main:
             run, identity = Replica(*outcome[:3]), outcome[3]
-        verbose = launch.args.verbose if world.is_main else 0
-        results, code = execute(launch, run, identity, verbose, world, threads=threads)
+        results, code = execute(project, run, identity, output if world.is_main else {**output, "verbose": 0}, world,
+                                threads=threads)
         # Every rank is done with its collectives before the process group goes away. Not after a stop: a stopped
         # rank may have left the others inside a collective, and a barrier would hang until torchrun kills every
         # rank; once this one exits, theirs fail at once on the closed connection.
@@ -74,8 +144,9 @@ def run_registered(launch, register, threads=None):
         leave_world(world)
 
 
-def execute(launch, run, identity, verbose, world=None, announce=True, threads=None, texts=None):
-    """(results or None, exit code) of running `identity`'s experiment into `run`; `announce` prints how it ended.
+def execute(project, run, identity, output, world=None, announce=True, threads=None, texts=None):
+    """(results or None, exit code) of running `identity`'s experiment into `run`, with the output-only flags
+    `output` (verbose); `announce` prints how it ended.
 
     `threads` is the CPU thread count a recorded run had (a resume, a reproduction, a replay): CPU kernels sum in
     another order with another count, so the same count gives the same numbers. By default, the config's.
@@ -84,13 +155,13 @@ def execute(launch, run, identity, verbose, world=None, announce=True, threads=N
     returns exit code 130 or 143 with a line on how to resume, any other exception propagates with its traceback.
     """
     speaks = (world is None or world.is_main) and announce
+    verbose = output.get("verbose", 1)
     if verbose >= 1:
         print(f"run {run.id}: {identity.experiment}{' (debug)' if run.id == -1 else ''}, checkpoints in {run.folder}",
               flush=True)
-    experiment = launch.find_experiment(identity.experiment)
-    flags = launch.experiment_flags(identity.flags)
-    flags["verbose"] = verbose
-    kwargs = launch.experiment_kwargs(experiment, flags)
+    experiment = project.find_experiment(identity.experiment)
+    flags = project.experiment_flags(identity.flags, output)
+    kwargs = project.experiment_kwargs(experiment, flags)
     try:
         with run:
             # torch is imported only once a run really starts
@@ -109,7 +180,7 @@ def execute(launch, run, identity, verbose, world=None, announce=True, threads=N
                                   loader_workers=loader_workers(config, TABLE_PATH.parent))
             seed_everything(config.get("seed", 0), deterministic=training.get("deterministic", True))
             device = pick_device(force_cpu=flags.get("cpu", False), index=world.local_rank)
-            run.log_hparams({**flatten_values(config), **{k: v for k, v in flags.items() if k != "verbose"},
+            run.log_hparams({**flatten_values(config), **{k: v for k, v in flags.items() if k not in project.output_only},
                              "threads": threads, "world_size": world.size})
             run.log_text("environment", json.dumps(environment(device, threads), indent=2))
             for tag, text in (texts or {}).items():  # what the caller records beside the run (a search's trial)

@@ -13,8 +13,9 @@ IMPORT = re.compile(r"^from experiments\.\w+ import \w+\n", re.MULTILINE)
 def scaffold(launch):
     """Write the new experiment's files and say what to do next."""
     name = launch.args.new_experiment
-    for path in new_experiment(launch.code_dir, name, launch.experiments):
-        print(f"wrote {path.relative_to(launch.code_dir)}")
+    code_dir = launch.project.code_dir
+    for path in new_experiment(code_dir, name, launch.project.experiments):
+        print(f"wrote {path.relative_to(code_dir)}")
     print(f"edit experiments/{name}.py, then: python main.py --experiment={name} --config=configs/config.yml")
     return 0
 

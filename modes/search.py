@@ -15,16 +15,14 @@ import os
 import sys
 import time
 from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 import yaml
 
-from dataclasses import dataclass
-from pathlib import Path
-
 from modes.launch import TABLE_PATH, torchrun_world_size
-from modes.sweep import POLL_S, combination_command, prefixed_output, run_claimed, start_workers, with_seeds, worker_name
-from utils.provenance import git_commit, git_diff
-from utils.config import flatten, search_dimension
+from modes.run import start_run
+from modes.sweep import POLL_S, prefixed_output, seeds_of, start_workers, worker_name
+from utils.config import flatten, override_text, search_dimension
 from utils.errors import Pruned, UserError
 from utils.runtable import liveness
 from utils.runtable.identity import SEED_KEY
@@ -43,7 +41,7 @@ def search(launch):
     if count < 1:
         raise UserError(f"--search=N runs a study of N >= 1 trials, got {count}")
     fixed, dimensions = search_space(launch)
-    launch.check_experiment_takes_flags()
+    launch.project.check_takes_flags(launch.description(fixed))
     check_edges(launch, fixed, dimensions)
     launch.warn_of_new_keys()
     if launch.args.workers is not None:
@@ -79,22 +77,21 @@ def run_study(launch, count, fixed, dimensions):
         combination = [*fixed, *((d.key, d.text(trial.params[d.key])) for d in dimensions)]
         label = " ".join(f"{d.key}={d.text(trial.params[d.key])}" for d in dimensions)
         print(f"[trial {trial.number}] {label}", flush=True)
-        runs = with_seeds(launch, [combination]) if launch.args.seeds is not None else [combination]
+        runs = [launch.description(combination, seed) for seed in seeds_of(launch, combination)]
         values, run_ids, pruned = [], [], False
-        for number, seeded in enumerate(runs):
-            identity = launch.identity(overrides=seeded)
-            outcome = run_combination(launch, seeded, identity, texts={
+        for number, description in enumerate(runs):
+            outcome = run_of_trial(launch, description, texts={
                 "search": json.dumps({"study": name, "trial": trial.number, "params": trial.params})},
                 judge=judge_of(trial) if launch.args.prune and number == 0 else None)
-            if outcome.stopped:
+            if outcome.state == "stopped":
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 print("the search stopped; the same command continues the study", file=sys.stderr)
-                return outcome.stopped
+                return outcome.code
             if outcome.run_id is not None:
                 run_ids.append(outcome.run_id)
                 trial.set_user_attr("runs", run_ids)
             if outcome.results is None:
-                pruned = outcome.pruned
+                pruned = outcome.state == "pruned"
                 break
             values.append(outcome.results[metric])
         if pruned:
@@ -109,36 +106,18 @@ def run_study(launch, count, fixed, dimensions):
     return 0
 
 
-@dataclass(frozen=True)
-class Outcome:
-    """How one run of a trial went: its results (None if it crashed, was pruned or runs elsewhere), its ID, and
-    whether it was pruned or stopped (the exit code)."""
-    results: dict | None
-    run_id: int | None
-    pruned: bool = False
-    stopped: int = 0
-
-
-def run_combination(launch, combination, identity, texts=None, judge=None):
-    """The Outcome of one run of a trial: its recorded results when it already finished, else it runs now, its
-    epochs judged by `judge(epoch, value, last)` (which raises Pruned to stop it)."""
-    table = launch.table
-    latest = table.latest_run(identity)
-    if latest is not None and latest[1] == "finished":
-        print(f"  run {latest[0]} already finished with this config: its value is reused", flush=True)
-        return Outcome(read_run(table.path, latest[0]).results, latest[0])
-    claim = table.claim(identity, config_path=launch.args.config, command=combination_command(launch, combination),
-                        commit=git_commit(launch.code_dir), diff=git_diff(launch.code_dir))
-    if claim.run is None:
-        print(f"  run {claim.run_id} of this config is {claim.state}: the trial is {claim.state}", flush=True)
-        return Outcome(None, claim.run_id, pruned=claim.state == "pruned")
-    claim.run.judge = judge
-    try:
-        results, stopped = run_claimed(launch, claim, identity, texts)
-    except Pruned:
-        print(f"  run {claim.run.id} pruned: its validation fell below the median of earlier trials", flush=True)
-        return Outcome(None, claim.run.id, pruned=True)
-    return Outcome(results, claim.run.id, stopped=stopped)
+def run_of_trial(launch, description, texts, judge=None):
+    """The Outcome of one run of a trial, started as workers share runs: a finished identical run is not trained
+    again (its recorded value stands), and its epochs are judged by `judge(epoch, value, last)` (see judge_of)."""
+    outcome = start_run(launch.project, description, shared=True, config_path=launch.args.config, texts=texts,
+                        judge=judge)
+    if not outcome.ran and outcome.state == "finished":
+        print(f"  run {outcome.run_id} already finished with this config: its value is reused", flush=True)
+    elif not outcome.ran:
+        print(f"  run {outcome.run_id} of this config is {outcome.state}: the trial is {outcome.state}", flush=True)
+    elif outcome.state == "pruned":
+        print(f"  run {outcome.run_id} pruned: its validation fell below the median of earlier trials", flush=True)
+    return outcome
 
 
 def search_space(launch):
@@ -184,7 +163,7 @@ def space_file_entries(path):
     entries = []
     for key, value in space.items():
         if isinstance(value, list):
-            text = ",".join(yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...") for v in value)
+            text = ",".join(override_text(v) for v in value)
         else:
             text = str(value)
         entries.append((str(key), text))
@@ -197,7 +176,7 @@ def check_edges(launch, fixed, dimensions):
     for index, dimension in enumerate(dimensions):
         for value in dimension.choices or (dimension.text(dimension.low), dimension.text(dimension.high)):
             edge = [*middle[:index], (dimension.key, value), *middle[index + 1:]]
-            launch.check_config(launch.identity(overrides=[*fixed, *edge]))
+            launch.project.check_config(launch.identity(overrides=[*fixed, *edge]))
 
 
 def distribution(dimension):
@@ -286,7 +265,7 @@ def fail_abandoned_trials(launch, study):
         host, pid, token = trial.user_attrs.get("worker", [None, None, None])
         runs = trial.user_attrs.get("runs", [])
         gone = (host is None or liveness.is_gone(liveness.Process(host, pid, token))
-                or (runs and not any(launch.table.status(run_id) == "running" for run_id in runs)))
+                or (runs and not any(launch.project.table.status(run_id) == "running" for run_id in runs)))
         if gone:
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             print(f"trial {trial.number} was left running by a worker that is gone: marked failed", flush=True)
@@ -333,14 +312,14 @@ def print_summary(launch, study, dimensions, fixed, metric, direction):
           + (f"; {pruned} pruned" if pruned else "") + ":")
     for trial in trials[:SHOWN]:
         runs = trial.user_attrs.get("runs", [])
-        values = [read_run(launch.table.path, run_id).results[metric] for run_id in runs]
+        values = [read_run(launch.project.table.path, run_id).results[metric] for run_id in runs]
         summary = summarise(values)
         interval = (f" (95% CI {summary.ci95[0]:.4f} to {summary.ci95[1]:.4f})" if summary.ci95 else "")
         params = " ".join(f"{d.key}={d.text(trial.params[d.key])}" for d in dimensions)
         print(f"  trial {trial.number}: {metric} {trial.value:.4f}{interval}  {params}  runs "
               f"{', '.join(map(str, runs))}")
     best = trials[0]
-    tests = [read_run(launch.table.path, run_id).results.get("test_accuracy") for run_id in best.user_attrs["runs"]]
+    tests = [read_run(launch.project.table.path, run_id).results.get("test_accuracy") for run_id in best.user_attrs["runs"]]
     if all(value is not None for value in tests):
         print(f"held-out test accuracy of the best trial (for reporting the choice, not for making it): "
               f"{sum(tests) / len(tests):.4f}")

@@ -17,14 +17,12 @@ import socket
 import subprocess
 import sys
 import time
-import traceback
 from contextlib import contextmanager
 
-from modes.launch import command_of, torchrun_world_size
-from modes.run import execute, format_value
-from utils.config import OVERRIDE_PREFIX, sweep_values
+from modes.launch import torchrun_world_size
+from modes.run import format_value, start_run
+from utils.config import sweep_values
 from utils.errors import Terminated, UserError
-from utils.provenance import git_commit, git_diff
 from utils.runtable.identity import SEED_KEY
 from utils.runtable.readers import read_run
 
@@ -37,55 +35,47 @@ def sweep(launch):
         raise UserError("--sweep runs its combinations one after another in one process; launch it without torchrun")
     if launch.args.workers is not None:
         return start_workers(launch)
-    launch.check_experiment_takes_flags()
-    combinations = with_seeds(launch, sweep_combinations(launch.overrides, split=launch.args.sweep))
-    identities = [launch.identity(overrides=combination) for combination in combinations]  # every value checked first
+    project = launch.project
+    runs = sweep_runs(launch)
+    project.check_takes_flags(runs[0][1])
+    identities = [project.identity(description) for _, description in runs]  # every value checked first
     for identity in identities:
-        launch.check_config(identity)
+        project.check_config(identity)
     launch.warn_of_new_keys()
     worker = worker_name()
     with prefixed_output(worker):
         print(sweep_header(launch))
-        code = work(launch, list(zip(combinations, identities)), worker)
+        code = work(launch, runs, sweep_key(identities), worker)
     return code
 
 
-def work(launch, items, worker):
-    """Claim and run combinations until none is left to claim or to wait for; the last worker prints the table."""
-    table, total = launch.table, len(items)
-    key = sweep_key(items)
-    commit, diff = git_commit(launch.code_dir), git_diff(launch.code_dir)
+def work(launch, runs, key, worker):
+    """Claim and run the sweep's runs until none is left to claim or to wait for; the last worker prints the table."""
+    table, total = launch.project.table, len(runs)
     table.join_sweep(key, worker)
     code, first_pass = 0, True
     while True:
         claimed, waiting = False, []
-        for number, (combination, identity) in enumerate(items, start=1):
-            label = combination_label(launch, combination)
-            latest = table.latest_run(identity)
-            if latest is not None and latest[1] == "finished":
-                if first_pass:
-                    print(f"[{number}/{total}] {label}: skipped, finished as run {latest[0]}")
-                continue
-            claim = table.claim(identity, config_path=launch.args.config, command=combination_command(launch, combination),
-                                commit=commit, diff=diff)
-            if claim.run is None:
-                if claim.state == "running":
-                    waiting.append(number)
-                continue
-            print(f"[{number}/{total}] {label}: run {claim.run.id}{', resumed' if claim.run.resumed else ''}",
-                  flush=True)
+        for number, (label, description) in enumerate(runs, start=1):
             try:
-                results, stopped = run_claimed(launch, claim, identity)
-            except UserError:  # a mistake every combination would repeat (a full disk): this worker stops
+                outcome = start_run(launch.project, description, shared=True, config_path=launch.args.config,
+                                    heading=f"[{number}/{total}] {label}")
+            except UserError:  # a mistake every run would repeat (a full disk): this worker stops
                 table.leave_sweep(key, worker)
                 raise
-            if results is None and not stopped:
-                code = 1
-            if stopped:
+            if not outcome.ran:
+                if outcome.state == "finished" and first_pass:
+                    print(f"[{number}/{total}] {label}: skipped, finished as run {outcome.run_id}")
+                elif outcome.state == "running":
+                    waiting.append(number)
+                continue
+            if outcome.state == "stopped":
                 table.leave_sweep(key, worker)
                 print("the sweep stopped; the same command resumes it, skipping the finished combinations",
                       file=sys.stderr)
-                return stopped
+                return outcome.code
+            if outcome.state == "crashed":
+                code = 1
             claimed = True
         first_pass = False
         if not claimed and not waiting:
@@ -94,7 +84,7 @@ def work(launch, items, worker):
             time.sleep(POLL_S)
             table.beat_in_sweep(key, worker)
     if table.leave_sweep(key, worker):
-        rows = sweep_rows(launch, items)
+        rows = sweep_rows(launch.project, runs)
         print_sweep_table(rows)
         if launch.args.seeds is not None:
             print("compare the groups of seeds with: python main.py --compare "
@@ -104,28 +94,14 @@ def work(launch, items, worker):
     return code
 
 
-def run_claimed(launch, claim, identity, texts=None):
-    """(results, or None if its code crashed; the exit code if it was stopped, else 0) of running a claimed run.
-
-    A crash is shown and the run kept failed, so that the caller goes on with its next run; a user's mistake that
-    every run would repeat (a full disk) propagates."""
-    try:
-        return execute(launch, claim.run, identity, launch.args.verbose, threads=claim.threads, texts=texts)
-    except UserError:
-        raise
-    except Exception:
-        traceback.print_exc()
-        return None, 0
-
-
-def sweep_rows(launch, items):
-    """(label, run ID, status, results) of every combination, as the table holds it now."""
+def sweep_rows(project, runs):
+    """(label, run ID, status, results) of every run of the sweep, as the table holds it now."""
     rows = []
-    for combination, identity in items:
-        latest = launch.table.latest_run(identity)
+    for label, description in runs:
+        latest = project.table.latest_run(project.identity(description))
         run_id, status = latest if latest else ("", "not run")
-        results = read_run(launch.table.path, run_id).results if status == "finished" else {}
-        rows.append((combination_label(launch, combination), run_id, status, results))
+        results = read_run(project.table.path, run_id).results if status == "finished" else {}
+        rows.append((label, run_id, status, results))
     return rows
 
 
@@ -147,7 +123,7 @@ def start_workers(launch):
             environment["CUDA_VISIBLE_DEVICES"] = gpus[index]
         share = cores_of(cores, index, count)
         processes.append(subprocess.Popen(
-            [sys.executable, str(launch.code_dir / "main.py"), *argv], env=environment, start_new_session=True,
+            [sys.executable, str(launch.project.code_dir / "main.py"), *argv], env=environment, start_new_session=True,
             preexec_fn=(lambda share=share: os.sched_setaffinity(0, share)) if hasattr(os, "sched_setaffinity")
             else None))
     try:
@@ -195,9 +171,9 @@ def worker_name():
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def sweep_key(items):
-    """What identifies one sweep among others in the table: the identities of its combinations."""
-    keys = sorted(json.dumps(identity.key()) for _, identity in items)
+def sweep_key(identities):
+    """What identifies one sweep among others in the table: the identities of its runs."""
+    keys = sorted(json.dumps(identity.key()) for identity in identities)
     return hashlib.sha256("\n".join(keys).encode()).hexdigest()[:16]
 
 
@@ -247,50 +223,50 @@ def sweep_combinations(overrides, split=True):
     return [list(combination) for combination in itertools.product(*axes)]
 
 
-def with_seeds(launch, combinations):
-    """Each combination once per seed of --seeds: N seeds from the combination's own seed on, or the seeds listed."""
+def sweep_runs(launch):
+    """(label, RunDescription) of every run the command asks for: each combination, once per seed of --seeds."""
+    return [(combination_label(launch, combination, seed), launch.description(combination, seed))
+            for combination in sweep_combinations(launch.overrides, split=launch.args.sweep)
+            for seed in seeds_of(launch, combination)]
+
+
+def seeds_of(launch, combination):
+    """The seeds --seeds asks for a combination: N seeds from the combination's own seed on, or the seeds listed;
+    [None] (the config's seed) without --seeds."""
     text = launch.args.seeds
     if text is None:
-        return combinations
+        return [None]
     if any(key == SEED_KEY for key, _ in launch.overrides) and launch.args.sweep:
         raise UserError(f"--seeds runs several seeds of every combination; drop the --config.{SEED_KEY} values")
     values = sweep_values(text)
     if not all(value.strip().lstrip("-").isdigit() for value in values) or (len(values) == 1 and int(values[0]) < 1):
         raise UserError(f"--seeds takes a number of seeds (--seeds=5) or the seeds themselves (--seeds=0,3,7), "
                         f"got {text!r}")
-    seeded = []
-    for combination in combinations:
-        if len(values) == 1:
-            first = launch.config(combination).get(SEED_KEY, 0)
-            seeds = range(first, first + int(values[0]))
-        else:
-            seeds = [int(value) for value in values]
-        seeded += [[*[(k, v) for k, v in combination if k != SEED_KEY], (SEED_KEY, str(seed))] for seed in seeds]
-    return seeded
+    if len(values) > 1:
+        return [int(value) for value in values]
+    first = launch.config(combination).get(SEED_KEY, 0)
+    return list(range(first, first + int(values[0])))
 
 
 def sweep_header(launch):
     """What the command runs: its combinations, and how many seeds of each."""
     combinations = sweep_combinations(launch.overrides, split=launch.args.sweep)
-    seeds = with_seeds(launch, combinations[:1])
+    seeds = seeds_of(launch, combinations[0])
     each = f", each with {len(seeds)} seeds ({len(seeds) * len(combinations)} runs)" if launch.args.seeds else ""
     if not launch.args.sweep:
-        return f"seeds: {len(seeds)} runs, seeds {', '.join(value for *_, (_, value) in seeds)}"
+        return f"seeds: {len(seeds)} runs, seeds {', '.join(map(str, seeds))}"
     keys = ", ".join(key for key, _ in launch.overrides)
     count = f"{len(combinations)} combination{'s' if len(combinations) > 1 else ''}"
     return (f"sweep: {count} of {keys}" if keys else f"sweep: {count}") + each
 
 
-def combination_label(launch, combination):
-    return " ".join(f"{key}={value}" for key, value in combination
-                    if key not in launch.where_keys) or "(the config as it is)"
-
-
-def combination_command(launch, combination):
-    """The single command that runs one combination, as recorded with its run."""
-    fixed = [arg for arg in launch.argv if arg not in ("--sweep",) and not arg.startswith(OVERRIDE_PREFIX)
-             and not arg.startswith(("--seeds", "--workers"))]
-    return command_of([*fixed, *(f"{OVERRIDE_PREFIX}{key}={value}" for key, value in combination)])
+def combination_label(launch, combination, seed=None):
+    """What tells a run of the sweep from the others: its overrides (where-keys left out) and its seed."""
+    shown = [f"{key}={value}" for key, value in combination
+             if key not in launch.project.where_keys and not (seed is not None and key == SEED_KEY)]
+    if seed is not None:
+        shown.append(f"{SEED_KEY}={seed}")
+    return " ".join(shown) or "(the config as it is)"
 
 
 def print_sweep_table(rows):

@@ -34,15 +34,16 @@ class Replay(Replica):
 def verify(launch):
     """Exit code: 0 when every replayed run matches its record, 1 when any differs (skipped runs do not count)."""
     launch.check_only_where_keys_overridden()
-    if not launch.table.path.exists():
-        raise UserError(f"there is no run table at {launch.table.path}, so no run to verify")
-    run_ids = launch.args.verify or newest_finished_runs(launch.table.path)
+    path = launch.project.table.path
+    if not path.exists():
+        raise UserError(f"there is no run table at {path}, so no run to verify")
+    run_ids = launch.args.verify or newest_finished_runs(path)
     if not run_ids:
         print("nothing to verify: the table holds no finished run")
         return 0
     differing, skipped = 0, 0
     for run_id in run_ids:
-        recorded = read_run(launch.table.path, run_id)
+        recorded = read_run(path, run_id)
         matches, line = verify_run(launch, recorded)
         print(f"run {run_id} ({describe(recorded.identity)}): {line}", flush=True)
         differing += matches is False
@@ -82,7 +83,8 @@ def verify_run(launch, recorded):
     with tempfile.TemporaryDirectory(prefix="verify-") as folder:
         replay = Replay(recorded.run_id, folder, last_step)
         try:
-            execute(launch, replay, identity, verbose=0, announce=False, threads=recorded.threads)
+            execute(launch.project, replay, identity, {**launch.output_flags(), "verbose": 0}, announce=False,
+                    threads=recorded.threads)
         except EnoughSteps:
             pass
     return compare_window(recorded.scalars, replay.points, last_step, tolerance)

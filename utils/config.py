@@ -126,6 +126,18 @@ def parse_override(arg):
     return key, text
 
 
+def override_text(value):
+    """The text of `--config.KEY=TEXT` that gives `value` back (a string key takes its text as typed)."""
+    return value if isinstance(value, str) else _flow_text(value)
+
+
+def _flow_text(value):
+    """YAML flow text of `value`, lists written as they are typed: [16,32]."""
+    if isinstance(value, list):
+        return "[" + ",".join(_flow_text(item) for item in value) + "]"
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("\n...").strip()
+
+
 def sweep_values(text):
     """The values of one `--sweep` override: `text` split at its top-level commas ('0.1,0.01' -> two values;
     '[16,32],[32,64]' -> two lists)."""
