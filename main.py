@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from modes.launch import Launch, Parser, Project, choose_mode, group_defaults, read_command_line
-from utils.errors import Terminated, UserError
+from utils.errors import Terminated, UserError, one_line
 
 # ---- Register your experiments here: `from experiments.NAME import NAME` and a "NAME": NAME entry. ----
 from experiments.experiment1 import experiment1
@@ -61,6 +61,9 @@ def make_parser():
     modes = parser.add_argument_group("other modes")
     modes.add_argument("--resume", type=int, metavar="RUNID",
                        help="continue failed run RUNID from its last epoch, with its recorded config and flags")
+    modes.add_argument("--trust-old-checkpoint", action="store_true",
+                       help="with --resume: convert the run's checkpoints written by an earlier version of the "
+                            "template (pickled NumPy state) to the safe format; only for files you trust")
     modes.add_argument("--reproduce", type=int, metavar="RUNID",
                        help="re-run recorded run RUNID as a debug run and compare every result and curve with it")
     modes.add_argument("--verify", type=int, nargs="*", metavar="RUNID",
@@ -139,7 +142,7 @@ def cli(argv=None):
     try:
         return main(argv)
     except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated):
         print("interrupted before a run started: nothing was recorded", file=sys.stderr)

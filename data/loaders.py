@@ -16,6 +16,7 @@ import math
 import torch
 
 from data.registry import Arrays, dataset_name, describe_data, find_dataset
+from utils.config import require
 from utils.errors import UserError
 
 
@@ -272,13 +273,22 @@ def check_config(config, world_size=1):
     """The DataInfo of the dataset, after refusing what it could not give: a validation split larger than the
     training set, a batch the torchrun processes cannot share evenly, a dataset's own mistakes (read cheaply)."""
     cfg = config["data"]
+    for key in ("batch_size", "eval_batch_size"):
+        require(config, f"data.{key}", int, low=1)
+    require(config, "data.split_seed", int)
+    require(config, "data.augment_shift", int, low=0)
+    require(config, "data.workers", int, low=0, optional=True)
+    require(config, "data.memory_limit_mb", float, low=0, optional=True)
     check_batch_size(cfg["batch_size"], world_size)
-    workers = cfg.get("workers", 0)
-    if not isinstance(workers, int) or isinstance(workers, bool) or workers < 0:
-        raise UserError(f"data.workers is a number of processes (0 or more), got {workers!r}")
     info = describe_data(config)
-    check_val_size(cfg["val_size"], info.num_train)
+    check_val_size(require(config, "data.val_size", int), info.num_train)
     return info
+
+
+def steps_per_epoch(config, info):
+    """How many optimizer steps one pass over the training split of `info`'s dataset takes."""
+    cfg = config["data"]
+    return math.ceil((info.num_train - cfg["val_size"]) / cfg["batch_size"])
 
 
 def check_batch_size(batch_size, world_size):

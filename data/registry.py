@@ -15,6 +15,7 @@ import hashlib
 import importlib
 from dataclasses import dataclass, field
 
+from utils.config import require
 from utils.errors import UserError
 
 DATASETS = {
@@ -90,14 +91,22 @@ def find_dataset(name):
 
 def data_fingerprint(config, cache_path=None):
     """The fingerprint of the data `config['data']` selects: the same content gives the same run wherever it lies."""
-    cfg = config["data"]
+    cfg = data_section(config)
     return find_dataset(dataset_name(cfg)).fingerprint(cfg, cache_path)
 
 
 def describe_data(config, cache_dir=None):
     """The DataInfo of the data `config['data']` selects."""
-    cfg = config["data"]
+    cfg = data_section(config)
     return find_dataset(dataset_name(cfg)).describe(cfg, cache_dir)
+
+
+def data_section(config):
+    """config['data'], after refusing a section without the keys every dataset reads."""
+    require(config, "data.name", str, optional=True)
+    require(config, "data.path", str)
+    require(config, "data.download", bool)
+    return config["data"]
 
 
 class InCode:

@@ -2,6 +2,7 @@
 import torch
 from torch import nn
 
+from utils.config import require
 from utils.errors import UserError
 
 
@@ -48,14 +49,18 @@ def feature_size(image_size, num_blocks, kernel_size):
 
 def check_config(config, info):
     """Refuse a network that the images `info` describes cannot go through."""
+    require(config, "model.channels", list, low=1)
+    require(config, "model.kernel_size", int, low=1)
+    require(config, "model.hidden", int, low=1)
+    require(config, "model.dropout", float, low=0, below=1)
+    for key in ("channels_last", "pool_first"):
+        require(config, f"model.{key}", bool, optional=True)
     cfg = config["model"]
     side = min(info.height, info.width)
     if feature_size(side, len(cfg["channels"]), cfg["kernel_size"]) < 1:
         raise UserError(f"model.channels {cfg['channels']} with model.kernel_size {cfg['kernel_size']} shrink the "
                         f"{info.height}x{info.width} images to nothing; use fewer channels entries or a smaller "
                         f"kernel_size")
-    if not 0 <= cfg["dropout"] < 1:
-        raise UserError(f"model.dropout is a probability in [0, 1), got {cfg['dropout']}")
 
 
 def make_model(config, info, device):

@@ -37,20 +37,30 @@ def compared_groups(launch):
     if not path.exists():
         raise UserError(f"there is no run table at {path}, so no run to compare")
     project = launch.project
-    groups = grouped_runs(path, project.where_keys)
-    chosen = choose_groups(launch, groups)
+    groups, left_out = grouped_runs(path, project.where_keys)
+    chosen = choose_groups(launch, groups, left_out)
+    if left_out:
+        print(f"note: {left_out_note(left_out)}", file=sys.stderr)
     against = launch.args.against
     return comparison(path, groups, chosen, project.code_dir, project.where_keys, against, project.implied)
 
 
 def grouped_runs(path, where_keys=()):
-    """{group key: [FinishedRun, ...]} of every finished run in the table, in order of the groups' first runs."""
+    """({group key: [FinishedRun, ...]} of every finished run in the table, in order of the groups' first runs; the
+    IDs of the finished runs left out, whose config is not YAML: runs another program wrote into the table)."""
     groups = {}
-    for run in finished_runs(path, where_keys):
+    runs, left_out = finished_runs(path, where_keys)
+    for run in runs:
         groups.setdefault(run.group, []).append(run)
     if not groups:
-        raise UserError(f"{path} holds no finished run to compare")
-    return groups
+        raise UserError(f"{path} holds no finished run to compare" + (f" (runs {', '.join(map(str, left_out))} have "
+                        f"no YAML config: another program wrote them)" if left_out else ""))
+    return groups, left_out
+
+
+def left_out_note(run_ids):
+    return (f"run{'s' if len(run_ids) > 1 else ''} {', '.join(map(str, run_ids))} left out: no YAML config to group "
+            f"by (written into the table by another program)")
 
 
 def comparison(path, groups, chosen=None, code_dir=None, where_keys=(), against=None, implied=None):
@@ -78,13 +88,16 @@ def comparison(path, groups, chosen=None, code_dir=None, where_keys=(), against=
                            settings) for key in shown]
 
 
-def choose_groups(launch, groups):
+def choose_groups(launch, groups, left_out=()):
     """The group keys that the command's filters select, in order of their first run."""
     args = launch.args
     if args.compare:
         wanted = set(args.compare)
         found = {run.run_id for members in groups.values() for run in members}
         missing = sorted(wanted - found)
+        if missing and missing[0] in left_out:
+            raise UserError(f"run {missing[0]} cannot be compared: it has no YAML config to group by (another program "
+                            f"wrote it into the table)")
         if missing:
             raise UserError(f"run {missing[0]} is not a finished, visible run of {launch.project.table.path}; "
                             f"--compare groups finished runs only")

@@ -151,13 +151,13 @@ class Project:
         else:
             check(config)
 
-    def warn_of_new_keys(self, description, source):
-        """Say once (until a run has them) that the config from `source` sets keys no recorded run of the experiment
+    def warn_of_new_keys(self, experiment, config_path):
+        """Say once (until a run has them) that the YAML at `config_path` sets keys no recorded run of `experiment`
         has."""
-        keys = flatten_values(without_keys(unset_implied(description.config, self.implied), set(self.where_keys)))
-        new = self.table.keys_new_to(description.experiment, keys)
+        keys = flatten_values(without_keys(unset_implied(load_config(config_path), self.implied), set(self.where_keys)))
+        new = self.table.keys_new_to(experiment, keys)
         if new:
-            print(f"warning: {source} sets {', '.join(new)}, which no recorded run of {description.experiment} "
+            print(f"warning: {config_path} sets {', '.join(new)}, which no recorded run of {experiment} "
                   f"has: those runs no longer match it as duplicates (a new key set to null keeps their identity)",
                   file=sys.stderr)
 
@@ -231,7 +231,7 @@ class Launch:
         return {name: value for name, value in self.flags().items() if name in self.project.output_only}
 
     def warn_of_new_keys(self):
-        self.project.warn_of_new_keys(self.description(overrides=[]), self.args.config)
+        self.project.warn_of_new_keys(self.args.experiment, self.args.config)
 
 
 def choose_mode(args, overrides, parser, output_only):
@@ -253,7 +253,8 @@ def choose_mode(args, overrides, parser, output_only):
                                         ("--workers", args.workers, None, ("sweep", "search")),
                                         ("--search-space", args.search_space, None, ("search",)),
                                         ("--prune", args.prune, False, ("search",)),
-                                        ("--search-storage", args.search_storage, None, ("search",))):
+                                        ("--search-storage", args.search_storage, None, ("search",)),
+                                        ("--trust-old-checkpoint", args.trust_old_checkpoint, False, ("resume",))):
         if value != default and mode not in modes:
             named = " or ".join("--sweep, --seeds" if m == "sweep" else f"--{m}" for m in modes)
             raise UserError(f"{flag} only applies to {named}")
@@ -282,6 +283,12 @@ def choose_mode(args, overrides, parser, output_only):
 
 def read_command_line(parser, argv):
     """(flags, [(dotted key, value text)]) of the command line; unknown flags are refused, never ignored."""
+    for number, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError:  # bytes the locale could not decode arrive as lone surrogates
+            raise UserError(f"argument {number} ({arg[:40]!r}...) holds bytes that are not UTF-8 text; the run table "
+                            f"and the config store text only, retype it") from None
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for arg in rest:

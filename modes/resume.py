@@ -18,6 +18,12 @@ def resume(launch):
                         f"(fingerprint {identity.data[:12]}, recorded {recorded.data[:12]}); point "
                         f"--config.data.path at the run's data")
 
+    from utils.checkpoint import check_run_checkpoints
+
+    # Before the run is touched: a checkpoint that would be refused leaves it failed, as it was.
+    for name in check_run_checkpoints(table.folder(run_id), convert_old=launch.args.trust_old_checkpoint):
+        print(f"{table.folder(run_id) / name} converted to the safe format (its random states as tensors)")
+
     def register(world_size):
         run, _ = table.resume_run(
             run_id, check=lambda identity: check_world_size(identity, run_id, world_size, "--resume"))

@@ -43,7 +43,7 @@ def start_run(project, description, *, shared=False, debug=False, config_path=""
     resumed, and a crash of the code is reported (traceback on stderr) rather than raised.
 
     config_path and command are recorded as where the run came from (by default, the command a user would type to
-    start it from config_path). `heading` is printed before the run starts, with its ID; `texts` are logged beside
+    start it from config_path); a new run warns once of keys that config sets and no recorded run has. `heading` is printed before the run starts, with its ID; `texts` are logged beside
     it; `judge(epoch, value, last)` sees each epoch's watched validation value and may raise Pruned.
     """
     if command is None:
@@ -57,6 +57,8 @@ def start_run(project, description, *, shared=False, debug=False, config_path=""
                 table.refuse_duplicate(identity)  # before any data or model is loaded
             project.check_takes_flags(description)
             project.check_config(identity)
+            if config_path:
+                project.warn_of_new_keys(description.experiment, config_path)
             run = table.start_run(identity, config_path=config_path, command=command, commit=commit, diff=diff,
                                   debug=debug)
             if heading is not None:
@@ -95,7 +97,6 @@ def start_run(project, description, *, shared=False, debug=False, config_path=""
 def run_new(launch):
     """Exit code of a fresh launch: a new run (or debug run) of the command's experiment and config."""
     description = launch.description()
-    launch.warn_of_new_keys()
     outcome = start_run(launch.project, description, debug=launch.args.debug, config_path=launch.args.config,
                         command=command_of(launch.argv))
     return outcome.code

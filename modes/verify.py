@@ -9,7 +9,7 @@ import tempfile
 from modes.reproduce import is_timing
 from modes.run import execute
 from utils.errors import UserError
-from utils.runtable.readers import newest_finished_runs, read_run
+from utils.runtable.readers import NotTemplateRun, newest_finished_runs, read_run
 from utils.runtable.run import Replica
 
 
@@ -43,7 +43,12 @@ def verify(launch):
         return 0
     differing, skipped = 0, 0
     for run_id in run_ids:
-        recorded = read_run(path, run_id)
+        try:
+            recorded = read_run(path, run_id)
+        except NotTemplateRun:
+            print(f"run {run_id}: skipped: not recorded by this template's main.py (another program wrote it)")
+            skipped += 1
+            continue
         matches, line = verify_run(launch, recorded)
         print(f"run {run_id} ({describe(recorded.identity)}): {line}", flush=True)
         differing += matches is False
@@ -106,7 +111,7 @@ def compare_window(recorded, replayed, last_step, tolerance):
         old, new = expected.get(key), got.get(key)
         if old is None or new is None or not _close(old, new, tolerance):
             differences.append((key, old, new))
-    window = f"{len(expected)} values of steps 1-{last_step}"
+    window = f"{len(expected)} value{'s' if len(expected) != 1 else ''} of steps 1-{last_step}"
     if not differences:
         return True, f"matches ({window}{'' if tolerance == 0 else f', tolerance {tolerance:g}'})"
     (tag, step), old, new = differences[0]

@@ -117,9 +117,9 @@ def noise_dataset(cfg):
 def tiny_config(data_path, **changes):
     """The real configs/config.yml scaled down to seconds on synthetic data; `changes` maps 'a.b' keys to values."""
     config = yaml.safe_load((REPO / "configs" / "config.yml").read_text())
-    config["data"].update(path=str(data_path), download=False, val_size=128, batch_size=64, eval_batch_size=100)
+    config["data"].update(path=str(data_path), download=False, val_size=128, batch_size=128, eval_batch_size=100)
     config["model"].update(channels=[4, 8], hidden=16)
-    config["training"].update(num_epochs=2, learning_rate=0.005)
+    config["training"].update(num_epochs=2, learning_rate=0.015, warmup_fraction=0.5)
     config["logging"].update(log_every=2)
     for key, value in changes.items():
         section, name = key.split(".")
@@ -279,3 +279,24 @@ def interrupt_after_first_epoch(monkeypatch):
 def unprefixed(output):
     """The lines of a sweep worker's output without the worker's name in front."""
     return [line.split("] ", 1)[1] if line.startswith("[") else line for line in output.splitlines()]
+
+
+def add_foreign_runs(db_path, folder):
+    """Write three runs into the table at `db_path` with deepboard's own API, as another script would: a finished one
+    (results, curves, a config file that is not YAML), a failed one and one left running. Returns their run IDs."""
+    from deepboard.resultTable import ResultTable
+
+    table = ResultTable(str(db_path))
+    ids = []
+    for number, status in enumerate(("finished", "failed", "running")):
+        config = Path(folder) / f"foreign{number}.cfg"
+        config.write_text("lr = 0.1 ; not: [yaml" if number == 0 else f"lr: 0.{number}\n")
+        writer = table.new_run("someone_elses_script", config, cli={"lr": 0.1 * (number + 1)}, comment="foreign")
+        for step in range(3):
+            writer.add_scalar("train/loss", 1.0 / (step + 1), step=step, epoch=step)
+        if status == "finished":
+            writer.write_result(accuracy=0.5, test_accuracy=0.25)
+        elif status == "failed":
+            writer.set_status("failed")
+        ids.append(writer.run_id)
+    return ids

@@ -41,7 +41,7 @@ runs = runs_frame(db, show_hidden=True)
 curves = curves_frame(db, list(runs.index))
 for run_id in runs.index:
     read_run(db, int(run_id))
-comparison(db, grouped_runs(db))
+comparison(db, grouped_runs(db)[0])
 print(len(runs), len(curves))
 runs["a column that is not there"]  # a typo: the script dies with a KeyError
 """

@@ -37,7 +37,7 @@ def test_a_run_records_its_row_hparams_curves_results_and_checkpoint(workdir):
                    if isinstance(values, dict) for key, value in values.items() if value is not None} | {"seed"}
     assert "data.name" not in hparams and "data.image_size" not in hparams
     assert config_keys <= hparams.keys()
-    assert hparams["training.learning_rate"] == 0.005 and hparams["data.batch_size"] == 64
+    assert hparams["training.learning_rate"] == 0.015 and hparams["data.batch_size"] == 128
     assert hparams["training.momentum"] == 0.9 and hparams["model.channels"] == "[4, 8]"
     assert hparams["watch"] == "accuracy" and hparams["world_size"] == 1 and hparams["threads"] >= 1
 
@@ -47,7 +47,7 @@ def test_a_run_records_its_row_hparams_curves_results_and_checkpoint(workdir):
     assert environment["cudnn"] == torch.backends.cudnn.version() and environment["threads"] == hparams["threads"]
 
     curves = dict(query(db, "SELECT split || '/' || label, COUNT(*) FROM Logs WHERE run_id=1 GROUP BY 1"))
-    steps_per_epoch = -(-(640 - 128) // 64)
+    steps_per_epoch = -(-(640 - 128) // 128)
     assert curves == {"train/step_loss": 2 * steps_per_epoch // 2, "train/loss": 2, "train/accuracy": 2,
                       "train/epoch_time": 2, "train/throughput": 2, "val/loss": 2, "val/accuracy": 2}
 

@@ -1,6 +1,7 @@
 """Optimizer and learning-rate schedule factories."""
 import torch
 
+from utils.config import require
 from utils.errors import UserError
 
 
@@ -8,13 +9,26 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "constant")
 
 
-def check_config(config):
-    """Refuse an optimizer or schedule this module does not make."""
+def check_config(config, steps_per_epoch=None):
+    """Refuse an optimizer or schedule this module does not make, and (given the steps of an epoch) a onecycle
+    schedule too short to warm up."""
+    require(config, "training.num_epochs", int, low=1)
+    require(config, "training.learning_rate", float, low=0)
+    require(config, "training.momentum", float, low=0, high=1)
+    require(config, "training.weight_decay", float, low=0)
+    require(config, "training.label_smoothing", float, low=0, high=1)
+    require(config, "training.warmup_fraction", float, low=0, high=1)
     cfg = config["training"]
-    if cfg["optimizer"] not in OPTIMIZERS:
+    if require(config, "training.optimizer", str) not in OPTIMIZERS:
         raise UserError(f"training.optimizer must be {' or '.join(OPTIMIZERS)}, got {cfg['optimizer']!r}")
-    if cfg["schedule"] not in SCHEDULES:
+    if require(config, "training.schedule", str) not in SCHEDULES:
         raise UserError(f"training.schedule must be {' or '.join(SCHEDULES)}, got {cfg['schedule']!r}")
+    total_steps = cfg["num_epochs"] * steps_per_epoch if steps_per_epoch else None
+    # OneCycleLR divides by its warm-up's length in steps (less one): it must be more than one step.
+    if cfg["schedule"] == "onecycle" and total_steps and cfg["warmup_fraction"] * total_steps <= 1:
+        raise UserError(f"training.warmup_fraction {cfg['warmup_fraction']} of {total_steps} steps leaves the onecycle "
+                        f"schedule no warm-up; train more steps (training.num_epochs, a smaller data.batch_size), "
+                        f"raise warmup_fraction, or use training.schedule=constant")
 
 
 def make_optimizer(model, config):

@@ -216,6 +216,56 @@ def apply_overrides(config, overrides):
     return merged
 
 
+KINDS = {int: "an integer", float: "a number", bool: "true or false", str: "a text", list: "a list of integers",
+         dict: "a section"}
+
+
+def require(config, key, kind, low=None, high=None, below=None, optional=False):
+    """The value of the dotted `key` of `config`, after refusing a missing key (unless `optional`: None then), a value
+    of another kind (int, float, bool, str, list of ints, dict) and one outside [low, high] or not under `below`.
+
+    What a module reads from the config it checks here first, so that a config of another shape is one line before
+    the run is registered, never a KeyError or TypeError inside it.
+    """
+    value = config
+    *sections, leaf = key.split(".")
+    for depth, name in enumerate([*sections, leaf]):
+        if not isinstance(value, dict):
+            where = ".".join(sections[:depth])
+            raise UserError(f"config key '{where}' must be a section (the baseline configs/config.yml shows its "
+                            f"keys), got {value!r}")
+        if name not in value:
+            if optional:
+                return None
+            raise UserError(f"the config has no '{key}', which this experiment reads; add it (configs/config.yml "
+                            f"has every key)")
+        value = value[name]
+    if optional and value is None:
+        return None
+    if not _is_kind(value, kind) or (kind is list and not all(_is_kind(item, int) for item in value)):
+        raise UserError(f"config key '{key}' must be {KINDS[kind]}, got {_type_name(value)} {value!r}")
+    if kind in (int, float):
+        if (low is not None and value < low) or (high is not None and value > high) or \
+                (below is not None and not value < below) or value != value:
+            bounds = [f">= {low}" if low is not None else "", f"<= {high}" if high is not None else "",
+                      f"< {below}" if below is not None else ""]
+            raise UserError(f"config key '{key}' must be {KINDS[kind]} {' and '.join(b for b in bounds if b)}, "
+                            f"got {value!r}")
+        if kind is float and value in (float("inf"), float("-inf")):
+            raise UserError(f"config key '{key}' must be a finite number, got {value!r}")
+    if kind is list and low is not None and (len(value) < 1 or any(item < low for item in value)):
+        raise UserError(f"config key '{key}' must list integers >= {low} (at least one), got {value!r}")
+    return value
+
+
+def _is_kind(value, kind):
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
 def flatten(config, prefix=""):
     """{dotted key: value} of every leaf in `config`, sections included as keys of their own."""
     out = {}

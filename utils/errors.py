@@ -24,6 +24,12 @@ class Terminated(BaseException):
     """SIGTERM arrived (cluster walltime, scancel, kill): unwinds like Ctrl-C so that the run is marked failed."""
 
 
+def one_line(message):
+    """`message` as one printable line: line breaks and other control characters that a user's input brought into it
+    are written as escapes (\\n, \\x0c)."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in message)
+
+
 def disk_full(folder, what, needed):
     """The DiskFull error for writing `what` (`needed` bytes, or None if unknown) into `folder`."""
     try:

@@ -20,7 +20,8 @@ def hparams(db, run_id):
     return dict(query(db, "SELECT metric, value FROM Results WHERE run_id=? AND is_hparam=1", run_id))
 
 
-@pytest.mark.parametrize("name, folder", [("fashion_mnist", "FashionMNIST"), ("kmnist", "KMNIST")])
+@pytest.mark.parametrize("name, folder", [("fashion_mnist", "FashionMNIST"),
+                                          pytest.param("kmnist", "KMNIST", marks=pytest.mark.slow)])
 def test_an_idx_dataset_is_one_override_away(workdir, mnist_root, tmp_path, name, folder):
     other = make_mnist_folder(tmp_path / "other", n_train=400, folder=folder)
     done = tiny_in_process(workdir, f"--config.data.name={name}", f"--config.data.path={other}")
@@ -119,10 +120,12 @@ def test_a_dataset_in_code_registers_under_a_name_and_trains(workdir, monkeypatc
     monkeypatch.setitem(data.registry.DATASETS, "noise", "helpers:noise_dataset")
     listed = run_in_process(workdir, "--list").stdout
     assert "noise                noise: two classes of random images" in listed
-    done = tiny_in_process(workdir, "--config.data.name=noise", "--config.data.val_size=50", "--verbose=2")
+    done = tiny_in_process(workdir, "--config.data.name=noise", "--config.data.val_size=50", "--verbose=2",
+                           "--config.data.batch_size=64")
     assert done.returncode == 0, done.stderr
     assert "150 train / 50 validation / 100 test images of 1x16x16, 2 classes" in done.stdout
-    assert_refused(tiny_in_process(workdir, "--config.data.name=noise", "--config.data.val_size=50"), "run 1")
+    assert_refused(tiny_in_process(workdir, "--config.data.name=noise", "--config.data.val_size=50",
+                                   "--config.data.batch_size=64"), "run 1")
     assert_refused(tiny_in_process(workdir, "--config.data.name=noise", "--config.data.val_size=200"),
                    "data.val_size must be between 1 and 199")
 

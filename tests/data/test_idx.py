@@ -95,3 +95,16 @@ def test_the_header_gives_the_training_set_size_and_an_impossible_split_is_refus
     assert_refused(tiny_in_process(workdir, "--config.training.autocast=fp8"), "training.autocast must be")
     assert_refused(tiny_in_process(workdir, "--config.training.optimizer=adam"), "training.optimizer must be")
     assert not (workdir / "results").exists()
+
+
+@pytest.mark.parametrize("name", ["train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"])
+def test_a_data_file_cut_short_is_one_line_before_anything_is_recorded(workdir, mnist_root, tmp_path, name):
+    import shutil
+
+    data = tmp_path / "cut"
+    shutil.copytree(mnist_root, data)
+    path = data / "MNIST" / "raw" / name
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
+    assert_refused(tiny_in_process(workdir, f"--config.data.path={data}"), f"cannot read data file", name,
+                   "delete or replace it")
+    assert not (workdir / "results" / "resultTable.db").exists()

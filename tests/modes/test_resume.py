@@ -31,3 +31,67 @@ def test_resume_continues_a_stopped_run_and_refuses_a_running_a_hidden_and_a_fin
     assert query(db, "SELECT run_id, status, hidden FROM Experiments ORDER BY run_id") == [
         (1, "finished", 0), (2, "failed", 1), (3, "finished", 0)]
     assert_refused(run_in_process(workdir, "--resume=2"), "run 2 is hidden")
+
+
+class _Planted:
+    """What a planted checkpoint holds: an object whose unpickling would create `marker` (any code could run)."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return open, (str(self.marker), "w")
+
+
+def test_resume_refuses_a_planted_damaged_or_old_checkpoint_and_nothing_in_it_runs(workdir, monkeypatch):
+    import numpy as np
+    import torch
+
+    interrupt_after_first_epoch(monkeypatch)
+    assert tiny_in_process(workdir).returncode == 130
+    db = workdir / "results" / "resultTable.db"
+    folder = workdir / "results" / "1"
+    genuine = (folder / "last.pt").read_bytes()
+    row = query(db, "SELECT E.status, L.failure FROM Experiments E JOIN TemplateLaunch L ON L.run_id = E.run_id")
+    marker = workdir / "code-ran"
+
+    for name in ("last.pt", "best.pt"):
+        kept = (folder / name).read_bytes()
+        torch.save({"model": _Planted(marker)}, folder / name)
+        assert_refused(run_in_process(workdir, "--resume=1"), f"results/1/{name} is refused: it holds", "io.open")
+        assert not marker.exists()
+        assert query(db, "SELECT E.status, L.failure FROM Experiments E JOIN TemplateLaunch L "
+                         "ON L.run_id = E.run_id") == row  # the run is as it was
+        (folder / name).write_bytes(kept)
+
+    (folder / "last.pt").write_bytes(genuine[:len(genuine) // 2])
+    assert_refused(run_in_process(workdir, "--resume=1"), "results/1/last.pt is damaged or cut short")
+
+    # The format of earlier versions: NumPy's and Python's random states pickled as they are.
+    state = torch.load(__import__("io").BytesIO(genuine), weights_only=True)
+    numpy_rng = state["numpy_rng"]
+    state["numpy_rng"] = (numpy_rng["kind"], numpy_rng["keys"].numpy().astype(np.uint32), numpy_rng["pos"],
+                          numpy_rng["has_gauss"], numpy_rng["gauss"])
+    state["python_rng"] = (state["python_rng"]["version"], tuple(state["python_rng"]["internal"].tolist()),
+                           state["python_rng"]["gauss"])
+    torch.save(state, folder / "last.pt")
+    assert_refused(run_in_process(workdir, "--resume=1"), "written by an earlier version of the template",
+                   "--trust-old-checkpoint")
+    assert_refused(run_in_process(workdir, "--verify", "--trust-old-checkpoint"), "only applies to --resume")
+    resumed = run_in_process(workdir, "--resume=1", "--trust-old-checkpoint", "--verbose=0")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "results/1/last.pt converted to the safe format" in resumed.stdout
+    assert (folder / "last.pt").read_bytes() != genuine  # rewritten in the safe format, then training went on
+    assert query(db, "SELECT status FROM Experiments") == [("finished",)]
+
+
+def test_reproduce_and_verify_never_load_the_checkpoints_in_a_runs_folder(workdir):
+    import torch
+
+    assert tiny_in_process(workdir).returncode == 0
+    marker = workdir / "code-ran"
+    for name in ("last.pt", "best.pt"):
+        torch.save({"model": _Planted(marker)}, workdir / "results" / "1" / name)
+    assert run_in_process(workdir, "--reproduce=1").returncode == 0
+    assert run_in_process(workdir, "--verify", "1").returncode == 0
+    assert not marker.exists()

@@ -49,6 +49,7 @@ def test_a_study_records_every_trial_as_a_run_ranks_by_validation_and_continues(
     assert proposals(tiny_in_process(other, "--search=3", *SPACE).stdout) == proposed
 
 
+@pytest.mark.slow  # eight trainings in process: the full suite's share
 def test_with_seeds_a_trial_is_a_group_whose_mean_is_its_value_and_finished_runs_are_reused(workdir):
     db = workdir / "results" / "resultTable.db"
     assert tiny_in_process(workdir, "--search=2", *SPACE).returncode == 0

@@ -17,13 +17,13 @@ def test_verify_passes_on_unchanged_code_records_nothing_and_names_a_run_whose_n
     done = run_in_process(workdir, "--verify")
     assert done.returncode == 0, done.stdout + done.stderr
     assert done.stdout.splitlines() == [
-        "run 1 (experiment1): matches (8 values of steps 1-8)",
-        "run 2 (experiment1): matches (8 values of steps 1-8)",
-        "run 3 (experiment1 'twin'): matches (8 values of steps 1-8)",
+        "run 1 (experiment1): matches (6 values of steps 1-4)",
+        "run 2 (experiment1): matches (6 values of steps 1-4)",
+        "run 3 (experiment1 'twin'): matches (6 values of steps 1-4)",
         "all 3 replayed runs match their record"]
     assert db.read_bytes() == before  # nothing added, nothing changed
-    assert run_in_process(workdir, "--verify", "2", "--steps=4").stdout.startswith(
-        "run 2 (experiment1): matches (2 values of steps 1-4)")
+    assert run_in_process(workdir, "--verify", "2", "--steps=3").stdout.startswith(
+        "run 2 (experiment1): matches (1 value of steps 1-3)")
 
     cross_entropy = torch.nn.functional.cross_entropy
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", lambda *a, **k: cross_entropy(*a, **k) * 1.01)
@@ -55,7 +55,7 @@ def test_a_run_recorded_on_another_device_type_is_skipped_unless_a_tolerance_is_
     assert skipped.returncode == 0
     assert "run 1 (experiment1): skipped: recorded on cuda, this replay would run on cpu" in skipped.stdout
     compared = run_in_process(workdir, "--verify", "--tolerance=1e-3")
-    assert compared.returncode == 0 and "matches (8 values of steps 1-8, tolerance 0.001)" in compared.stdout
+    assert compared.returncode == 0 and "matches (6 values of steps 1-4, tolerance 0.001)" in compared.stdout
 
 
 @pytest.mark.slow

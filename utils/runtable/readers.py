@@ -8,6 +8,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from utils.config import load_config_text
 from utils.errors import UserError
 from utils.runtable.identity import SEED_KEY, RunIdentity, group_hash
 from utils.runtable.schema import connect, side_columns
@@ -42,6 +45,10 @@ class RecordedRun:
     threads: int | None  # the CPU threads it computed with
 
 
+class NotTemplateRun(UserError):
+    """A run in the table that this template's main.py did not record (deepboard's API, another script)."""
+
+
 @dataclass
 class RunRow:
     """A run's row and its identity, as registering and resuming need them."""
@@ -71,7 +78,8 @@ def read_row(db, path, run_id):
         holder = db.execute("SELECT diff FROM Experiments WHERE run_id=?", (holder_id,)).fetchone()
         diff = holder[0] if holder else diff
     if flags is None or config_text is None:
-        raise UserError(f"run {run_id} was not recorded by this template's main.py; its flags are unknown")
+        raise NotTemplateRun(f"run {run_id} was not recorded by this template's main.py (another program wrote it "
+                             f"into the table); its config and flags are unknown")
     identity = RunIdentity(experiment, config_text, json.loads(flags), comment, data=data, recorded_hash=config_hash)
     threads = db.execute("SELECT value FROM Results WHERE run_id=? AND metric='threads' AND is_hparam=1",
                          (run_id,)).fetchone()
@@ -122,7 +130,8 @@ class FinishedRun:
 
 
 def finished_runs(path, where_keys=()):
-    """Every finished, visible run of the table (debug run aside), in run ID order, as FinishedRuns.
+    """([FinishedRun] of every finished, visible run of the table (debug run aside), in run ID order; the IDs of those
+    left out because no group can be read from their config: runs another program wrote, without a YAML config).
 
     Runs of tables written before groups were recorded get their group from their config (slower, once per read).
     """
@@ -145,13 +154,26 @@ def finished_runs(path, where_keys=()):
         ungrouped = [row[0] for row in rows if row[4] is None]
         configs = dict(db.execute(f"SELECT run_id, file_content FROM ConfigFile WHERE run_id IN "
                                   f"({', '.join('?' * len(ungrouped))})", ungrouped)) if ungrouped else {}
-    runs = []
+    runs, left_out = [], []
     for run_id, experiment, cli, comment, group, data in rows:
         if group is None:
-            group = group_hash(experiment, configs[run_id], cli, comment, where_keys)
+            group = _group_of_config(experiment, configs.get(run_id), cli, comment, where_keys)
+        if group is None:
+            left_out.append(run_id)
+            continue
         runs.append(FinishedRun(run_id, experiment, cli, comment, (group, data), seeds.get(run_id),
                                 results.get(run_id, {})))
-    return runs
+    return runs, left_out
+
+
+def _group_of_config(experiment, config_text, cli, comment, where_keys):
+    """The group hash of a run recorded without one, from its config; None where that is not a YAML mapping."""
+    try:
+        if not isinstance(load_config_text(config_text or ""), dict):
+            return None
+    except yaml.YAMLError:
+        return None
+    return group_hash(experiment, config_text, cli, comment, where_keys)
 
 
 def config_texts(path, run_ids):
