@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import pytest
 import yaml
@@ -114,6 +115,18 @@ def deepboard_server(table_with_runs, tmp_path_factory):
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
+
+
+@pytest.mark.slow
+def test_deepboard_listens_on_the_loopback_address_only(deepboard_server):
+    port = int(deepboard_server.rsplit(":", 1)[1])
+    # Linux's table of TCP sockets: local address and port in hex, state 0A is LISTEN.
+    listening = [line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+                 if line.split()[3] == "0A" and line.split()[1].endswith(f":{port:04X}")]
+    listening += [line.split()[1] for line in (Path("/proc/net/tcp6").read_text().splitlines()[1:]
+                  if Path("/proc/net/tcp6").exists() else []) if line.split()[3] == "0A"
+                  and line.split()[1].endswith(f":{port:04X}")]
+    assert listening == [f"0100007F:{port:04X}"], listening  # 127.0.0.1, never 0.0.0.0 or ::
 
 
 def _answers(url):
