@@ -11,15 +11,13 @@ def data_fingerprint(config, cache_path):
 
 def check_config(config, world_size=1):
     """Refuse, before the run is registered, any value its pieces would refuse later: a mistake leaves no row."""
-    import data.loaders, models.cnn, training.optim, utils.device, utils.seed  # noqa: E401
-    from utils.config import require
+    import data.loaders, models.cnn, training.optim, utils.config, utils.device  # noqa: E401
 
-    require(config, "logging.log_every", int, low=1)
+    utils.config.require(config, "logging.log_every", int, low=1)
     info = data.loaders.check_config(config, world_size)
     models.cnn.check_config(config, info)
     training.optim.check_config(config, steps_per_epoch=data.loaders.steps_per_epoch(config, info))
-    for piece in (utils.device, utils.seed):
-        piece.check_config(config)
+    utils.device.check_config(config)
 
 
 def experiment1(config, run, device, world, watch="accuracy", verbose=1):

@@ -12,7 +12,7 @@ import warnings
 from utils.config import flatten_values, load_config_text, without_keys
 from utils.errors import UserError
 from utils.runtable.identity import SEED_KEY
-from utils.runtable.readers import config_texts, finished_runs, pruned_runs
+from utils.runtable.readers import config_texts, finished_runs, pruned_runs, recorded_commands
 from utils.stats import compare, summarise
 
 BASELINE_CONFIG = "configs/config.yml"  # the reference group: this config of the same experiment, as it is
@@ -84,8 +84,9 @@ def comparison(path, groups, chosen=None, code_dir=None, where_keys=(), against=
     texts = config_texts(path, [groups[key][0].run_id for key in shown])
     settings = {run_id: flatten_values(without_keys(load_config_text(text), {SEED_KEY, *where_keys}))
                 for run_id, text in texts.items()}  # what a group shares: its config, without seed and where-keys
+    commands = recorded_commands(path, [groups[key][0].run_id for key in shown])
     return [describe_group(groups[key], groups[references[groups[key][0].experiment]], key in references.values(),
-                           settings) for key in shown]
+                           settings, commands) for key in shown]
 
 
 def choose_groups(launch, groups, left_out=()):
@@ -105,7 +106,7 @@ def choose_groups(launch, groups, left_out=()):
     if args.config is not None:
         if args.experiment is None:
             raise UserError("--compare with --config needs --experiment=NAME too (a group is one experiment's)")
-        wanted = launch.identity().group_hash
+        wanted = launch.project.group_hash(launch.description())  # from the table alone: no data is read
         chosen = [key for key in groups if key[0] == wanted]
         if not chosen:
             raise UserError(f"no finished run of {args.experiment} with {args.config} and these overrides and flags; "
@@ -131,10 +132,10 @@ def reference_group(groups, experiment, code_dir, where_keys, against, implied):
     return next((key for key in groups if key[0] == wanted and groups[key][0].experiment == experiment), None)
 
 
-def describe_group(runs, reference, is_reference, settings):
+def describe_group(runs, reference, is_reference, settings, commands=None):
     """One group as the JSON format gives it: runs, seeds, differing config, metric summaries, test vs reference.
 
-    `settings` maps the first run ID of each group to its flattened config.
+    `settings` maps the first run ID of each group to its flattened config, `commands` to its recorded command.
     """
     config, reference_config = settings[runs[0].run_id], settings[reference[0].run_id]
     differing = {key: value for key, value in config.items() if reference_config.get(key) != value}
@@ -148,6 +149,11 @@ def describe_group(runs, reference, is_reference, settings):
         group["metrics"][name] = {"n": summary.n, "mean": summary.mean, "std": summary.std,
                                   "ci95": list(summary.ci95) if summary.ci95 else None, "role": role_of(name)}
     if not is_reference:
+        short = runs if len(runs) < 2 else reference if len(reference) < 2 else None
+        if short is not None:  # which group lacks seeds for a test, and the command that adds them
+            group["needs_seeds"] = {"group": "this group" if short is runs else "the reference",
+                                    "runs": [run.run_id for run in short],
+                                    "command": (commands or {}).get(short[0].run_id)}
         group["vs_reference"] = {}
         for name in names:
             if not all(_is_number(run.results.get(name)) for run in reference):
@@ -157,8 +163,9 @@ def describe_group(runs, reference, is_reference, settings):
                 difference = compare({run.seed: run.results[name] for run in runs},
                                      {run.seed: run.results[name] for run in reference})
             group["vs_reference"][name] = None if difference is None else {
-                "diff": difference.diff, "ci95": list(difference.ci95), "p_value": difference.p_value,
-                "test": difference.test, "n": difference.n}
+                "diff": difference.diff, "ci95": list(difference.ci95) if difference.ci95 else None,
+                "p_value": difference.p_value, "test": difference.test, "n": difference.n,
+                "no_test": difference.no_test}
     return group
 
 
@@ -167,12 +174,20 @@ def role_of(metric):
     return "validation" if metric.startswith("best_val_") else "held out" if metric.startswith("test_") else "other"
 
 
-def sentence(name, n_runs, comparison):
+def sentence(name, n_runs, comparison, needs_seeds=None):
     """What a comparison means, in plain words."""
     if comparison is None:
-        return f"{name}: too few runs to test a difference (each group needs 2; add seeds with --seeds=N)"
+        short = needs_seeds or {"group": "a group", "runs": [], "command": None}
+        runs = ", ".join(map(str, short["runs"]))
+        add = (f"python {short['command']} --seeds=3" if short["command"] else "its command with --seeds=3")
+        return (f"{name}: too few runs to test a difference: {short['group']} has {len(short['runs'])} "
+                f"(run{'s' if len(short['runs']) != 1 else ''} {runs}) and each group needs 2; add seeds with {add}")
     scale, unit = (100, " points") if "accuracy" in name else (1, "")
-    diff, (low, high), p = comparison["diff"], comparison["ci95"], comparison["p_value"]
+    diff, p = comparison["diff"], comparison["p_value"]
+    if p is None:
+        return (f"{name}: {diff * scale:+.3g}{unit}, no test possible ({comparison['no_test']}; "
+                f"{comparison['test']} over {comparison['n']} {'seeds' if comparison['test'] == 'paired t' else 'runs'})")
+    low, high = comparison["ci95"]
     numbers = (f"95% CI {low * scale:+.3g} to {high * scale:+.3g}{unit}, p={p:.2g}, {comparison['test']} over "
                f"{comparison['n']} {'seeds' if comparison['test'] == 'paired t' else 'runs'}")
     if p >= SIGNIFICANCE:
@@ -203,7 +218,9 @@ def render(groups, markdown=False):
             if versus is not None:
                 comparison = versus.get(name)
                 row += (["", "", "", "too few runs"] if comparison is None else
-                        [f"{comparison['diff']:+.5g}", _interval(comparison["ci95"]), f"{comparison['p_value']:.2g}",
+                        [f"{comparison['diff']:+.5g}",
+                         "none" if comparison["ci95"] is None else _interval(comparison["ci95"]),
+                         "none" if comparison["p_value"] is None else f"{comparison['p_value']:.2g}",
                          comparison["test"]])
             rows.append(row)
         out += _table(header, rows, markdown)
@@ -211,7 +228,7 @@ def render(groups, markdown=False):
             n_runs = len(group["runs"])
             judged = [name for role in ("validation", "held out") for name in group["metrics"]
                       if role_of(name) == role and name in versus]
-            out += [("- " if markdown else "  ") + sentence(name, n_runs, versus.get(name))
+            out += [("- " if markdown else "  ") + sentence(name, n_runs, versus.get(name), group.get("needs_seeds"))
                     + (" [held out: report it, do not choose by it]" if role_of(name) == "held out" else "")
                     for name in judged]
         out.append("")

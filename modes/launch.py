@@ -10,8 +10,9 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 
-from utils.config import (OVERRIDE_PREFIX, apply_overrides, dump_config, flatten_values, load_config, load_config_text,
-                          override_text, parse_override, unset_implied, without_keys)
+from utils.config import (OVERRIDE_PREFIX, apply_overrides, dump_config, flatten, flatten_values, load_config,
+                          load_config_text,
+                          override_text, parse_override, require, unset_implied, without_keys)
 from utils.errors import UserError
 from utils.runtable.identity import SEED_KEY, RunIdentity
 from utils.runtable.registry import RunTable
@@ -91,6 +92,14 @@ class Project:
         return RunIdentity(description.experiment, dump_config(config), flags, description.comment, self.where_keys,
                            self.data_fingerprint(description.experiment, config))
 
+    def group_hash(self, description):
+        """The group of `description`'s runs (its identity without seed and data), found without reading the data:
+        what a command that only reads the table needs."""
+        self.find_experiment(description.experiment)
+        config = unset_implied(description.run_config(), self.implied)
+        return RunIdentity(description.experiment, dump_config(config), self.result_flags(description.flags),
+                           description.comment, self.where_keys).group_hash
+
     def data_fingerprint(self, experiment, config):
         """The fingerprint of the data `config` points at, from the experiment module's data_fingerprint(config,
         cache_path), or None where it declares none."""
@@ -142,10 +151,14 @@ class Project:
         """
         import inspect  # here, not at the top: a refused duplicate never gets this far
 
+        config = without_keys(load_config_text(identity.config_text), set())
+        # What the template itself reads for every experiment: the seed (NumPy takes 0 to 2**32 - 1), the threads.
+        require(config, SEED_KEY, int, low=0, high=2**32 - 1, optional=True)
+        require(config, "training.threads", int, low=0, optional=True)
+        require(config, "training.deterministic", bool, optional=True)
         check = self.experiment_hook(identity.experiment, "check_config")
         if check is None:
             return
-        config = without_keys(load_config_text(identity.config_text), set())
         if "world_size" in inspect.signature(check).parameters:
             check(config, world_size=identity.flags.get("world_size", 1))
         else:
@@ -295,14 +308,31 @@ def read_command_line(parser, argv):
         if arg.startswith(OVERRIDE_PREFIX):
             overrides.append(parse_override(arg))
         elif arg.startswith("-"):
-            name = arg.split("=", 1)[0]
-            known = [s for action in parser._actions for s in action.option_strings]
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f"did you mean {close[0]}?" if close else "see python main.py --help"
-            raise UserError(f"unknown flag {name} ({hint})")
+            raise UserError(f"unknown flag {arg.split('=', 1)[0]} ({flag_hint(parser, args, arg)})")
         else:
             raise UserError(f"unexpected argument {arg!r}; overrides take the form --config.SECTION.KEY=VALUE")
     return args, overrides
+
+
+def flag_hint(parser, args, arg):
+    """What an unknown flag `arg` most likely meant: the override of a config key of that name (--epochs=3 ->
+    --config.training.num_epochs=3), else the closest flag."""
+    name, _, value = arg.lstrip("-").partition("=")
+    keys = []
+    if args.config is not None:
+        try:
+            keys = [key for key, leaf in flatten(load_config(args.config)).items() if not isinstance(leaf, dict)]
+        except UserError:  # the config itself is wrong: said once a flag is fixed
+            keys = []
+    leaves = {key.rsplit(".", 1)[-1]: key for key in keys}
+    wanted = name.replace("-", "_")
+    named = [key for leaf, key in leaves.items() if wanted and (wanted == leaf or wanted in leaf.split("_"))]
+    known = [s for action in parser._actions for s in action.option_strings]
+    flags = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1)
+    similar = [leaves[leaf] for leaf in difflib.get_close_matches(wanted, leaves, n=1, cutoff=0.75)]
+    if named or (similar and not flags):
+        return f"did you mean {OVERRIDE_PREFIX}{(named or similar)[0]}={value or 'VALUE'}?"
+    return f"did you mean {flags[0]}?" if flags else "see python main.py --help"
 
 
 def group_defaults(parser, title):

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from modes.launch import torchrun_world_size
 from modes.run import format_value, start_run
@@ -43,7 +43,7 @@ def sweep(launch):
         project.check_config(identity)
     launch.warn_of_new_keys()
     worker = worker_name()
-    with prefixed_output(worker):
+    with prefixed_output(worker) if os.environ.get("SWEEP_WORKER") else nullcontext():  # several share one output
         print(sweep_header(launch))
         code = work(launch, runs, sweep_key(identities), worker)
     return code
@@ -255,7 +255,7 @@ def sweep_header(launch):
     each = f", each with {len(seeds)} seeds ({len(seeds) * len(combinations)} runs)" if launch.args.seeds else ""
     if not launch.args.sweep:
         return f"seeds: {len(seeds)} runs, seeds {', '.join(map(str, seeds))}"
-    keys = ", ".join(key for key, _ in launch.overrides)
+    keys = ", ".join(key for key, text in launch.overrides if len(sweep_values(text)) > 1)  # those that vary
     count = f"{len(combinations)} combination{'s' if len(combinations) > 1 else ''}"
     return (f"sweep: {count} of {keys}" if keys else f"sweep: {count}") + each
 

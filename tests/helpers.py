@@ -5,6 +5,7 @@ import gzip
 import io
 import os
 import pickle
+import re
 import shutil
 import signal
 import sqlite3
@@ -277,8 +278,8 @@ def interrupt_after_first_epoch(monkeypatch):
 
 
 def unprefixed(output):
-    """The lines of a sweep worker's output without the worker's name in front."""
-    return [line.split("] ", 1)[1] if line.startswith("[") else line for line in output.splitlines()]
+    """The lines of a sweep's output without the name of the --workers process in front ([w1] ...)."""
+    return [re.sub(r"^\[w\d+\] ", "", line) for line in output.splitlines()]
 
 
 def add_foreign_runs(db_path, folder):

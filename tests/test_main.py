@@ -75,3 +75,9 @@ def test_a_value_the_experiment_cannot_use_is_refused_leaving_no_row_and_no_fold
         assert_refused(tiny_in_process(workdir, override), message)
     assert query(workdir / "results" / "resultTable.db", "SELECT run_id, status FROM Experiments") == [(1, "finished")]
     assert sorted(path.name for path in (workdir / "results").iterdir() if path.is_dir()) == ["1"]
+
+
+def test_an_unknown_flag_named_like_a_config_key_suggests_its_override(workdir):
+    assert_refused(tiny_in_process(workdir, "--epochs=3"), "did you mean --config.training.num_epochs=3?")
+    assert_refused(tiny_in_process(workdir, "--learning-rate=0.1"), "did you mean --config.training.learning_rate=0.1?")
+    assert_refused(tiny_in_process(workdir, "--wath=loss"), "did you mean --watch?")

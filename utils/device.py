@@ -32,10 +32,7 @@ AUTOCAST = ("auto", "bf16", "off")
 
 
 def check_config(config):
-    """Refuse an autocast setting this module does not know, and threads or determinism that are not a count and a
-    switch."""
-    require(config, "training.threads", int, low=0, optional=True)
-    require(config, "training.deterministic", bool, optional=True)
+    """Refuse an autocast setting this module does not know."""
     setting = require(config, "training.autocast", str)
     if setting not in AUTOCAST:
         raise UserError(f"training.autocast must be auto, bf16 or off, got {setting!r}")

@@ -6,13 +6,6 @@ import numpy as np
 import torch
 
 
-def check_config(config):
-    """Refuse a seed that NumPy cannot take (it wants 0 to 2**32 - 1)."""
-    from utils.config import require
-
-    require(config, "seed", int, low=0, high=2**32 - 1, optional=True)
-
-
 def seed_everything(seed, deterministic=True):
     """Seed Python, NumPy and torch (all devices) from `seed`; with `deterministic`, refuse nondeterministic kernels."""
     random.seed(seed)

@@ -23,12 +23,16 @@ class Summary:
 
 @dataclass(frozen=True)
 class Difference:
-    """A group's mean minus the reference's, with its 95% interval, the p-value and the test that gave them."""
+    """A group's mean minus the reference's, with its 95% interval, the p-value and the test that gave them.
+
+    A test that has nothing to go on (no variation at all, a NaN result) gives no interval and no p-value, and says
+    why in `no_test`: scipy's own tests return NaN there, never 0 or 1."""
     diff: float
-    ci95: tuple
-    p_value: float
+    ci95: tuple | None
+    p_value: float | None
     test: str  # "paired t" or "Welch t"
     n: int  # seeds both groups share (paired) or runs in the smaller group (Welch)
+    no_test: str | None = None  # why there is no p-value, when there is none
 
 
 def summarise(values):
@@ -55,7 +59,7 @@ def compare(group, reference):
         n = len(differences)
         diff = math.fsum(differences) / n
         error = _std(differences, diff) / math.sqrt(n)
-        return _difference(diff, error, n - 1, "paired t", n)
+        return _difference(diff, error, n - 1, "paired t", n, "the paired differences do not vary")
     a, b = [float(v) for v in group.values()], [float(v) for v in reference.values()]
     if len(a) < 2 or len(b) < 2:
         return None
@@ -63,14 +67,16 @@ def compare(group, reference):
     va, vb = _std(a, mean_a) ** 2 / len(a), _std(b, mean_b) ** 2 / len(b)
     error = math.sqrt(va + vb)
     df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)) if error > 0 else len(a) + len(b) - 2
-    return _difference(mean_a - mean_b, error, df, "Welch t", min(len(a), len(b)))
+    return _difference(mean_a - mean_b, error, df, "Welch t", min(len(a), len(b)), "neither group varies")
 
 
-def _difference(diff, error, df, test, n):
+def _difference(diff, error, df, test, n, constant):
     from scipy import stats
 
-    if error == 0:  # identical values in every run: an exact difference, no evidence against it being zero or not
-        return Difference(diff, (diff, diff), 1.0 if diff == 0 else 0.0, test, n)
+    if math.isnan(diff) or math.isnan(error):
+        return Difference(diff, None, None, test, n, "a result is NaN")
+    if error == 0:  # no spread to judge the difference against: a t-test says nothing (scipy gives NaN)
+        return Difference(diff, None, None, test, n, constant)
     p_value = float(2 * stats.t.sf(abs(diff / error), df))
     half = _critical(df) * error
     return Difference(diff, (diff - half, diff + half), p_value, test, n)

@@ -113,7 +113,7 @@ def test_seeds_compare_verify_and_sweep_work_on_a_streamed_folder(workdir, image
     streamed = ("--config.data.memory_limit_mb=0", "--config.data.workers=0")
     seeds = folder_run(workdir, images, *streamed, "--seeds=2")
     assert seeds.returncode == 0, seeds.stderr
-    swept = folder_run(workdir, images, *streamed, "--sweep", "--config.training.learning_rate=0.005,0.01")
+    swept = folder_run(workdir, images, *streamed, "--sweep", "--config.training.learning_rate=0.015,0.01")
     assert swept.returncode == 0, swept.stderr
     assert "already finished" in swept.stdout or swept.stdout.count("finished") >= 2
     assert query(workdir / "results" / "resultTable.db", "SELECT COUNT(*) FROM Experiments") == [(3,)]

@@ -7,6 +7,7 @@ from helpers import (assert_refused, interrupt_after_first_epoch, query, run_in_
                      tiny_in_process, unprefixed)
 
 
+@pytest.mark.slow  # seven trainings in process: the full suite's share
 def test_seeds_record_one_run_each_and_the_same_command_completes_an_interrupted_study(workdir, monkeypatch):
     done = tiny_in_process(workdir, "--seeds=2")
     assert done.returncode == 0, done.stderr
@@ -51,14 +52,18 @@ def test_compare_groups_seeds_and_tests_each_group_against_the_reference(workdir
     accuracy = faster["metrics"]["test_accuracy"]
     assert accuracy["n"] == 3 and accuracy["ci95"][0] < accuracy["mean"] < accuracy["ci95"][1]
     versus = faster["vs_reference"]["test_accuracy"]
-    assert versus["test"] == "paired t" and set(versus) == {"diff", "ci95", "p_value", "test", "n"}
+    assert versus["test"] == "paired t" and set(versus) == {"diff", "ci95", "p_value", "test", "n", "no_test"}
     assert versus["diff"] == pytest.approx(accuracy["mean"] - reference["metrics"]["test_accuracy"]["mean"])
     assert single["metrics"]["test_accuracy"]["ci95"] is None and single["vs_reference"]["test_accuracy"] is None
 
     table = run_in_process(workdir, "--compare").stdout
     assert "experiment1 (reference): 3 runs (1, 2, 3), seeds 0, 1, 2" in table
     assert "experiment1 training.learning_rate=0.01: 3 runs (4, 5, 6), seeds 0, 1, 2" in table
-    assert "no interval (1 run)" in table and "test_accuracy: too few runs to test a difference" in table
+    assert "no interval (1 run)" in table and ("test_accuracy: too few runs to test a difference: this group has 1 "
+                                               "(run 7) and each group needs 2; add seeds with python ") in table
+    # the command recorded with run 7 (in process, its first word is the test runner's), with seeds added
+    assert ("--experiment=experiment1 --config=configs/tiny.yml --verbose=0 --config.training.learning_rate=0.02 "
+            "--seeds=3") in table and single["needs_seeds"]["runs"] == [7]
     sentences = [line.strip() for line in table.splitlines() if line.strip().startswith("test_accuracy: ")]
     assert any(word in sentences[0] for word in ("better by", "worse by", "no detectable difference with 3 seeds"))
     assert "paired t over 3 seeds" in sentences[0]
@@ -72,6 +77,12 @@ def test_compare_groups_seeds_and_tests_each_group_against_the_reference(workdir
     by_config = json.loads(run_in_process(workdir, "--compare", "--experiment=experiment1", "--config=configs/tiny.yml",
                                           "--config.training.learning_rate=0.01", "--format=json").stdout)
     assert [group["runs"] for group in by_config] == [[1, 2, 3], [4, 5, 6]]
+    # A command that only reads the table needs no data: the filter's group is found without the data's fingerprint.
+    gone = workdir / "no data here"
+    offline = run_in_process(workdir, "--compare", "--experiment=experiment1", "--config=configs/tiny.yml",
+                             f"--config.data.path={gone}", "--config.data.download=true", "--format=json")
+    assert offline.returncode == 0, offline.stderr
+    assert [group["runs"] for group in json.loads(offline.stdout)] == [[1, 2, 3]] and not gone.exists()
 
 
 @pytest.mark.slow

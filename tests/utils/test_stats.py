@@ -1,5 +1,6 @@
 """The statistics of --compare, checked on known tables against scipy's own t-tests (ttest_rel, ttest_ind)."""
 import math
+import warnings
 
 import pytest
 from scipy import stats as scipy_stats
@@ -53,6 +54,23 @@ def test_groups_without_two_shared_seeds_give_welch_t_test():
     assert result.ci95 == pytest.approx((interval.low, interval.high))
 
 
-def test_identical_groups_show_no_difference():
-    result = compare(dict(BASELINE), BASELINE)
-    assert result.diff == 0 and result.p_value == 1.0
+@pytest.mark.parametrize("group, reference, reason", [
+    ({0: 0.5, 1: 0.6, 2: 0.7}, {0: 0.5, 1: 0.6, 2: 0.7}, "the paired differences do not vary"),  # identical
+    ({0: 0.6, 1: 0.7}, {0: 0.5, 1: 0.6}, "the paired differences do not vary"),  # the same shift on both seeds
+    ({0: 2.0, 1: 2.0}, {2: 1.0, 3: 1.0}, "neither group varies"),  # a constant metric (best_epoch), unpaired
+    ({0: float("nan"), 1: 0.6}, {0: 0.5, 1: 0.6}, "a result is NaN"),
+])
+def test_a_test_with_nothing_to_go_on_has_no_p_value_as_in_scipy(group, reference, reason):
+    result = compare(group, reference)
+    assert result.p_value is None and result.ci95 is None and result.no_test == reason
+    shared = sorted(set(group) & set(reference))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = (scipy_stats.ttest_rel([group[s] for s in shared], [reference[s] for s in shared]) if shared else
+                    scipy_stats.ttest_ind(list(group.values()), list(reference.values()), equal_var=False))
+    # scipy has no p-value there either: NaN, or an infinite t whose p of 0 only restates that nothing varies
+    assert math.isnan(expected.pvalue) or (math.isinf(expected.statistic) and expected.pvalue == 0)
+
+
+def test_a_single_run_on_either_side_is_too_few_to_test():
+    assert compare({0: 0.5}, {1: 0.4, 2: 0.6}) is None and compare({0: 0.5, 1: 0.6}, {2: 0.4}) is None

@@ -184,6 +184,14 @@ def config_texts(path, run_ids):
                                f"({', '.join('?' * len(run_ids))})", run_ids)) if run_ids else {}
 
 
+def recorded_commands(path, run_ids):
+    """{run ID: the command line recorded with it} of the runs `run_ids`, read in one query."""
+    run_ids = sorted({int(run_id) for run_id in run_ids})
+    with _open(path) as db:
+        return dict(db.execute(f"SELECT run_id, command FROM Experiments WHERE run_id IN "
+                               f"({', '.join('?' * len(run_ids))})", run_ids)) if run_ids else {}
+
+
 def pruned_runs(path):
     """The IDs of the visible runs a search's pruner stopped (failed with the reason 'pruned')."""
     with _open(path) as db:

@@ -359,5 +359,6 @@ def _duplicate_message(identity, found):
     else:
         state = f"running on {found.process.describe()}" if found.process else "running"
     return (f"run {found.run_id} ({identity.experiment}, {state}) already has this config and these flags; "
-            f"to run anyway use --debug (not recorded), --comment=\"...\" (a recorded variant), "
+            f"to run anyway use --debug (recorded as run -1, replaced by the next debug run), --comment=\"...\" "
+            f"(a recorded variant), "
             f"or change a parameter (--config.KEY=VALUE)")
