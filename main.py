@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from modes.launch import Launch, Parser, Project, choose_mode, group_defaults, read_command_line
+from modes.launch import Launch, Parser, Project, choose_mode, group_defaults, locate_config, read_command_line
 from utils.errors import Terminated, UserError, one_line
 
 # ---- Register your experiments here: `from experiments.NAME import NAME` and a "NAME": NAME entry. ----
@@ -127,6 +127,7 @@ def main(argv=None):
     signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C interrupts even where SIGINT was ignored
     parser = make_parser()
     args, overrides = read_command_line(parser, argv)
+    args.config = locate_config(args.config, CODE_DIR)
     mode = choose_mode(args, overrides, parser, OUTPUT_ONLY)
     launch = Launch(args, overrides, argv, make_project(parser))
     module, function = MODES[mode].split(":")  # imported only when chosen: a refusal stays fast

@@ -74,6 +74,7 @@ def download(folder, filename, urls, md5, missing_message):
     built by `missing_message(reason)`."""
     from torchvision.datasets.utils import download_url  # only here: reading local files needs no torchvision
 
+    created = [parent for parent in [folder, *folder.parents] if not parent.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
@@ -86,6 +87,11 @@ def download(folder, filename, urls, md5, missing_message):
         except Exception as e:  # any network failure: try the next address, then explain
             errors.append(type(e).__name__)
             (folder / filename).unlink(missing_ok=True)
+    for parent in created:  # deepest first: a failed download leaves no empty folders behind
+        try:
+            parent.rmdir()
+        except OSError:
+            break
     raise UserError(missing_message(f"and the download failed ({', '.join(errors)}; offline?)"))
 
 

@@ -8,11 +8,13 @@ import json
 import math
 import sys
 import warnings
+from pathlib import Path
 
 from utils.config import flatten_values, load_config_text, without_keys
 from utils.errors import UserError
 from utils.runtable.identity import SEED_KEY
-from utils.runtable.readers import config_texts, finished_runs, pruned_runs, recorded_commands
+from utils.runtable.readers import (config_texts, finished_runs, pruned_runs, recorded_commands,
+                                    recorded_config_paths)
 from utils.stats import compare, summarise
 
 BASELINE_CONFIG = "configs/config.yml"  # the reference group: this config of the same experiment, as it is
@@ -66,27 +68,34 @@ def left_out_note(run_ids):
 def comparison(path, groups, chosen=None, code_dir=None, where_keys=(), against=None, implied=None):
     """The `chosen` groups (default: all) described, each against its experiment's reference group.
 
-    The reference is the group of run `against`, else the group of `code_dir`/configs/config.yml as it is, else the
-    experiment's first group (with a note on stderr). References come first.
+    A group's reference is the group of run `against`, else the group of its own config file as it is (no overrides,
+    flags or comment), else that of `code_dir`/configs/config.yml, else its experiment's first group (with a note on
+    stderr). References come first.
     """
     chosen = list(groups) if chosen is None else chosen
-    references = {}
+    sources = recorded_config_paths(path, [groups[key][0].run_id for key in chosen])
+    references, noted = {}, set()
     for key in chosen:
         experiment = groups[key][0].experiment
-        if experiment not in references:
-            references[experiment] = reference_group(groups, experiment, code_dir, where_keys, against, implied or {})
-        if references[experiment] is None:  # no run of the baseline config: the experiment's first group stands in
-            first = next(key for key, members in groups.items() if members[0].experiment == experiment)
-            references[experiment] = first
-            print(f"note: no finished run of {experiment} with {BASELINE_CONFIG} as it is; the reference is the group "
-                  f"of run {groups[first][0].run_id} (name another with --against=RUNID)", file=sys.stderr)
+        own = sources.get(groups[key][0].run_id)
+        references[key] = reference_group(groups, experiment, [own, BASELINE_CONFIG], code_dir, where_keys, against,
+                                          implied or {})
+        if references[key] is None:  # no run of its config as it is: the experiment's first group stands in
+            references[key] = next(k for k, members in groups.items() if members[0].experiment == experiment)
+            if (experiment, own) not in noted:
+                noted.add((experiment, own))
+                print(f"note: no finished run of {experiment} with {own or BASELINE_CONFIG} as it is; the reference "
+                      f"is the group of run {groups[references[key]][0].run_id} (name another with --against=RUNID)",
+                      file=sys.stderr)
     shown = list(dict.fromkeys([*references.values(), *chosen]))
+    for key in shown:
+        references.setdefault(key, key)
     texts = config_texts(path, [groups[key][0].run_id for key in shown])
     settings = {run_id: flatten_values(without_keys(load_config_text(text), {SEED_KEY, *where_keys}))
                 for run_id, text in texts.items()}  # what a group shares: its config, without seed and where-keys
     commands = recorded_commands(path, [groups[key][0].run_id for key in shown])
-    return [describe_group(groups[key], groups[references[groups[key][0].experiment]], key in references.values(),
-                           settings, commands) for key in shown]
+    return [describe_group(groups[key], groups[references[key]], references[key] == key, settings, commands)
+            for key in shown]
 
 
 def choose_groups(launch, groups, left_out=()):
@@ -115,21 +124,31 @@ def choose_groups(launch, groups, left_out=()):
     return [key for key, members in groups.items() if args.experiment in (None, members[0].experiment)]
 
 
-def reference_group(groups, experiment, code_dir, where_keys, against, implied):
-    """The key of the reference group for `experiment`: --against's, or the baseline config's; or None."""
+def reference_group(groups, experiment, config_paths, code_dir, where_keys, against, implied):
+    """The key of the reference group for a group of `experiment`: --against's, or the group of the first of
+    `config_paths` (as recorded: relative to the launch folder or the checkout) that has runs as it is; or None."""
     if against is not None:
         for key, members in groups.items():
             if against in {run.run_id for run in members}:
                 return key
         raise UserError(f"--against={against} is not a finished, visible run; name one of --compare's")
-    baseline = code_dir / BASELINE_CONFIG if code_dir is not None else None
-    if baseline is None or not baseline.exists():
-        return None
     from utils.config import dump_config, load_config, unset_implied
     from utils.runtable.identity import RunIdentity
-    config = unset_implied(load_config(baseline), implied)
-    wanted = RunIdentity(experiment, dump_config(config), where_keys=where_keys).group_hash
-    return next((key for key in groups if key[0] == wanted and groups[key][0].experiment == experiment), None)
+
+    for config_path in filter(None, config_paths):
+        found = [Path(config_path), *([Path(code_dir) / config_path] if code_dir is not None else [])]
+        file = next((candidate for candidate in found if candidate.is_file()), None)
+        if file is None:
+            continue
+        try:
+            config = unset_implied(load_config(file), implied)
+        except UserError:  # the file changed shape since: it names no group
+            continue
+        wanted = RunIdentity(experiment, dump_config(config), where_keys=where_keys).group_hash
+        key = next((key for key in groups if key[0] == wanted and groups[key][0].experiment == experiment), None)
+        if key is not None:
+            return key
+    return None
 
 
 def describe_group(runs, reference, is_reference, settings, commands=None):

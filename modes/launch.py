@@ -314,6 +314,18 @@ def read_command_line(parser, argv):
     return args, overrides
 
 
+def locate_config(path, code_dir):
+    """--config as given, or the checkout's file of that relative path when there is none from the launch folder (a
+    job script that starts main.py from elsewhere); a UserError naming a file that exists from here otherwise."""
+    if path is None or Path(path).is_absolute() or Path(path).exists():
+        return path
+    if (code_dir / path).exists():
+        return str(code_dir / path)
+    example = os.path.relpath(code_dir / "configs" / "config.yml")
+    raise UserError(f"config file {path} not found here nor in the checkout {code_dir}; pass an existing YAML file, "
+                    f"e.g. --config={example}")
+
+
 def flag_hint(parser, args, arg):
     """What an unknown flag `arg` most likely meant: the override of a config key of that name (--epochs=3 ->
     --config.training.num_epochs=3), else the closest flag."""

@@ -32,8 +32,13 @@ def test_an_unknown_experiment_is_refused_listing_the_registered_ones(workdir):
 
 def test_missing_required_flags_and_config_files_are_refused(workdir):
     assert_refused(run_in_process(workdir, "--config=configs/tiny.yml"), "--experiment")
-    assert_refused(run_in_process(workdir, "--experiment=experiment1", "--config=configs/none.yml"),
-                   "config file configs/none.yml not found")
+    missing = run_in_process(workdir, "--experiment=experiment1", "--config=configs/none.yml")
+    assert_refused(missing, "config file configs/none.yml not found here nor in the checkout")
+    example = missing.stderr.split("e.g. --config=")[1].strip()
+    assert (workdir / example).is_file()  # the example names a file that exists from where the user stands
+    # A relative path that exists only in the checkout (main.py started from elsewhere) is the checkout's file.
+    printed = run_in_process(workdir, "--config=configs/fast.yml", "--print-config")
+    assert printed.returncode == 0 and "num_epochs: 1" in printed.stdout
     assert_refused(run_in_process(workdir, "--print-config"), "--print-config needs --config=FILE")
     assert_refused(run_in_process(workdir, "--list", "--sweep"), "--list and --sweep do different things")
     assert not (workdir / "results").exists()

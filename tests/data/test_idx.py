@@ -108,3 +108,18 @@ def test_a_data_file_cut_short_is_one_line_before_anything_is_recorded(workdir, 
     assert_refused(tiny_in_process(workdir, f"--config.data.path={data}"), f"cannot read data file", name,
                    "delete or replace it")
     assert not (workdir / "results" / "resultTable.db").exists()
+
+
+def test_a_download_that_fails_offline_is_one_line_and_leaves_no_empty_folder(workdir, tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets.utils
+
+    def offline(url, root, filename=None, md5=None):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.utils, "download_url", offline)
+    target = tmp_path / "fresh" / "data"
+    assert_refused(tiny_in_process(workdir, f"--config.data.path={target}", "--config.data.download=true"),
+                   "MNIST files missing", "the download failed (URLError")
+    assert not (tmp_path / "fresh").exists() and not (workdir / "results" / "resultTable.db").exists()

@@ -43,7 +43,7 @@ def test_compare_groups_seeds_and_tests_each_group_against_the_reference(workdir
 
     listed = run_in_process(workdir, "--compare", "--format=json")
     assert listed.returncode == 0, listed.stderr
-    assert "the reference is the group of run 1" in listed.stderr  # tiny.yml is not configs/config.yml
+    assert "note:" not in listed.stderr  # each group is compared with its own config file (tiny.yml) as it is
     groups = json.loads(listed.stdout)
     assert [group["runs"] for group in groups] == [[1, 2, 3], [4, 5, 6], [7]]
     reference, faster, single = groups
@@ -100,3 +100,14 @@ def test_the_baseline_config_is_the_default_reference(workdir, code_copy):
     assert groups[1]["config"] == {"model.hidden": 8}
     assert_refused(run_main(workdir, "--compare", "9", main=main), "run 9 is not a finished, visible run")
     assert_refused(run_main(workdir, "--format=json", main=main), "--format only applies to --compare")
+
+
+def test_a_group_is_compared_with_its_own_config_file_not_another(workdir):
+    (workdir / "configs" / "variant.yml").write_text("extends: tiny.yml\ntraining:\n  num_epochs: 1\n")
+    variant = ("--experiment=experiment1", "--config=configs/variant.yml", "--verbose=0")
+    assert run_in_process(workdir, *variant, "--seeds=2").returncode == 0
+    assert run_in_process(workdir, *variant, "--seeds=2", "--config.training.learning_rate=0.02").returncode == 0
+    assert tiny_in_process(workdir).returncode == 0  # another file: its own reference, never variant's
+    groups = json.loads(run_in_process(workdir, "--compare", "--format=json").stdout)
+    assert [(group["runs"], group["reference"]) for group in groups] == [([1, 2], True), ([5], True), ([3, 4], False)]
+    assert groups[2]["config"] == {"training.learning_rate": 0.02}

@@ -186,9 +186,18 @@ def config_texts(path, run_ids):
 
 def recorded_commands(path, run_ids):
     """{run ID: the command line recorded with it} of the runs `run_ids`, read in one query."""
+    return _experiment_column(path, run_ids, "command")
+
+
+def recorded_config_paths(path, run_ids):
+    """{run ID: the config file it was launched with, as given} of the runs `run_ids`, read in one query."""
+    return _experiment_column(path, run_ids, "config")
+
+
+def _experiment_column(path, run_ids, column):
     run_ids = sorted({int(run_id) for run_id in run_ids})
     with _open(path) as db:
-        return dict(db.execute(f"SELECT run_id, command FROM Experiments WHERE run_id IN "
+        return dict(db.execute(f"SELECT run_id, {column} FROM Experiments WHERE run_id IN "
                                f"({', '.join('?' * len(run_ids))})", run_ids)) if run_ids else {}
 
 
