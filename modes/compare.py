@@ -115,7 +115,7 @@ def choose_groups(launch, groups, left_out=()):
     if args.config is not None:
         if args.experiment is None:
             raise UserError("--compare with --config needs --experiment=NAME too (a group is one experiment's)")
-        wanted = launch.project.group_hash(launch.description())  # from the table alone: no data is read
+        wanted = launch.project.identity(launch.description(), with_data=False).group_hash  # no data is read
         chosen = [key for key in groups if key[0] == wanted]
         if not chosen:
             raise UserError(f"no finished run of {args.experiment} with {args.config} and these overrides and flags; "

@@ -11,8 +11,7 @@ from functools import cached_property
 from pathlib import Path
 
 from utils.config import (OVERRIDE_PREFIX, apply_overrides, dump_config, flatten, flatten_values, load_config,
-                          load_config_text,
-                          override_text, parse_override, require, unset_implied, without_keys)
+                          load_config_text, override_text, parse_override, require, unset_implied, without_keys)
 from utils.errors import UserError
 from utils.runtable.identity import SEED_KEY, RunIdentity
 from utils.runtable.registry import RunTable
@@ -82,23 +81,17 @@ class Project:
         return {name: value for name, value in flags.items()
                 if name not in self.output_only and value != self.flag_defaults[name]}
 
-    def identity(self, description, world_size=1):
-        """The RunIdentity of a fresh run of `description`."""
+    def identity(self, description, world_size=1, with_data=True):
+        """The RunIdentity of a fresh run of `description`; without its data's fingerprint unless `with_data` (what
+        a command that only reads the table needs: it never reads the data)."""
         self.find_experiment(description.experiment)
         config = unset_implied(description.run_config(), self.implied)
         flags = self.result_flags(description.flags)
         if world_size > 1:  # BatchNorm sees each rank's shard: the numbers differ from a single process
             flags["world_size"] = world_size
+        data = self.data_fingerprint(description.experiment, config) if with_data else None
         return RunIdentity(description.experiment, dump_config(config), flags, description.comment, self.where_keys,
-                           self.data_fingerprint(description.experiment, config))
-
-    def group_hash(self, description):
-        """The group of `description`'s runs (its identity without seed and data), found without reading the data:
-        what a command that only reads the table needs."""
-        self.find_experiment(description.experiment)
-        config = unset_implied(description.run_config(), self.implied)
-        return RunIdentity(description.experiment, dump_config(config), self.result_flags(description.flags),
-                           description.comment, self.where_keys).group_hash
+                           data)
 
     def data_fingerprint(self, experiment, config):
         """The fingerprint of the data `config` points at, from the experiment module's data_fingerprint(config,
@@ -334,8 +327,8 @@ def flag_hint(parser, args, arg):
     if args.config is not None:
         try:
             keys = [key for key, leaf in flatten(load_config(args.config)).items() if not isinstance(leaf, dict)]
-        except UserError:  # the config itself is wrong: said once a flag is fixed
-            keys = []
+        except UserError:  # the config itself is wrong: said once the flag is fixed
+            pass
     leaves = {key.rsplit(".", 1)[-1]: key for key in keys}
     wanted = name.replace("-", "_")
     named = [key for leaf, key in leaves.items() if wanted and (wanted == leaf or wanted in leaf.split("_"))]

@@ -18,11 +18,12 @@ def resume(launch):
                         f"(fingerprint {identity.data[:12]}, recorded {recorded.data[:12]}); point "
                         f"--config.data.path at the run's data")
 
-    from utils.checkpoint import check_run_checkpoints
+    from utils.checkpoint import check_run_checkpoints  # torch, only once the run is known to be resumable
 
     # Before the run is touched: a checkpoint that would be refused leaves it failed, as it was.
-    for name in check_run_checkpoints(table.folder(run_id), convert_old=launch.args.trust_old_checkpoint):
-        print(f"{table.folder(run_id) / name} converted to the safe format (its random states as tensors)")
+    folder = table.folder(run_id)
+    for name in check_run_checkpoints(folder, convert_old=launch.args.trust_old_checkpoint):
+        print(f"{folder / name} converted to the safe format (its random states as tensors)")
 
     def register(world_size):
         run, _ = table.resume_run(

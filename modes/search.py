@@ -11,17 +11,16 @@ pruner stops trials that fall behind, epoch by epoch.
 import fcntl
 import hashlib
 import json
-import os
 import sys
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from pathlib import Path
 
 import yaml
 
 from modes.launch import TABLE_PATH, torchrun_world_size
 from modes.run import start_run
-from modes.sweep import POLL_S, prefixed_output, seeds_of, start_workers, worker_name
+from modes.sweep import POLL_S, seeds_of, start_workers, worker_output
 from utils.config import flatten, override_text, search_dimension
 from utils.errors import Pruned, UserError
 from utils.runtable import liveness
@@ -46,8 +45,7 @@ def search(launch):
     launch.warn_of_new_keys()
     if launch.args.workers is not None:
         return start_workers(launch)  # N copies of this command, sharing the study
-    several = bool(os.environ.get("SWEEP_WORKER"))  # one of --workers' processes: its lines say which
-    with prefixed_output(worker_name()) if several else nullcontext():
+    with worker_output():
         return run_study(launch, count, fixed, dimensions)
 
 

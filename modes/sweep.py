@@ -42,10 +42,9 @@ def sweep(launch):
     for identity in identities:
         project.check_config(identity)
     launch.warn_of_new_keys()
-    worker = worker_name()
-    with prefixed_output(worker) if os.environ.get("SWEEP_WORKER") else nullcontext():  # several share one output
+    with worker_output():
         print(sweep_header(launch))
-        code = work(launch, runs, sweep_key(identities), worker)
+        code = work(launch, runs, sweep_key(identities), worker_name())
     return code
 
 
@@ -201,6 +200,11 @@ class _Prefixed(io.TextIOBase):
 
     def fileno(self):
         return self._stream.fileno()
+
+
+def worker_output():
+    """Where this worker prints: its lines start with its name when the workers of --workers share one output."""
+    return prefixed_output(worker_name()) if os.environ.get("SWEEP_WORKER") else nullcontext()
 
 
 @contextmanager

@@ -39,10 +39,12 @@ def load_checkpoint(path, model, device):
     return checkpoint
 
 
-def read_checkpoint(path, device="cpu"):
-    """The dict saved at `path`, read with the safe loader; a CheckpointRefused names the file and why otherwise."""
+def read_checkpoint(path, device="cpu", mmap=False):
+    """The dict saved at `path`, read with the safe loader; a CheckpointRefused names the file and why otherwise.
+
+    With `mmap`, the tensors stay on disk until used: a check of the file costs no second copy of the weights."""
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        return torch.load(path, map_location=device, weights_only=True, mmap=mmap)
     except pickle.UnpicklingError:
         unsafe = unsafe_globals(path)
         if unsafe is None:
@@ -69,7 +71,7 @@ def check_run_checkpoints(folder, convert_old=False):
             continue
         if convert_old and convert_old_checkpoint(path):
             converted.append(name)
-        read_checkpoint(path)
+        read_checkpoint(path, mmap=True)
     return converted
 
 

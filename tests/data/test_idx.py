@@ -105,7 +105,7 @@ def test_a_data_file_cut_short_is_one_line_before_anything_is_recorded(workdir, 
     shutil.copytree(mnist_root, data)
     path = data / "MNIST" / "raw" / name
     path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])
-    assert_refused(tiny_in_process(workdir, f"--config.data.path={data}"), f"cannot read data file", name,
+    assert_refused(tiny_in_process(workdir, f"--config.data.path={data}"), "cannot read data file", name,
                    "delete or replace it")
     assert not (workdir / "results" / "resultTable.db").exists()
 
