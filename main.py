@@ -1,4 +1,4 @@
-"""Run an experiment and record it in the run table (results/resultTable.db).
+"""Run an experiment and record it in the run table (this checkout's results/resultTable.db, or RESULT_TABLE's).
 
     python main.py --experiment=experiment1 --config=configs/config.yml [flags] [--config.SECTION.KEY=VALUE ...]
         [--seeds=N] [--sweep] [--search=N]
@@ -6,11 +6,13 @@
     python main.py --list | --new-experiment=NAME | --config=FILE --print-config
 """
 import importlib
+import os
 import signal
 import sys
 from pathlib import Path
 
-from modes.launch import Launch, Parser, Project, choose_mode, group_defaults, locate_config, read_command_line
+from modes.launch import (Launch, Parser, Project, choose_mode, chosen_table, group_defaults, locate_config,
+                          read_command_line)
 from utils.errors import Terminated, UserError, one_line
 
 # ---- Register your experiments here: `from experiments.NAME import NAME` and a "NAME": NAME entry. ----
@@ -25,6 +27,9 @@ OUTPUT_ONLY = ("verbose",)
 # Config keys that say where things are or how they are fetched, not what is computed: never part of a run's
 # identity, and the only overrides --resume, --reproduce and --verify take. Add a key of yours of that kind here.
 WHERE_KEYS = ("data.path", "data.download", "data.workers", "data.memory_limit_mb")
+# Config keys that are paths: relative to this checkout in a YAML file (launched from anywhere, data: is the
+# checkout's data/), relative to the launch folder when typed on the command line.
+PATH_KEYS = ("data.path",)
 # Config keys added after runs were recorded without them, and the value those runs had: a launch with the key at
 # that value records it as not set (null), so it stays the same run as the earlier ones.
 IMPLIED = {"data.name": "mnist"}
@@ -50,7 +55,8 @@ def add_experiment_flags(parser):
 
 
 def make_parser():
-    parser = Parser(description="Train an experiment and record it in results/resultTable.db.",
+    parser = Parser(description="Train an experiment and record it in this checkout's results/resultTable.db (or in "
+                                "the table the environment variable RESULT_TABLE names).",
                     epilog="Any config key can be overridden: --config.training.num_epochs=5", allow_abbrev=False)
     launch = parser.add_argument_group("launch")
     launch.add_argument("--experiment", help=f"experiment to run (required): {', '.join(experiments)}")
@@ -108,7 +114,8 @@ def make_parser():
 
 
 def make_project(parser=None):
-    """This checkout's Project: the registry, the experiment flags and their roles, the where- and implied keys.
+    """This checkout's Project: the registry, the experiment flags and their roles, the where-, implied and path
+    keys, and the run table (this checkout's results/resultTable.db, or the one RESULT_TABLE names).
 
     With it, a notebook starts runs as the command line does:
         from main import make_project
@@ -118,7 +125,8 @@ def make_project(parser=None):
                             config_path="configs/config.yml")
     """
     parser = parser or make_parser()
-    return Project(experiments, group_defaults(parser, "experiment flags"), OUTPUT_ONLY, WHERE_KEYS, IMPLIED, CODE_DIR)
+    return Project(experiments, group_defaults(parser, "experiment flags"), OUTPUT_ONLY, WHERE_KEYS, IMPLIED, CODE_DIR,
+                   PATH_KEYS, chosen_table(CODE_DIR, os.environ))
 
 
 def main(argv=None):

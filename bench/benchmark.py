@@ -33,14 +33,20 @@ from utils.config import load_config, without_keys  # noqa: E402  (the repositor
 
 
 def launch(command, cwd):
-    """(wall seconds, exit code, output, peak RSS in MiB) of one process."""
+    """(wall seconds, exit code, output, peak RSS in MiB) of one process, recording in `cwd`'s results/."""
     with tempfile.TemporaryFile("w+") as out:
         started = time.perf_counter()
-        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True)
+        process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True,
+                                   env=recording_in(cwd))
         _, status, usage = os.wait4(process.pid, 0)  # the child's own rusage: its peak resident memory
         wall = time.perf_counter() - started
         out.seek(0)
         return wall, os.waitstatus_to_exitcode(status), out.read(), usage.ru_maxrss / 1024
+
+
+def recording_in(folder):
+    """The environment of a main.py that records in `folder`'s results/ (RESULT_TABLE), not the checkout's."""
+    return {**os.environ, "RESULT_TABLE": str(Path(folder) / "results" / "resultTable.db")}
 
 
 def accuracy_of(output, what):

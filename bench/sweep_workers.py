@@ -16,6 +16,9 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.benchmark import recording_in  # noqa: E402  (the repository root must be on the path first)
 
 
 def sweep(data, combinations, workers=None):
@@ -26,7 +29,7 @@ def sweep(data, combinations, workers=None):
                "--verbose=0", "--sweep", f"--config.seed={seeds}"] + ([f"--workers={workers}"] if workers else [])
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as folder:
         started = time.perf_counter()
-        done = subprocess.run(command, cwd=folder, capture_output=True, text=True)
+        done = subprocess.run(command, cwd=folder, capture_output=True, text=True, env=recording_in(folder))
         wall = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"the sweep failed:\n{done.stdout}\n{done.stderr}")

@@ -25,7 +25,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from main import WHERE_KEYS  # noqa: E402  (the repository root must be on the path first)
+from bench.benchmark import recording_in  # noqa: E402  (the repository root must be on the path first)
+from main import WHERE_KEYS  # noqa: E402
 from utils.config import dump_config, load_config_text  # noqa: E402
 from utils.runtable.identity import RunIdentity  # noqa: E402
 from utils.runtable.readers import same_diff_as  # noqa: E402
@@ -43,7 +44,7 @@ def record_template_run(folder, data):
     done = subprocess.run([sys.executable, str(REPO / "main.py"), "--experiment=experiment1",
                            f"--config={REPO / 'configs' / 'config.yml'}", f"--config.data.path={data}",
                            "--config.data.download=false", "--config.training.num_epochs=1", "--verbose=0"],
-                          cwd=folder, capture_output=True, text=True)
+                          cwd=folder, capture_output=True, text=True, env=recording_in(folder))
     if done.returncode != 0:
         raise SystemExit(done.stderr)
     return folder / "results" / "resultTable.db"
@@ -108,7 +109,7 @@ def grow(db, runs):
 
 def timed(command, cwd, env=None, expect=0):
     started = time.perf_counter()
-    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env)
+    done = subprocess.run(command, cwd=cwd, capture_output=True, text=True, env=env or recording_in(cwd))
     wall = time.perf_counter() - started
     if done.returncode != expect:
         raise SystemExit(f"{command} exited {done.returncode}:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")

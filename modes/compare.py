@@ -55,14 +55,18 @@ def grouped_runs(path, where_keys=()):
     for run in runs:
         groups.setdefault(run.group, []).append(run)
     if not groups:
-        raise UserError(f"{path} holds no finished run to compare" + (f" (runs {', '.join(map(str, left_out))} have "
-                        f"no YAML config: another program wrote them)" if left_out else ""))
+        raise UserError(f"{path} holds no finished run to compare" + (f" ({runs_named(left_out)} "
+                        f"{'has' if len(left_out) == 1 else 'have'} no YAML config: another program wrote "
+                        f"{'it' if len(left_out) == 1 else 'them'})" if left_out else ""))
     return groups, left_out
 
 
 def left_out_note(run_ids):
-    return (f"run{'s' if len(run_ids) > 1 else ''} {', '.join(map(str, run_ids))} left out: no YAML config to group "
-            f"by (written into the table by another program)")
+    return f"{runs_named(run_ids)} left out: no YAML config to group by (written into the table by another program)"
+
+
+def runs_named(run_ids):
+    return f"run{'s' if len(run_ids) > 1 else ''} {', '.join(map(str, run_ids))}"
 
 
 def comparison(path, groups, chosen=None, code_dir=None, where_keys=(), against=None, implied=None):

@@ -3,6 +3,7 @@
 Nothing here imports torch or deepboard, so that a launch refused for a mistake or a duplicate answers at once.
 """
 import argparse
+import copy
 import difflib
 import os
 import sys
@@ -16,7 +17,7 @@ from utils.errors import UserError
 from utils.runtable.identity import SEED_KEY, RunIdentity
 from utils.runtable.registry import RunTable
 
-TABLE_PATH = Path("results") / "resultTable.db"
+TABLE_ENV = "RESULT_TABLE"  # the one way to record somewhere else than the checkout's results/resultTable.db
 # Flags the template itself uses while running an experiment: they need not be parameters of its function.
 TEMPLATE_FLAGS = ("cpu", "verbose")
 
@@ -56,10 +57,22 @@ class Project:
     where_keys: tuple  # config keys that say where things are or how they are fetched: not part of the identity
     implied: dict  # config key -> the value that runs recorded before the key existed had: recorded as not set
     code_dir: Path
+    path_keys: tuple = ()  # config keys that are paths: a relative one is relative to the checkout (code_dir)
+    table_path: Path | None = None  # the run table; by default the checkout's results/resultTable.db
+
+    def __post_init__(self):
+        self.table_path = Path(self.table_path or own_table(self.code_dir))
 
     @cached_property
     def table(self):
-        return RunTable(TABLE_PATH)
+        elsewhere = self.table_path != own_table(self.code_dir)
+        note = f"recording in {self.table_path} ({TABLE_ENV}), not in this checkout's results/" if elsewhere else None
+        return RunTable(self.table_path, note=note)
+
+    def located(self, config):
+        """`config` with its relative paths (path_keys) joined to the checkout: a run finds the same files wherever it
+        is launched from."""
+        return located(config, self.path_keys, self.code_dir)
 
     def find_experiment(self, name):
         """The registered experiment function called `name`, or a UserError naming the close ones."""
@@ -99,7 +112,7 @@ class Project:
         hook = self.experiment_hook(experiment, "data_fingerprint")
         if hook is None:
             return None
-        return hook(without_keys(config, set()), TABLE_PATH.parent / "data_fingerprints.json")
+        return hook(self.located(without_keys(config, set())), self.table_path.parent / "data_fingerprints.json")
 
     def experiment_hook(self, experiment, name):
         """The function `name` of the experiment's module (check_config, data_fingerprint), or None."""
@@ -144,7 +157,7 @@ class Project:
         """
         import inspect  # here, not at the top: a refused duplicate never gets this far
 
-        config = without_keys(load_config_text(identity.config_text), set())
+        config = self.located(without_keys(load_config_text(identity.config_text), set()))
         # What the template itself reads for every experiment: the seed (NumPy takes 0 to 2**32 - 1), the threads.
         require(config, SEED_KEY, int, low=0, high=2**32 - 1, optional=True)
         require(config, "training.threads", int, low=0, optional=True)
@@ -191,8 +204,18 @@ class Launch:
 
     def config(self, overrides=None):
         """The merged config of this command (with `overrides` instead of the command's own), as a run records it."""
-        config = apply_overrides(load_config(self.args.config), self.overrides if overrides is None else overrides)
+        config = self.overridden(load_config(self.args.config), self.overrides if overrides is None else overrides)
         return unset_implied(config, self.project.implied)
+
+    def overridden(self, config, overrides):
+        """`config` with `overrides` applied; a relative path (path_keys) typed on the command line is relative to
+        where the command runs, so it is made absolute, unless the command runs in the checkout (where both agree,
+        and the path is recorded as typed)."""
+        config = apply_overrides(config, overrides)
+        typed = {key for key, _ in overrides} & set(self.project.path_keys)
+        if not typed or Path.cwd() == self.project.code_dir.resolve():
+            return config
+        return located(config, typed, Path.cwd())
 
     def description(self, overrides=None, seed=None):
         """The RunDescription of this command (with `overrides` instead of the command's own, and `seed`)."""
@@ -218,7 +241,7 @@ class Launch:
         self.check_only_where_keys_overridden()
         if not self.overrides:
             return identity
-        config = apply_overrides(load_config_text(identity.config_text), self.overrides)
+        config = self.overridden(load_config_text(identity.config_text), self.overrides)
         return replace(identity, config_text=dump_config(config),
                        data=self.project.data_fingerprint(identity.experiment, config))
 
@@ -305,6 +328,38 @@ def read_command_line(parser, argv):
         else:
             raise UserError(f"unexpected argument {arg!r}; overrides take the form --config.SECTION.KEY=VALUE")
     return args, overrides
+
+
+def own_table(code_dir):
+    """The checkout's own run table."""
+    return Path(code_dir) / "results" / "resultTable.db"
+
+
+def chosen_table(code_dir, environ):
+    """The run table: the checkout's own, wherever the command is launched from, unless RESULT_TABLE names another
+    (a relative one is relative to the launch folder)."""
+    named = environ.get(TABLE_ENV)
+    if not named:
+        return own_table(code_dir)
+    path = Path(named).expanduser().absolute()
+    if path.is_dir() or named.endswith(os.sep):
+        raise UserError(f"{TABLE_ENV}={named} names a folder; name the table file in it, e.g. "
+                        f"{TABLE_ENV}={path / 'resultTable.db'}")
+    return path
+
+
+def located(config, keys, folder):
+    """A copy of `config` with each relative path among the dotted `keys` joined to `folder` (~ counts as absolute)."""
+    config = copy.deepcopy(config)
+    for key in keys:
+        *sections, name = key.split(".")
+        parent = config
+        for section in sections:
+            parent = parent.get(section) if isinstance(parent, dict) else None
+        value = parent.get(name) if isinstance(parent, dict) else None
+        if isinstance(value, str) and value and not (Path(value).is_absolute() or value.startswith("~")):
+            parent[name] = str(Path(folder) / value)
+    return config
 
 
 def locate_config(path, code_dir):

@@ -10,9 +10,9 @@ import sys
 import traceback
 from dataclasses import dataclass
 
-from modes.launch import TABLE_PATH, command_of, torchrun_world_size
+from modes.launch import command_of, torchrun_world_size
 from utils.config import flatten_values, load_config_text, without_keys
-from utils.errors import DiskFull, Pruned, Terminated, UserError
+from utils.errors import DiskFull, Pruned, Terminated, UserError, as_seen_from_here
 from utils.provenance import git_commit, git_diff
 from utils.runtable.readers import read_run
 
@@ -43,8 +43,9 @@ def start_run(project, description, *, shared=False, debug=False, config_path=""
     resumed, and a crash of the code is reported (traceback on stderr) rather than raised.
 
     config_path and command are recorded as where the run came from (by default, the command a user would type to
-    start it from config_path); a new run warns once of keys that config sets and no recorded run has. `heading` is printed before the run starts, with its ID; `texts` are logged beside
-    it; `judge(epoch, value, last)` sees each epoch's watched validation value and may raise Pruned.
+    start it from config_path); a new run warns once of keys that config sets and no recorded run has. `heading` is
+    printed before the run starts, with its ID; `texts` are logged beside it; `judge(epoch, value, last)` sees each
+    epoch's watched validation value and may raise Pruned.
     """
     if command is None:
         command = project.command(description, config_path) if config_path else "(started from Python)"
@@ -158,8 +159,8 @@ def execute(project, run, identity, output, world=None, announce=True, threads=N
     speaks = (world is None or world.is_main) and announce
     verbose = output.get("verbose", 1)
     if verbose >= 1:
-        print(f"run {run.id}: {identity.experiment}{' (debug)' if run.id == -1 else ''}, checkpoints in {run.folder}",
-              flush=True)
+        print(f"run {run.id}: {identity.experiment}{' (debug)' if run.id == -1 else ''}, checkpoints in "
+              f"{as_seen_from_here(run.folder)}", flush=True)
     experiment = project.find_experiment(identity.experiment)
     flags = project.experiment_flags(identity.flags, output)
     kwargs = project.experiment_kwargs(experiment, flags)
@@ -174,14 +175,17 @@ def execute(project, run, identity, output, world=None, announce=True, threads=N
 
             world = world or World()
             keep_freed_memory()
-            # The experiment gets the config back from its recorded text: what runs is exactly what was recorded.
-            config = without_keys(load_config_text(identity.config_text), set())  # a key set to null is not set
+            # The experiment gets the config back from its recorded text: what runs is exactly what was recorded,
+            # its relative paths the checkout's (data.path: data is the checkout's data/) wherever it runs from.
+            recorded = without_keys(load_config_text(identity.config_text), set())  # a key set to null is not set
+            config = project.located(recorded)
             training = config.get("training", {})
             threads = set_threads(threads or training.get("threads", 0), processes_per_machine=world.local_size,
-                                  loader_workers=loader_workers(config, TABLE_PATH.parent))
+                                  loader_workers=loader_workers(config, project.table.results_dir))
             seed_everything(config.get("seed", 0), deterministic=training.get("deterministic", True))
             device = pick_device(force_cpu=flags.get("cpu", False), index=world.local_rank)
-            run.log_hparams({**flatten_values(config), **{k: v for k, v in flags.items() if k not in project.output_only},
+            run.log_hparams({**flatten_values(recorded),
+                             **{k: v for k, v in flags.items() if k not in project.output_only},
                              "threads": threads, "world_size": world.size})
             run.log_text("environment", json.dumps(environment(device, threads), indent=2))
             for tag, text in (texts or {}).items():  # what the caller records beside the run (a search's trial)

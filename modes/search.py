@@ -2,8 +2,8 @@
 
 Each trial is one recorded run (or, with --seeds=K, a group of K runs whose mean is the trial's value), with its
 identity as any run has; its value is the watched validation metric (--watch), never a test result. The study lives
-beside the run table in Optuna's journal file (`results/search.journal`), named from the experiment, the config, the
-space and the flags, so the same command continues it until N trials are complete, and --search=20 after a finished
+beside the run table in Optuna's journal file (`search.journal` in its folder), named from the experiment, the config,
+the space and the flags, so the same command continues it until N trials are complete, and --search=20 after a finished
 --search=10 adds ten. A proposal that already finished in the table is not trained again: its recorded value is told.
 Identical commands (and --workers=N) share the study, asking for trials under a lock; with --prune, Optuna's median
 pruner stops trials that fall behind, epoch by epoch.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from modes.launch import TABLE_PATH, torchrun_world_size
+from modes.launch import torchrun_world_size
 from modes.run import start_run
 from modes.sweep import POLL_S, seeds_of, start_workers, worker_output
 from utils.config import flatten, override_text, search_dimension
@@ -56,7 +56,7 @@ def run_study(launch, count, fixed, dimensions):
     watch = launch.args.watch
     metric = f"best_val_{watch}"
     name = study_name(launch, fixed, dimensions)
-    storage, lock = study_storage(launch.args.search_storage)
+    storage, lock = study_storage(launch.args.search_storage, launch.project.table.results_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     direction = "maximize" if watch == "accuracy" else "minimize"
     study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True,
@@ -216,15 +216,15 @@ def judge_of(trial):
     return judge
 
 
-def study_storage(url):
-    """(Optuna storage, the lock its workers ask for trials under): the journal file beside the table and a file lock
-    on one machine, or a PostgreSQL server (`url`) and its advisory lock across machines."""
+def study_storage(url, results_dir):
+    """(Optuna storage, the lock its workers ask for trials under): the journal file in `results_dir` (beside the
+    table) and a file lock on one machine, or a PostgreSQL server (`url`) and its advisory lock across machines."""
     import optuna
 
     if url is None:
-        TABLE_PATH.parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(str(TABLE_PATH.parent / STUDIES_FILE))
-        return optuna.storages.JournalStorage(backend), lambda: _file_locked(TABLE_PATH.parent / "search.lock")
+        results_dir.mkdir(parents=True, exist_ok=True)
+        backend = optuna.storages.journal.JournalFileBackend(str(results_dir / STUDIES_FILE))
+        return optuna.storages.JournalStorage(backend), lambda: _file_locked(results_dir / "search.lock")
     if not url.startswith(("postgresql://", "postgresql+psycopg://")):
         raise UserError(f"--search-storage takes a PostgreSQL URL (postgresql://USER@HOST:PORT/DATABASE), got {url!r}")
     try:

@@ -7,7 +7,11 @@ import sys
 import pytest
 import yaml
 
-from helpers import MAIN, copy_template, make_mnist_folder, tiny_config
+from helpers import MAIN, copy_template, env_recording_in, make_mnist_folder, tiny_config
+
+# A test names the table it records in (the helpers: its working folder's results/). One that forgets fails here,
+# instead of writing into the checkout's own results/ (a user's real runs).
+os.environ["RESULT_TABLE"] = "/dev/null/no-table-chosen-by-this-test/resultTable.db"
 
 
 @pytest.fixture(scope="session")
@@ -36,16 +40,18 @@ class Spawner:
     def __init__(self):
         self.started = []
 
-    def __call__(self, cwd, *args, command=None, main=MAIN):
-        """Start `python main.py args` (or `command`) in `cwd` in a process group of its own; returns the Popen."""
+    def __call__(self, cwd, *args, command=None, main=MAIN, table=None):
+        """Start `python main.py args` (or `command`) in `cwd` in a process group of its own, recording in `table`
+        (by default `cwd`'s results/); returns the Popen."""
         process = subprocess.Popen(command or [sys.executable, str(main), *args], cwd=cwd, stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, text=True, start_new_session=True)
+                                   stderr=subprocess.PIPE, text=True, start_new_session=True,
+                                   env=env_recording_in(cwd, table))
         self.started.append(process)
         return process
 
-    def run(self, cwd, *args, command=None, main=MAIN, timeout=300):
+    def run(self, cwd, *args, command=None, main=MAIN, timeout=300, table=None):
         """Run it to the end; a CompletedProcess, as subprocess.run gives."""
-        process = self(cwd, *args, command=command, main=main)
+        process = self(cwd, *args, command=command, main=main, table=table)
         stdout, stderr = process.communicate(timeout=timeout)
         return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 

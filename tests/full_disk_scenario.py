@@ -68,6 +68,7 @@ def logged_epochs(results, run_id):
 def scenario(workdir, out):
     os.chdir(workdir)
     results = workdir / "results"
+    os.environ["RESULT_TABLE"] = str(results / "resultTable.db")  # the small filesystem, for every run started here
     report = {"size": free_bytes(results)}
 
     report["before"] = main_py(*TINY, "--comment=before")

@@ -128,18 +128,35 @@ def tiny_config(data_path, **changes):
     return config
 
 
-def run_main(cwd, *args, timeout=300, main=MAIN):
-    """Run the real main.py (or the copy `main`) in `cwd`; returns the CompletedProcess (text output)."""
+def table_of(folder):
+    """The run table a test keeps in `folder`: the helpers point RESULT_TABLE there, never at this checkout's."""
+    return Path(folder) / "results" / "resultTable.db"
+
+
+def table_note(table):
+    """The line a launch prints first (on stderr) once it records in `table`, a table other than the checkout's."""
+    return f"recording in {table} (RESULT_TABLE), not in this checkout's results/"
+
+
+def env_recording_in(folder, table=None):
+    """The environment of a main.py that records in `table` (by default `folder`'s results/)."""
+    return {**os.environ, "RESULT_TABLE": str(table or table_of(folder))}
+
+
+def run_main(cwd, *args, timeout=300, main=MAIN, table=None):
+    """Run the real main.py (or the copy `main`) in `cwd`, recording in `table` (by default `cwd`'s results/);
+    returns the CompletedProcess (text output)."""
     return subprocess.run([sys.executable, str(main), *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
+                          timeout=timeout, env=env_recording_in(cwd, table))
 
 
 def run_tiny(cwd, *args, main=MAIN):
     return run_main(cwd, "--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0", *args, main=main)
 
 
-def run_in_process(cwd, *args):
-    """main.py's command line run inside this test process, in `cwd`: a CompletedProcess, as run_main gives.
+def run_in_process(cwd, *args, table=None):
+    """main.py's command line run inside this test process, in `cwd`, recording in `table` (by default `cwd`'s
+    results/): a CompletedProcess, as run_main gives.
 
     The fast tier's way to drive the real front door: the same code path as `python main.py ...` minus the
     interpreter's start and torch's import.
@@ -147,15 +164,21 @@ def run_in_process(cwd, *args):
     import main
 
     out, err = io.StringIO(), io.StringIO()
-    previous = os.getcwd(), signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+    previous = (os.getcwd(), signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT),
+                os.environ.get("RESULT_TABLE"))
     try:
         os.chdir(cwd)
+        os.environ["RESULT_TABLE"] = str(table or table_of(cwd))
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             code = main.cli(list(args))
     finally:
         os.chdir(previous[0])
         signal.signal(signal.SIGTERM, previous[1])
         signal.signal(signal.SIGINT, previous[2])
+        if previous[3] is None:
+            os.environ.pop("RESULT_TABLE", None)
+        else:
+            os.environ["RESULT_TABLE"] = previous[3]
     return subprocess.CompletedProcess(["main.py", *args], code, out.getvalue(), err.getvalue())
 
 

@@ -9,8 +9,9 @@ import time
 import pytest
 import yaml
 
-from helpers import (REPO, assert_refused, interrupt_after_first_epoch, make_mnist_folder, private_mounts_work, query,
-                     recorded_numbers, require, run_in_process, run_main, tiny_config, tiny_in_process)
+from helpers import (REPO, assert_refused, env_recording_in, interrupt_after_first_epoch, make_mnist_folder,
+                     private_mounts_work, query, recorded_numbers, require, run_in_process, run_main, tiny_config,
+                     tiny_in_process)
 from utils.runtable.schema import filesystem_type, network_filesystem_warning
 
 KILL_AT = REPO / "tests" / "kill_at.py"
@@ -80,7 +81,7 @@ def test_a_kill_at_any_instant_of_a_run_resumes_to_exactly_the_uninterrupted_run
         folder.mkdir()
         (folder / "configs").symlink_to(workdir / "configs")
         killed = subprocess.run([sys.executable, str(KILL_AT), instant, *TINY], cwd=folder, capture_output=True,
-                                text=True, timeout=300)
+                                text=True, timeout=300, env=env_recording_in(folder))
         assert killed.returncode == -9, (instant, killed.stderr)
         db = folder / "results" / "resultTable.db"
         assert query(db, "SELECT status FROM Experiments WHERE run_id=1") == [("running",)]
@@ -188,7 +189,8 @@ def full_disk_report(workdir, tmp_path):
 
 
 def one_line(result):
-    lines = result["stderr"].strip().splitlines()
+    """The one line of a refusal or a stop, after the line that says the scenario records in a table of its own."""
+    lines = [line for line in result["stderr"].strip().splitlines() if not line.startswith("recording in ")]
     assert len(lines) == 1 and "Traceback" not in result["stderr"], result["stderr"]
     return lines[0]
 

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from helpers import MAIN, assert_refused, query, run_in_process, run_main, tiny_in_process
+from helpers import MAIN, assert_refused, env_recording_in, query, run_in_process, run_main, tiny_in_process
 
 
 @pytest.mark.parametrize("args, fragments", [
@@ -60,7 +60,8 @@ def test_a_refused_duplicate_loads_neither_torch_nor_deepboard(workdir):
     assert tiny_in_process(workdir).returncode == 0
     # -X importtime lists on stderr every module the real process imports, one line each.
     refused = subprocess.run([sys.executable, "-X", "importtime", str(MAIN), "--experiment=experiment1",
-                              "--config=configs/tiny.yml"], cwd=workdir, capture_output=True, text=True, timeout=120)
+                              "--config=configs/tiny.yml"], cwd=workdir, capture_output=True, text=True, timeout=120,
+                             env=env_recording_in(workdir))
     imported = {line.rsplit("|", 1)[1].strip() for line in refused.stderr.splitlines()
                 if line.startswith("import time:") and "|" in line}
     assert "yaml" in imported and "sqlite3" in imported  # the list is real: what the refusal does need

@@ -23,7 +23,7 @@ def readme_commands():
     lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
     found = []
     for number, line in enumerate(lines):
-        text = line.strip().removeprefix("$ ")
+        text = re.sub(r"^([A-Z_]+=\S+ )+", "", line.strip().removeprefix("$ "))  # RESULT_TABLE=... python main.py
         if text.startswith("python main.py "):
             command = text.split("#")[0].split(" | ")[0]
             found.append((command, lines[number + 1] if number + 1 < len(lines) else ""))

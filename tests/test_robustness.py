@@ -2,13 +2,13 @@
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers import (MAIN, assert_refused, logged_epochs, make_mnist_folder, private_mounts_work, query,
-                     recorded_numbers, require, run_main, run_tiny, tiny_config, tiny_in_process, wait_for)
+from helpers import (MAIN, assert_refused, env_recording_in, logged_epochs, make_mnist_folder, private_mounts_work,
+                     query, recorded_numbers, require, run_main, run_tiny, table_note, tiny_config, tiny_in_process,
+                     wait_for)
 
 pytestmark = pytest.mark.slow
 TINY = ("--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0")
@@ -69,7 +69,7 @@ def test_a_signal_after_the_first_epoch_keeps_every_point_and_resume_gives_exact
     code, message, status = STOPS[name]
     process, stderr = stop_after_first_epoch(spawn, slow_workdir, getattr(signal, name))
     assert process.returncode == code
-    assert stderr.strip() == message  # one line, no traceback
+    assert stderr.strip() == "\n".join(filter(None, [table_note(db), message]))  # where, then one line: no traceback
     assert query(db, "SELECT status FROM Experiments WHERE run_id=1") == [(status,)]
     kept, _ = recorded_numbers(db, 1)
     assert logged_epochs(db, 1) >= 1 and any(label == "step_loss" for _, label, *_ in kept)
@@ -148,6 +148,6 @@ def test_a_read_only_results_folder_is_refused_before_training_and_left_alone(wo
     command = " ".join([sys.executable, str(MAIN), "--experiment=experiment1", "--config=configs/tiny.yml"])
     script = f"mount --bind {results} {results} && mount -o remount,bind,ro {results} && exec {command}"
     done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], cwd=workdir,
-                          capture_output=True, text=True, timeout=300)
-    assert_refused(done, f"cannot write in {Path('results')}", "nothing was changed")
+                          capture_output=True, text=True, timeout=300, env=env_recording_in(workdir))
+    assert_refused(done, f"cannot write in {results}", "nothing was changed")
     assert {path.name: path.read_bytes() for path in results.iterdir() if path.is_file()} == before

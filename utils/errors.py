@@ -2,6 +2,7 @@
 import errno
 import shutil
 import sqlite3
+from pathlib import Path
 
 
 class UserError(Exception):
@@ -38,7 +39,14 @@ def disk_full(folder, what, needed):
         free = None
     need = f"needed {_size(needed)}" if needed else "needed more space"
     left = f" ({_size(free)} free)" if free is not None else ""
-    return DiskFull(f"the disk holding {folder} is full{left}: writing {what} {need}, nothing written before was lost")
+    return DiskFull(f"the disk holding {as_seen_from_here(folder)} is full{left}: writing {what} {need}, nothing "
+                    f"written before was lost")
+
+
+def as_seen_from_here(path):
+    """`path` as a message names it: relative to the launch folder when it lies inside it (results/1), else absolute."""
+    path = Path(path).absolute()
+    return path.relative_to(Path.cwd()) if path.is_relative_to(Path.cwd()) else path
 
 
 def is_disk_full(error):

@@ -3,7 +3,7 @@ import shlex
 
 import pytest
 
-from helpers import assert_refused, query, tiny_in_process
+from helpers import assert_refused, query, table_of, tiny_in_process
 from main import make_project
 from modes.launch import RunDescription
 from modes.run import start_run
@@ -13,6 +13,7 @@ from utils.errors import UserError
 
 def test_a_run_started_from_python_is_the_run_its_command_starts(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
+    monkeypatch.setenv("RESULT_TABLE", str(table_of(workdir)))
     config = load_config("configs/tiny.yml")
     config["training"]["learning_rate"] = 0.02
     description = RunDescription("experiment1", config, flags={"verbose": 0}, seed=3)
@@ -40,6 +41,7 @@ def test_a_run_started_from_python_is_the_run_its_command_starts(workdir, monkey
 
 def test_a_description_with_a_flag_main_does_not_declare_is_refused(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
+    monkeypatch.setenv("RESULT_TABLE", str(table_of(workdir)))
     description = RunDescription("experiment1", load_config("configs/tiny.yml"), flags={"mixup": 0.2})
     with pytest.raises(UserError, match="'mixup' is not an experiment flag"):
         start_run(make_project(), description)

@@ -47,9 +47,11 @@ class FoundRun(NamedTuple):
 class RunTable:
     """The ResultTable file at `path`; it is created on the first run that starts, never by a refused launch."""
 
-    def __init__(self, path):
+    def __init__(self, path, note=None):
+        """`note` is printed (on stderr) once the first write is made: where the runs go, when that may surprise."""
         self.path = Path(path)
         self.results_dir = self.path.parent
+        self.note = note
         self._warned = False  # about a network filesystem: once per launch
 
     def find_run(self, identity):
@@ -227,8 +229,8 @@ class RunTable:
         except OSError as e:
             if is_disk_full(e):
                 raise disk_full(self.results_dir, "the run table's lock file", None) from None
-            raise UserError(f"cannot write in {self.results_dir} ({e.strerror}); "
-                            f"run from a folder where results/ is writable, nothing was changed") from None
+            raise UserError(f"cannot write in {self.results_dir} ({e.strerror}); make it writable or set "
+                            f"RESULT_TABLE to a table in a folder that is, nothing was changed") from None
         if not self._warned:
             self._warned = True
             warning = network_filesystem_warning(self.results_dir)
@@ -245,6 +247,9 @@ class RunTable:
                     _mark_gone_runs_failed(db)
                     yield db
                     db.commit()
+                if self.note:  # a refusal, raised inside the transaction, writes nothing and says nothing of it
+                    print(self.note, file=sys.stderr, flush=True)
+                    self.note = None
             except (sqlite3.OperationalError, OSError) as e:
                 if is_disk_full(e):
                     raise disk_full(self.results_dir, "to the run table", None) from None
