@@ -3,7 +3,6 @@
 Nothing here imports torch or deepboard, so that a launch refused for a mistake or a duplicate answers at once.
 """
 import argparse
-import copy
 import difflib
 import os
 import sys
@@ -12,7 +11,8 @@ from functools import cached_property
 from pathlib import Path
 
 from utils.config import (OVERRIDE_PREFIX, apply_overrides, dump_config, flatten, flatten_values, load_config,
-                          load_config_text, override_text, parse_override, require, unset_implied, without_keys)
+                          load_config_text, override_text, parse_override, require, unset_implied, with_changed_keys,
+                          without_keys)
 from utils.errors import UserError
 from utils.runtable.identity import SEED_KEY, RunIdentity
 from utils.runtable.registry import RunTable
@@ -350,16 +350,10 @@ def chosen_table(code_dir, environ):
 
 def located(config, keys, folder):
     """A copy of `config` with each relative path among the dotted `keys` joined to `folder` (~ counts as absolute)."""
-    config = copy.deepcopy(config)
-    for key in keys:
-        *sections, name = key.split(".")
-        parent = config
-        for section in sections:
-            parent = parent.get(section) if isinstance(parent, dict) else None
-        value = parent.get(name) if isinstance(parent, dict) else None
-        if isinstance(value, str) and value and not (Path(value).is_absolute() or value.startswith("~")):
-            parent[name] = str(Path(folder) / value)
-    return config
+    def joined(key, value):
+        relative = isinstance(value, str) and value and not (Path(value).is_absolute() or value.startswith("~"))
+        return str(Path(folder) / value) if relative else value
+    return with_changed_keys(config, keys, joined)
 
 
 def locate_config(path, code_dir):

@@ -96,14 +96,19 @@ def without_keys(config, dotted_keys):
 def unset_implied(config, implied):
     """A copy of `config` with each dotted key of `implied` set to null where it has the implied value: runs recorded
     before the key existed had that value without saying so, and a null key is not part of a run's identity."""
+    return with_changed_keys(config, implied, lambda key, value: None if value == implied[key] else value)
+
+
+def with_changed_keys(config, dotted_keys, change):
+    """A copy of `config` in which each of the `dotted_keys` it has holds `change(key, value)` instead of `value`."""
     config = copy.deepcopy(config)
-    for key, value in implied.items():
+    for key in dotted_keys:
         *sections, leaf = key.split(".")
         parent = config
         for section in sections:
             parent = parent.get(section) if isinstance(parent, dict) else None
-        if isinstance(parent, dict) and leaf in parent and parent[leaf] == value:
-            parent[leaf] = None
+        if isinstance(parent, dict) and leaf in parent:
+            parent[leaf] = change(key, parent[leaf])
     return config
 
 
