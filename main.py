@@ -14,25 +14,25 @@ from pathlib import Path
 from modes.launch import (Launch, Parser, Project, choose_mode, chosen_table, group_defaults, locate_config,
                           read_command_line)
 from utils.errors import Terminated, UserError, one_line
+from utils.runtable.identity import IdentityRules
 
 # ---- Register your experiments here: `from experiments.NAME import NAME` and a "NAME": NAME entry. ----
+from experiments.charlm import charlm
 from experiments.experiment1 import experiment1
 
-experiments = {"experiment1": experiment1}
+experiments = {"experiment1": experiment1, "charlm": charlm}
 # ---------------------------------------------------------------------------------------------------------
 
 CODE_DIR = Path(__file__).resolve().parent
-# Experiment flags that change only what is printed: never part of a run's identity.
-OUTPUT_ONLY = ("verbose",)
-# Config keys that say where things are or how they are fetched, not what is computed: never part of a run's
-# identity, and the only overrides --resume, --reproduce and --verify take. Add a key of yours of that kind here.
-WHERE_KEYS = ("data.path", "data.download", "data.workers", "data.memory_limit_mb")
-# Config keys that are paths: relative to this checkout in a YAML file (launched from anywhere, data: is the
-# checkout's data/), relative to the launch folder when typed on the command line.
-PATH_KEYS = ("data.path",)
-# Config keys added after runs were recorded without them, and the value those runs had: a launch with the key at
-# that value records it as not set (null), so it stays the same run as the earlier ones.
-IMPLIED = {"data.name": "mnist"}
+# What makes two launches the same run, every rule in one place (IdentityRules says what each means). Add a key or
+# a flag of yours to the rule it belongs to: an output folder of yours is a where-key, a flag that only prints is
+# output-only.
+IDENTITY = IdentityRules(
+    where_keys=("data.path", "data.download", "data.workers", "data.memory_limit_mb"),
+    path_keys=("data.path",),
+    implied={"data.name": "mnist"},
+    output_only=("verbose",),
+)
 # Each mode and the function that carries it out.
 MODES = {"run": "modes.run:run_new", "resume": "modes.resume:resume", "reproduce": "modes.reproduce:reproduce",
          "verify": "modes.verify:verify", "sweep": "modes.sweep:sweep", "search": "modes.search:search",
@@ -42,13 +42,14 @@ MODES = {"run": "modes.run:run_new", "resume": "modes.resume:resume", "reproduce
 
 
 def add_experiment_flags(parser):
-    """Flags handed to the experiment function as keyword arguments (when it has a parameter of that name).
+    """Flags of the experiments: each experiment names those its function takes in the flags of its @declare(...).
 
     Add yours here, with a default that keeps earlier runs as they were: a flag that differs from its default is
-    part of the run's identity, unless it is named in OUTPUT_ONLY.
+    part of the run's identity, unless it is named in IDENTITY's output_only.
     """
-    parser.add_argument("--watch", choices=("accuracy", "loss"), default="accuracy",
-                        help="validation metric that picks the best checkpoint (default: accuracy)")
+    parser.add_argument("--watch", metavar="METRIC",
+                        help="validation metric that picks the best epoch and a search's best trial, one the "
+                             "experiment declares (default: the experiment's own choice)")
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
     parser.add_argument("--verbose", type=int, choices=range(4), default=1,
                         help="0: final result only, 1: progress and a line per epoch (default), 2: + setup, 3: + steps")
@@ -109,7 +110,10 @@ def make_parser():
     modes.add_argument("--print-config", action="store_true",
                        help="print the merged config (--config and overrides) and exit")
     modes.add_argument("--new-experiment", metavar="NAME",
-                       help="create experiments/NAME.py and NAME.md from experiment1 and register NAME here")
+                       help="create experiments/NAME.py and NAME.md from experiment1 (or --from's) and register NAME "
+                            "here")
+    modes.add_argument("--from", dest="base", metavar="EXPERIMENT",
+                       help="with --new-experiment: the registered experiment to start from (default: experiment1)")
     return parser
 
 
@@ -125,8 +129,8 @@ def make_project(parser=None):
                             config_path="configs/config.yml")
     """
     parser = parser or make_parser()
-    return Project(experiments, group_defaults(parser, "experiment flags"), OUTPUT_ONLY, WHERE_KEYS, IMPLIED, CODE_DIR,
-                   PATH_KEYS, chosen_table(CODE_DIR, os.environ))
+    return Project(experiments, group_defaults(parser, "experiment flags"), IDENTITY, CODE_DIR,
+                   chosen_table(CODE_DIR, os.environ))
 
 
 def main(argv=None):
@@ -136,7 +140,7 @@ def main(argv=None):
     parser = make_parser()
     args, overrides = read_command_line(parser, argv)
     args.config = locate_config(args.config, CODE_DIR)
-    mode = choose_mode(args, overrides, parser, OUTPUT_ONLY)
+    mode = choose_mode(args, overrides, parser, IDENTITY.output_only)
     launch = Launch(args, overrides, argv, make_project(parser))
     module, function = MODES[mode].split(":")  # imported only when chosen: a refusal stays fast
     return getattr(importlib.import_module(module), function)(launch)

@@ -16,6 +16,7 @@ def main(config_path, data, seed, force_cpu=False):
     from data.loaders import make_loaders
     from models.cnn import make_model
     from training.loop import evaluate, train_epoch
+    from training.tasks import Classification
     from training.optim import make_optimizer, make_scheduler
     from utils.config import load_config, without_keys
     from utils.device import autocast_dtype, keep_freed_memory, pick_device, set_threads
@@ -34,9 +35,9 @@ def main(config_path, data, seed, force_cpu=False):
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch=len(train))
     for epoch in range(training["num_epochs"]):
-        train_epoch(model, train, optimizer, scheduler, label_smoothing=training["label_smoothing"],
+        train_epoch(model, train, optimizer, scheduler, Classification(label_smoothing=training["label_smoothing"]),
                     first_step=epoch * len(train), autocast=autocast)
-    print(f"test_accuracy {evaluate(model, test, autocast=autocast)['accuracy']:.4f}")
+    print(f"test_accuracy {evaluate(model, test, Classification(), autocast=autocast)['accuracy']:.4f}")
 
 
 if __name__ == "__main__":

@@ -118,6 +118,7 @@ def epoch_times(config, data, device):
     from data.loaders import make_loaders, split_train_val
     from models.cnn import make_model
     from training.loop import train_epoch
+    from training.tasks import Classification
     from training.optim import make_optimizer, make_scheduler
 
     def one_epoch(batches):
@@ -125,8 +126,8 @@ def epoch_times(config, data, device):
         model = make_model(config, info, device)
         optimizer = make_optimizer(model, config)
         scheduler = make_scheduler(optimizer, config, len(batches))
-        return train_epoch(model, batches, optimizer, scheduler,
-                           label_smoothing=config["training"]["label_smoothing"])["epoch_time"]
+        task = Classification(label_smoothing=config["training"]["label_smoothing"])
+        return train_epoch(model, batches, optimizer, scheduler, task)["epoch_time"]
 
     train, _, _, info = make_loaders(config, device, seed=0)
     template = one_epoch(train)

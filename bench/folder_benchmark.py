@@ -62,6 +62,7 @@ def epoch_times(args):
     from data.loaders import make_loaders
     from models.cnn import make_model
     from training.loop import train_epoch
+    from training.tasks import Classification
     from training.optim import make_optimizer, make_scheduler
     from utils.device import set_threads
 
@@ -73,8 +74,8 @@ def epoch_times(args):
         model = make_model(config, info, torch.device("cpu"))
         optimizer = make_optimizer(model, config)
         scheduler = make_scheduler(optimizer, config, len(batches))
-        return train_epoch(model, batches, optimizer, scheduler,
-                           label_smoothing=config["training"]["label_smoothing"])["epoch_time"]
+        task = Classification(label_smoothing=config["training"]["label_smoothing"])
+        return train_epoch(model, batches, optimizer, scheduler, task)["epoch_time"]
 
     times = {}
     with tempfile.TemporaryDirectory() as cache:

@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench.benchmark import recording_in  # noqa: E402  (the repository root must be on the path first)
-from main import WHERE_KEYS  # noqa: E402
+from main import IDENTITY  # noqa: E402
 from utils.config import dump_config, load_config_text  # noqa: E402
 from utils.runtable.identity import RunIdentity  # noqa: E402
 from utils.runtable.readers import same_diff_as  # noqa: E402
@@ -69,7 +69,7 @@ def grow(db, runs):
     for run_id in range(present + 1, runs + 1):
         config["seed"] = run_id % SEEDS_PER_GROUP
         config["training"]["learning_rate"] = round(0.1 + 1e-5 * (run_id // SEEDS_PER_GROUP), 6)
-        identity = RunIdentity("experiment1", dump_config(config), {}, "", WHERE_KEYS, data)
+        identity = RunIdentity("experiment1", dump_config(config), {}, "", IDENTITY.where_keys, data)
         for table, template_rows in template.items():
             for row in template_rows:
                 row = dict(zip(columns[table], row))

@@ -85,7 +85,7 @@ def download(folder, filename, urls, md5, missing_message):
             download_url(url, root=str(folder), filename=filename, md5=md5)
             return folder / filename
         except Exception as e:  # any network failure: try the next address, then explain
-            errors.append(type(e).__name__)
+            errors.append(f"{type(e).__name__}: {str(e)[:80]}" if str(e) else type(e).__name__)
             (folder / filename).unlink(missing_ok=True)
     for parent in created:  # deepest first: a failed download leaves no empty folders behind
         try:

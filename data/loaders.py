@@ -12,10 +12,11 @@ reads and decodes only its share.
 """
 import hashlib
 import math
+from typing import Protocol
 
 import torch
 
-from data.registry import Arrays, dataset_name, describe_data, find_dataset
+from data.registry import Arrays, DataInfo, dataset_name, describe_data, find_dataset
 from utils.config import require
 from utils.errors import UserError
 
@@ -114,8 +115,21 @@ def shifted(images, dy, dx, shift, background):
     return padded[batch, :, rows, cols].permute(0, 3, 1, 2)
 
 
+class Resumable(Protocol):
+    """What the training batches give `utils.epochs.Epochs`: a pass over them, their number, and the state of their
+    draw, which last.pt keeps so that a resume continues with the pass an uninterrupted run would have drawn."""
+
+    def __iter__(self): ...
+
+    def __len__(self) -> int: ...
+
+    def get_state(self): ...
+
+    def set_state(self, state): ...
+
+
 class Planned:
-    """Batches that follow a Plan: as many as it has, and its state (what a resume restores) as theirs."""
+    """Batches that follow a Plan: as many as it has, and its state (what a resume restores) as theirs (Resumable)."""
 
     def __init__(self, plan):
         self.plan = plan
@@ -281,6 +295,9 @@ def check_config(config, world_size=1):
     require(config, "data.memory_limit_mb", float, low=0, optional=True)
     check_batch_size(cfg["batch_size"], world_size)
     info = describe_data(config)
+    if not isinstance(info, DataInfo):
+        raise UserError(f"data.name {dataset_name(cfg)!r} is not an image dataset; this experiment trains on images "
+                        f"(for text, python main.py --experiment=charlm --config=configs/charlm.yml)")
     check_val_size(require(config, "data.val_size", int), info.num_train)
     return info
 

@@ -6,6 +6,8 @@ A dataset is one object with a one-line `summary` (for --list) and three methods
     describe(cfg, cache_dir) -> DataInfo   shape, classes, normalisation and sizes, read cheaply (headers, a scan)
     load(cfg, cache_dir, world) -> Arrays | Files   the images: tensors to hold in memory, or files to stream
 
+A text corpus (data/text.py) has the same three, describing a TextInfo and loading Tokens.
+
 `cfg` is the config's `data` section; `cache_dir` is the run table's folder, where a dataset may keep what it
 measured or decoded once. A dataset of your own in code needs only a function that returns `Arrays`;
 register it below as "name": "data.my_module:my_function" (see the README's "Your own data").
@@ -24,6 +26,7 @@ DATASETS = {
     "kmnist": "data.idx:KMNIST",
     "cifar10": "data.cifar:CIFAR10",
     "folder": "data.folder:FOLDER",
+    "shakespeare_char": "data.text:SHAKESPEARE_CHAR",
 }
 DEFAULT = "mnist"  # what a config without data.name (every run recorded before datasets could be chosen) trained on
 _IN_CODE = {}  # (name, function) -> its InCode wrapper: see find_dataset

@@ -1,27 +1,31 @@
 """experiment1: the baseline. A small CNN trained on MNIST (or the dataset data.name selects); the lab book is
 experiments/experiment1.md."""
+from experiments import declare
 
 
-def data_fingerprint(config, cache_path):
+def data_fingerprint(config: dict, cache_path) -> str:
     """What the data is, for the run's identity: the same files give the same run wherever they lie."""
     from data.registry import data_fingerprint
 
     return data_fingerprint(config, cache_path)
 
 
-def check_config(config, world_size=1):
+def check_config(config: dict, world_size: int = 1):
     """Refuse, before the run is registered, any value its pieces would refuse later: a mistake leaves no row."""
     import data.loaders, models.cnn, training.optim, utils.config, utils.device  # noqa: E401
 
     utils.config.require(config, "logging.log_every", int, low=1)
+    utils.config.require(config, "training.label_smoothing", float, low=0, high=1)
     info = data.loaders.check_config(config, world_size)
     models.cnn.check_config(config, info)
     training.optim.check_config(config, steps_per_epoch=data.loaders.steps_per_epoch(config, info))
     utils.device.check_config(config)
 
 
-def experiment1(config, run, device, world, watch="accuracy", verbose=1):
-    """Train the CNN, keep the epoch with the best validation `watch` metric, return its test results.
+@declare(metrics={"loss": "lower", "accuracy": "higher"}, select="accuracy", check_config=check_config,
+         data_fingerprint=data_fingerprint, flags=("verbose",))
+def experiment1(config, run, device, world, verbose=1):
+    """Train the CNN, keep the epoch with the best validation accuracy (or --watch's metric), return its test results.
 
     The seed and the CPU threads are set before this is called; `world` says which torchrun process this is.
     """
@@ -30,6 +34,7 @@ def experiment1(config, run, device, world, watch="accuracy", verbose=1):
     from models.cnn import make_model
     from training.loop import evaluate, train_epoch
     from training.optim import make_optimizer, make_scheduler
+    from training.tasks import Classification
     from utils.device import autocast_dtype
     from utils.epochs import Epochs
 
@@ -40,8 +45,9 @@ def experiment1(config, run, device, world, watch="accuracy", verbose=1):
     model = world.wrap(make_model(config, info, device), device)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch=len(train))
+    task = Classification(label_smoothing=training["label_smoothing"])
     # Resume, checkpoints, the order of writes and the final reload, the same for every experiment.
-    epochs = Epochs(run, model, optimizer, scheduler, train, world=world, watch=watch, verbose=verbose)
+    epochs = Epochs(run, model, optimizer, scheduler, train, world=world, verbose=verbose)
     if verbose >= 2:
         print(f"run {run.id}: {sum(p.numel() for p in model.parameters()):,} parameters on {device}, "
               f"{train.num_samples} train / {val.num_samples} validation / {test.num_samples} test images of "
@@ -49,11 +55,11 @@ def experiment1(config, run, device, world, watch="accuracy", verbose=1):
 
     for epoch in epochs.remaining(training["num_epochs"]):
         train_metrics = train_epoch(
-            model, train, optimizer, scheduler, label_smoothing=training["label_smoothing"],
-            first_step=(epoch - 1) * len(train), log_every=config["logging"]["log_every"], log_step=epochs.log_step,
-            progress=epochs.progress(epoch), autocast=autocast, world=world)
-        val_metrics = evaluate(model, val, autocast=autocast, world=world)
+            model, train, optimizer, scheduler, task, first_step=(epoch - 1) * len(train),
+            log_every=config["logging"]["log_every"], log_step=epochs.log_step, progress=epochs.progress(epoch),
+            autocast=autocast, world=world)
+        val_metrics = evaluate(model, val, task, autocast=autocast, world=world)
         epochs.end(epoch, step=epoch * len(train), train=train_metrics, val=val_metrics)
 
-    test_metrics = evaluate(epochs.best_model(), test, autocast=autocast, world=world)
+    test_metrics = evaluate(epochs.best_model(), test, task, autocast=autocast, world=world)
     return epochs.finish(test=test_metrics)

@@ -39,12 +39,12 @@ def compared_groups(launch):
     if not path.exists():
         raise UserError(f"there is no run table at {path}, so no run to compare")
     project = launch.project
-    groups, left_out = grouped_runs(path, project.where_keys)
+    groups, left_out = grouped_runs(path, project.rules.where_keys)
     chosen = choose_groups(launch, groups, left_out)
     if left_out:
         print(f"note: {left_out_note(left_out)}", file=sys.stderr)
     against = launch.args.against
-    return comparison(path, groups, chosen, project.code_dir, project.where_keys, against, project.implied)
+    return comparison(path, groups, chosen, project.code_dir, project.rules.where_keys, against, project.rules.implied)
 
 
 def grouped_runs(path, where_keys=()):
@@ -167,10 +167,13 @@ def describe_group(runs, reference, is_reference, settings, commands=None):
              "experiment": runs[0].experiment, "flags": runs[0].cli, "comment": runs[0].comment,
              "config": differing, "reference": is_reference, "metrics": {}}
     names = [name for name in runs[0].results if all(_is_number(run.results.get(name)) for run in runs)]
+    measures = runs[0].measures
     for name in names:
         summary = summarise([run.results[name] for run in runs])
         group["metrics"][name] = {"n": summary.n, "mean": summary.mean, "std": summary.std,
-                                  "ci95": list(summary.ci95) if summary.ci95 else None, "role": role_of(name)}
+                                  "ci95": list(summary.ci95) if summary.ci95 else None, "role": role_of(name),
+                                  "better": measures.direction_of(name)}
+    group["selects"] = measures.selected_result
     if not is_reference:
         short = runs if len(runs) < 2 else reference if len(reference) < 2 else None
         if short is not None:  # which group lacks seeds for a test, and the command that adds them
@@ -197,32 +200,30 @@ def role_of(metric):
     return "validation" if metric.startswith("best_val_") else "held out" if metric.startswith("test_") else "other"
 
 
-def sentence(name, n_runs, comparison, needs_seeds=None):
-    """What a comparison means, in plain words."""
+def sentence(name, n_runs, comparison, needs_seeds=None, better=None):
+    """What a comparison means, in plain words; `better` ("higher", "lower" or None) is the way the runs recorded
+    that this result is better."""
     if comparison is None:
         short = needs_seeds or {"group": "a group", "runs": [], "command": None}
         runs = ", ".join(map(str, short["runs"]))
         add = (f"python {short['command']} --seeds=3" if short["command"] else "its command with --seeds=3")
         return (f"{name}: too few runs to test a difference: {short['group']} has {len(short['runs'])} "
                 f"(run{'s' if len(short['runs']) != 1 else ''} {runs}) and each group needs 2; add seeds with {add}")
-    scale, unit = (100, " points") if "accuracy" in name else (1, "")
     diff, p = comparison["diff"], comparison["p_value"]
     if p is None:
-        return (f"{name}: {diff * scale:+.3g}{unit}, no test possible ({comparison['no_test']}; "
+        return (f"{name}: {diff:+.3g}, no test possible ({comparison['no_test']}; "
                 f"{comparison['test']} over {comparison['n']} {'seeds' if comparison['test'] == 'paired t' else 'runs'})")
     low, high = comparison["ci95"]
-    numbers = (f"95% CI {low * scale:+.3g} to {high * scale:+.3g}{unit}, p={p:.2g}, {comparison['test']} over "
+    numbers = (f"95% CI {low:+.3g} to {high:+.3g}, p={p:.2g}, {comparison['test']} over "
                f"{comparison['n']} {'seeds' if comparison['test'] == 'paired t' else 'runs'}")
     if p >= SIGNIFICANCE:
         return (f"{name}: no detectable difference with {n_runs} seed{'s' if n_runs != 1 else ''} "
-                f"({diff * scale:+.3g}{unit}, {numbers})")
-    lower_is_better = "loss" in name or "error" in name
-    higher_is_better = "accuracy" in name
-    if higher_is_better or lower_is_better:
-        word = "better" if (diff > 0) == higher_is_better else "worse"
+                f"({diff:+.3g}, {numbers})")
+    if better is not None:
+        word = "better" if (diff > 0) == (better == "higher") else "worse"
     else:
         word = "higher" if diff > 0 else "lower"
-    return f"{name}: {word} by {abs(diff) * scale:.3g}{unit} ({numbers})"
+    return f"{name}: {word} by {abs(diff):.3g} ({numbers})"
 
 
 def render(groups, markdown=False):
@@ -251,7 +252,8 @@ def render(groups, markdown=False):
             n_runs = len(group["runs"])
             judged = [name for role in ("validation", "held out") for name in group["metrics"]
                       if role_of(name) == role and name in versus]
-            out += [("- " if markdown else "  ") + sentence(name, n_runs, versus.get(name), group.get("needs_seeds"))
+            out += [("- " if markdown else "  ") + sentence(name, n_runs, versus.get(name), group.get("needs_seeds"),
+                                                            group["metrics"][name].get("better"))
                     + (" [held out: report it, do not choose by it]" if role_of(name) == "held out" else "")
                     for name in judged]
         out.append("")

@@ -13,13 +13,14 @@ from pathlib import Path
 from utils.config import (OVERRIDE_PREFIX, apply_overrides, dump_config, flatten, flatten_values, load_config,
                           load_config_text, override_text, parse_override, require, unset_implied, with_changed_keys,
                           without_keys)
+from experiments import Experiment, check_registry
 from utils.errors import UserError
-from utils.runtable.identity import SEED_KEY, RunIdentity
+from utils.runtable.identity import SEED_KEY, IdentityRules, RunIdentity
 from utils.runtable.registry import RunTable
 
 TABLE_ENV = "RESULT_TABLE"  # the one way to record somewhere else than the checkout's results/resultTable.db
 # Flags the template itself uses while running an experiment: they need not be parameters of its function.
-TEMPLATE_FLAGS = ("cpu", "verbose")
+WATCH_FLAG = "watch"  # the metric that selects the best epoch and trial; by default the experiment's own
 
 
 class Parser(argparse.ArgumentParser):
@@ -50,18 +51,12 @@ class RunDescription:
 
 @dataclass
 class Project:
-    """What main.py declares: the registry, the experiment flags and their roles, the where-keys, the implied keys."""
-    experiments: dict  # the registry: name -> function
+    """What main.py declares: the registry, the experiment flags, the rules of a run's identity."""
+    experiments: dict  # the registry: name -> Experiment
     flag_defaults: dict  # experiment flag -> its default
-    output_only: tuple  # experiment flags that change only what is printed
-    where_keys: tuple  # config keys that say where things are or how they are fetched: not part of the identity
-    implied: dict  # config key -> the value that runs recorded before the key existed had: recorded as not set
+    rules: IdentityRules  # what makes two launches the same run: where-keys, path keys, implied keys, flag roles
     code_dir: Path
-    path_keys: tuple = ()  # config keys that are paths: a relative one is relative to the checkout (code_dir)
     table_path: Path | None = None  # the run table; by default the checkout's results/resultTable.db
-
-    def __post_init__(self):
-        self.table_path = Path(self.table_path or own_table(self.code_dir))
 
     @cached_property
     def table(self):
@@ -72,18 +67,29 @@ class Project:
     def located(self, config):
         """`config` with its relative paths (path_keys) joined to the checkout: a run finds the same files wherever it
         is launched from."""
-        return located(config, self.path_keys, self.code_dir)
+        return located(config, self.rules.path_keys, self.code_dir)
 
-    def find_experiment(self, name):
-        """The registered experiment function called `name`, or a UserError naming the close ones."""
+    def __post_init__(self):
+        self.table_path = Path(self.table_path or own_table(self.code_dir))
+        check_registry(self.experiments)  # a wrong declaration is refused at start-up, in one line
+
+    def find_experiment(self, name) -> Experiment:
+        """The registered Experiment called `name`, or a UserError naming the close ones."""
         if name in self.experiments:
             return self.experiments[name]
         close = difflib.get_close_matches(name, self.experiments, n=1, cutoff=0.3)
         hint = f" (did you mean {close[0]}?)" if close else ""
         raise UserError(f"unknown experiment {name!r}{hint}; registered: {', '.join(self.experiments)}")
 
-    def result_flags(self, flags):
-        """{flag: value} of `flags` that change results and differ from their default.
+    def flag_default(self, experiment, name):
+        """The default of experiment flag `name` for `experiment`: main.py's, but --watch's is the experiment's own
+        selected metric (a flag's default never replaces what the experiment declares)."""
+        if name == WATCH_FLAG:
+            return self.find_experiment(experiment).measures.select
+        return self.flag_defaults[name]
+
+    def result_flags(self, experiment, flags):
+        """{flag: value} of `flags` that change results and differ from their default for `experiment`.
 
         Only flags away from their default count, so adding a flag with a default keeps every earlier identity.
         """
@@ -92,88 +98,80 @@ class Project:
             raise UserError(f"{unknown[0]!r} is not an experiment flag; main.py declares "
                             f"{', '.join(self.flag_defaults)}")
         return {name: value for name, value in flags.items()
-                if name not in self.output_only and value != self.flag_defaults[name]}
+                if name not in self.rules.output_only and value is not None
+                and value != self.flag_default(experiment, name)}
+
+    def measures(self, experiment, flags):
+        """The Measures a run of `experiment` with `flags` records: the declared ones, selecting by --watch's metric
+        when it names one."""
+        declared = self.find_experiment(experiment).measures
+        watch = flags.get(WATCH_FLAG)
+        return declared if watch is None else declared.selecting(watch)
 
     def identity(self, description, world_size=1, with_data=True):
         """The RunIdentity of a fresh run of `description`; without its data's fingerprint unless `with_data` (what
         a command that only reads the table needs: it never reads the data)."""
-        self.find_experiment(description.experiment)
-        config = unset_implied(description.run_config(), self.implied)
-        flags = self.result_flags(description.flags)
+        config = unset_implied(description.run_config(), self.rules.implied)
+        flags = self.result_flags(description.experiment, description.flags)
+        measures = self.measures(description.experiment, description.flags)
         if world_size > 1:  # BatchNorm sees each rank's shard: the numbers differ from a single process
             flags["world_size"] = world_size
         data = self.data_fingerprint(description.experiment, config) if with_data else None
-        return RunIdentity(description.experiment, dump_config(config), flags, description.comment, self.where_keys,
-                           data)
+        return RunIdentity(description.experiment, dump_config(config), flags, description.comment, self.rules.where_keys,
+                           data, measures=measures)
 
     def data_fingerprint(self, experiment, config):
-        """The fingerprint of the data `config` points at, from the experiment module's data_fingerprint(config,
-        cache_path), or None where it declares none."""
-        hook = self.experiment_hook(experiment, "data_fingerprint")
-        if hook is None:
+        """The fingerprint of the data `config` points at, as the experiment declares it (None for one that
+        declares it reads no data)."""
+        fingerprint = self.find_experiment(experiment).data_fingerprint
+        if fingerprint is None:
             return None
-        return hook(self.located(without_keys(config, set())), self.table_path.parent / "data_fingerprints.json")
-
-    def experiment_hook(self, experiment, name):
-        """The function `name` of the experiment's module (check_config, data_fingerprint), or None."""
-        return getattr(sys.modules[self.find_experiment(experiment).__module__], name, None)
+        return fingerprint(self.located(without_keys(config, set())), self.table_path.parent / "data_fingerprints.json")
 
     def experiment_flags(self, recorded_flags, output):
         """Every experiment flag's value for a run with `recorded_flags`; output-only ones from `output`."""
         values = {**self.flag_defaults, **{k: v for k, v in recorded_flags.items() if k in self.flag_defaults}}
-        values.update({name: output[name] for name in self.output_only if name in output})
+        values.update({name: output[name] for name in self.rules.output_only if name in output})
         return values
 
     def experiment_kwargs(self, experiment, flags):
-        """The keyword arguments `experiment` gets: every flag it has a parameter for.
+        """The keyword arguments `experiment` (an Experiment) gets: the flags it declares it takes.
 
         A flag away from its default that neither the experiment nor the template uses is refused: it would change
         the run's identity without changing what it computes.
         """
-        import inspect  # only once a launch gets past the duplicate check: a refusal stays fast
-
-        parameters = inspect.signature(experiment).parameters
-        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
-        kwargs = {}
-        for name, value in flags.items():
-            if takes_any or name in parameters:
-                kwargs[name] = value
-            elif name not in TEMPLATE_FLAGS and value != self.flag_defaults[name]:
-                raise UserError(f"experiment {experiment.__name__} has no parameter {name!r} for "
-                                f"--{name.replace('_', '-')}; add {name}={self.flag_defaults[name]!r} to its function")
-        return kwargs
+        name = experiment.__name__
+        for flag, value in flags.items():
+            if flag not in experiment.flags and flag not in self.rules.template_flags and value is not None \
+                    and value != self.flag_default(name, flag):
+                raise UserError(f"experiment {name} does not take --{flag.replace('_', '-')}; add {flag!r} to the "
+                                f"flags of its @declare(...) and a parameter {flag}={self.flag_defaults[flag]!r} "
+                                f"to its function")
+        return {flag: flags[flag] for flag in experiment.flags if flag in flags}
 
     def check_takes_flags(self, description):
         """Refuse, before anything is registered, a flag the chosen experiment cannot use."""
         self.experiment_kwargs(self.find_experiment(description.experiment),
-                               self.experiment_flags(self.result_flags(description.flags), {}))
+                               self.experiment_flags(self.result_flags(description.experiment, description.flags), {}))
 
     def check_config(self, identity):
-        """Call check_config(config) of the experiment's module, where it has one: mistakes found before registering.
+        """The experiment's declared check_config(config, world_size): mistakes found before registering.
 
         It runs after the duplicate check (a duplicate is refused without importing torch) and before the run is
-        registered, so a value the experiment's pieces would refuse leaves no failed row behind. A check_config with
-        a `world_size` parameter also gets the number of torchrun processes.
+        registered, so a value the experiment's pieces would refuse leaves no failed row behind.
         """
-        import inspect  # here, not at the top: a refused duplicate never gets this far
-
         config = self.located(without_keys(load_config_text(identity.config_text), set()))
         # What the template itself reads for every experiment: the seed (NumPy takes 0 to 2**32 - 1), the threads.
         require(config, SEED_KEY, int, low=0, high=2**32 - 1, optional=True)
         require(config, "training.threads", int, low=0, optional=True)
         require(config, "training.deterministic", bool, optional=True)
-        check = self.experiment_hook(identity.experiment, "check_config")
-        if check is None:
-            return
-        if "world_size" in inspect.signature(check).parameters:
-            check(config, world_size=identity.flags.get("world_size", 1))
-        else:
-            check(config)
+        self.find_experiment(identity.experiment).check_config(config, world_size=identity.flags.get("world_size", 1))
 
     def warn_of_new_keys(self, experiment, config_path):
         """Say once (until a run has them) that the YAML at `config_path` sets keys no recorded run of `experiment`
         has."""
-        keys = flatten_values(without_keys(unset_implied(load_config(config_path), self.implied), set(self.where_keys)))
+        keys = flatten_values(without_keys(unset_implied(load_config(config_path), self.rules.implied),
+                                           set(self.rules.where_keys)))
         new = self.table.keys_new_to(experiment, keys)
         if new:
             print(f"warning: {config_path} sets {', '.join(new)}, which no recorded run of {experiment} "
@@ -184,11 +182,12 @@ class Project:
         """The command line that starts `description` from the YAML at `config_path`, as a user could paste it."""
         from utils.provenance import command_line
 
-        base = flatten_values(unset_implied(load_config(config_path), self.implied))
-        wanted = flatten_values(unset_implied(description.run_config(), self.implied))
+        base = flatten_values(unset_implied(load_config(config_path), self.rules.implied))
+        wanted = flatten_values(unset_implied(description.run_config(), self.rules.implied))
         overrides = [f"{OVERRIDE_PREFIX}{key}={override_text(value)}" for key, value in wanted.items()
                      if key not in base or base[key] != value]
-        flags = [f"--{name.replace('_', '-')}={value}" for name, value in self.result_flags(description.flags).items()]
+        flags = [f"--{name.replace('_', '-')}={value}"
+                 for name, value in self.result_flags(description.experiment, description.flags).items()]
         comment = [f"--comment={description.comment}"] if description.comment else []
         return command_line(["main.py", f"--experiment={description.experiment}", f"--config={config_path}", *flags,
                              *comment, *overrides])
@@ -205,14 +204,14 @@ class Launch:
     def config(self, overrides=None):
         """The merged config of this command (with `overrides` instead of the command's own), as a run records it."""
         config = self.overridden(load_config(self.args.config), self.overrides if overrides is None else overrides)
-        return unset_implied(config, self.project.implied)
+        return unset_implied(config, self.project.rules.implied)
 
     def overridden(self, config, overrides):
         """`config` with `overrides` applied; a relative path (path_keys) typed on the command line is relative to
         where the command runs, so it is made absolute, unless the command runs in the checkout (where both agree,
         and the path is recorded as typed)."""
         config = apply_overrides(config, overrides)
-        typed = {key for key, _ in overrides} & set(self.project.path_keys)
+        typed = {key for key, _ in overrides} & set(self.project.rules.path_keys)
         if not typed or Path.cwd() == self.project.code_dir.resolve():
             return config
         return located(config, typed, Path.cwd())
@@ -231,7 +230,11 @@ class Launch:
 
     def result_flags(self):
         """{flag: value} of this command's experiment flags that are part of a run's identity."""
-        return self.project.result_flags(self.flags())
+        return self.project.result_flags(self.args.experiment, self.flags())
+
+    def measures(self):
+        """The Measures a run of this command records (the experiment's, selecting by --watch's metric)."""
+        return self.project.measures(self.args.experiment, self.flags())
 
     def relocated(self, identity):
         """A recorded run's identity with this command's where-key overrides (--config.data.path=DIR) applied.
@@ -246,10 +249,10 @@ class Launch:
                        data=self.project.data_fingerprint(identity.experiment, config))
 
     def check_only_where_keys_overridden(self):
-        others = [key for key, _ in self.overrides if key not in self.project.where_keys]
+        others = [key for key, _ in self.overrides if key not in self.project.rules.where_keys]
         if others:
             raise UserError(f"{self.mode_flag()} takes the run's recorded config; of the overrides only where-keys "
-                            f"({', '.join(self.project.where_keys)}) may change, drop --config.{others[0]}")
+                            f"({', '.join(self.project.rules.where_keys)}) may change, drop --config.{others[0]}")
 
     def mode_flag(self):
         return next((f"--{mode}" for mode in ("resume", "reproduce", "verify") if getattr(self.args, mode, None)
@@ -257,7 +260,7 @@ class Launch:
 
     def output_flags(self):
         """{flag: value} of this command's output-only experiment flags (--verbose)."""
-        return {name: value for name, value in self.flags().items() if name in self.project.output_only}
+        return {name: value for name, value in self.flags().items() if name in self.project.rules.output_only}
 
     def warn_of_new_keys(self):
         self.project.warn_of_new_keys(self.args.experiment, self.args.config)
@@ -283,9 +286,10 @@ def choose_mode(args, overrides, parser, output_only):
                                         ("--search-space", args.search_space, None, ("search",)),
                                         ("--prune", args.prune, False, ("search",)),
                                         ("--search-storage", args.search_storage, None, ("search",)),
-                                        ("--trust-old-checkpoint", args.trust_old_checkpoint, False, ("resume",))):
+                                        ("--trust-old-checkpoint", args.trust_old_checkpoint, False, ("resume",)),
+                                        ("--from", args.base, None, ("new_experiment",))):
         if value != default and mode not in modes:
-            named = " or ".join("--sweep, --seeds" if m == "sweep" else f"--{m}" for m in modes)
+            named = " or ".join("--sweep, --seeds" if m == "sweep" else f"--{m.replace('_', '-')}" for m in modes)
             raise UserError(f"{flag} only applies to {named}")
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps=N replays N >= 1 steps, got {args.steps}")

@@ -10,7 +10,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 
-from modes.launch import command_of, torchrun_world_size
+from modes.launch import WATCH_FLAG, command_of, torchrun_world_size
 from utils.config import flatten_values, load_config_text, without_keys
 from utils.errors import DiskFull, Pruned, Terminated, UserError, as_seen_from_here
 from utils.provenance import git_commit, git_diff
@@ -50,7 +50,7 @@ def start_run(project, description, *, shared=False, debug=False, config_path=""
     if command is None:
         command = project.command(description, config_path) if config_path else "(started from Python)"
     table, commit, diff = project.table, git_commit(project.code_dir), git_diff(project.code_dir)
-    output = {name: description.flags.get(name, project.flag_defaults[name]) for name in project.output_only}
+    output = {name: description.flags.get(name, project.flag_defaults[name]) for name in project.rules.output_only}
     if not shared:
         def register(world_size):
             identity = project.identity(description, world_size)
@@ -133,7 +133,7 @@ def run_registered(project, register, output, cpu=False, threads=None):
         if outcome is None:
             return None, 2, None  # rank 0 said why
         if not world.is_main:
-            run, identity = Replica(*outcome[:3]), outcome[3]
+            run, identity = Replica(*outcome[:3], measures=outcome[3].measures), outcome[3]
         results, code = execute(project, run, identity, output if world.is_main else {**output, "verbose": 0}, world,
                                 threads=threads)
         # Every rank is done with its collectives before the process group goes away. Not after a stop: a stopped
@@ -162,7 +162,7 @@ def execute(project, run, identity, output, world=None, announce=True, threads=N
         print(f"run {run.id}: {identity.experiment}{' (debug)' if run.id == -1 else ''}, checkpoints in "
               f"{as_seen_from_here(run.folder)}", flush=True)
     experiment = project.find_experiment(identity.experiment)
-    flags = project.experiment_flags(identity.flags, output)
+    flags = {**project.experiment_flags(identity.flags, output), WATCH_FLAG: identity.measures.select}
     kwargs = project.experiment_kwargs(experiment, flags)
     try:
         with run:
@@ -185,7 +185,7 @@ def execute(project, run, identity, output, world=None, announce=True, threads=N
             seed_everything(config.get("seed", 0), deterministic=training.get("deterministic", True))
             device = pick_device(force_cpu=flags.get("cpu", False), index=world.local_rank)
             run.log_hparams({**flatten_values(recorded),
-                             **{k: v for k, v in flags.items() if k not in project.output_only},
+                             **{k: v for k, v in flags.items() if k not in project.rules.output_only},
                              "threads": threads, "world_size": world.size})
             run.log_text("environment", json.dumps(environment(device, threads), indent=2))
             for tag, text in (texts or {}).items():  # what the caller records beside the run (a search's trial)

@@ -4,7 +4,7 @@ import re
 
 from utils.errors import UserError
 
-BASE_EXPERIMENT = "experiment1"
+BASE_EXPERIMENT = "experiment1"  # what --new-experiment copies unless --from names another
 LAB_BOOK_TEMPLATE = "TEMPLATE.md"
 REGISTRY = re.compile(r"^experiments = \{(?P<body>.*?)\}", re.MULTILINE | re.DOTALL)
 IMPORT = re.compile(r"^from experiments\.\w+ import \w+\n", re.MULTILINE)
@@ -12,16 +12,18 @@ IMPORT = re.compile(r"^from experiments\.\w+ import \w+\n", re.MULTILINE)
 
 def scaffold(launch):
     """Write the new experiment's files and say what to do next."""
-    name = launch.args.new_experiment
+    name, base = launch.args.new_experiment, launch.args.base or BASE_EXPERIMENT
     code_dir = launch.project.code_dir
-    for path in new_experiment(code_dir, name, launch.project.experiments):
+    source = launch.project.find_experiment(base)  # a UserError naming the registered ones
+    for path in new_experiment(code_dir, name, launch.project.experiments, base):
         print(f"wrote {path.relative_to(code_dir)}")
-    print(f"edit experiments/{name}.py, then: python main.py --experiment={name} --config=configs/config.yml")
+    print(f"edit experiments/{name}.py, then: python main.py --experiment={name} --config={source.config}")
     return 0
 
 
-def new_experiment(code_dir, name, registered):
-    """Write experiments/NAME.py (a copy of experiment1) and NAME.md, and register NAME in main.py.
+def new_experiment(code_dir, name, registered, base=BASE_EXPERIMENT):
+    """Write experiments/NAME.py (a copy of experiment `base`) and NAME.md (a lab book whose results table has the
+    base's metrics), and register NAME in main.py.
 
     Refuses an invalid or taken name before writing anything; returns the paths it wrote.
     """
@@ -35,10 +37,14 @@ def new_experiment(code_dir, name, registered):
         raise UserError(f"experiment {name!r} exists already ({', '.join(taken) or 'registered in main.py'}); "
                         f"pick another name")
     main_text = register(main.read_text(), name)
-    base = (folder / f"{BASE_EXPERIMENT}.py").read_text()
-    code_text = base.replace(BASE_EXPERIMENT, name).replace(
-        "the baseline.", f"copied from {BASE_EXPERIMENT}, the baseline; edit it to try one idea.", 1)
-    lab_text = (folder / LAB_BOOK_TEMPLATE).read_text().replace("NAME", name)
+    source = registered[base]
+    code_text = (folder / f"{base}.py").read_text().replace(base, name)
+    code_text = code_text.replace(f'"""{name}: ', f'"""{name}: copied from {base}; edit it to try one idea. ', 1)
+    measures = source.measures
+    columns = [measures.selected_result, *(f"test_{metric}" for metric in measures.better)]
+    lab_text = (folder / LAB_BOOK_TEMPLATE).read_text().replace("NAME", name).replace(
+        "CONFIG", source.config).replace("| METRICS |", "| " + " | ".join(columns) + " |").replace(
+        "|---METRICS|", "|---" * len(columns) + "|")
 
     code.write_text(code_text)
     lab_book.write_text(lab_text)

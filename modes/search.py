@@ -1,9 +1,10 @@
 """--search=N: a study of N trials over the space the overrides describe; Optuna proposes, the run table records.
 
 Each trial is one recorded run (or, with --seeds=K, a group of K runs whose mean is the trial's value), with its
-identity as any run has; its value is the watched validation metric (--watch), never a test result. The study lives
-beside the run table in Optuna's journal file (`search.journal` in its folder), named from the experiment, the config,
-the space and the flags, so the same command continues it until N trials are complete, and --search=20 after a finished
+identity as any run has; its value is the validation metric the experiment declares it selects by (or --watch's), in
+its declared direction, never a test result. The study lives beside the run table in Optuna's journal file
+(`search.journal` in its folder), named from the experiment, the config, the space and the flags, so the same command
+continues it until N trials are complete, and --search=20 after a finished
 --search=10 adds ten. A proposal that already finished in the table is not trained again: its recorded value is told.
 Identical commands (and --workers=N) share the study, asking for trials under a lock; with --prune, Optuna's median
 pruner stops trials that fall behind, epoch by epoch.
@@ -53,12 +54,12 @@ def run_study(launch, count, fixed, dimensions):
     """Exit code of this worker's part of the study: trials until `count` are complete, then the summary."""
     import optuna
 
-    watch = launch.args.watch
-    metric = f"best_val_{watch}"
+    measures = launch.measures()  # the experiment's declared selection, or --watch's metric
+    metric = measures.selected_result
     name = study_name(launch, fixed, dimensions)
     storage, lock = study_storage(launch.args.search_storage, launch.project.table.results_dir)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    direction = "maximize" if watch == "accuracy" else "minimize"
+    direction = "maximize" if measures.higher_is_better(measures.select) else "minimize"
     study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True,
                                 pruner=optuna.pruners.MedianPruner() if launch.args.prune else None)
     seed = launch.config(fixed).get(SEED_KEY, 0)
@@ -100,7 +101,7 @@ def run_study(launch, count, fixed, dimensions):
             study.tell(trial, sum(values) / len(values))
             print(f"[trial {trial.number}] {metric} {sum(values) / len(values):.4f} "
                   f"(runs {', '.join(map(str, run_ids))})", flush=True)
-    print_summary(launch, study, dimensions, fixed, metric, direction)
+    print_summary(launch, study, dimensions, fixed, measures, direction)
     return 0
 
 
@@ -114,7 +115,7 @@ def run_of_trial(launch, description, texts, judge=None):
     elif not outcome.ran:
         print(f"  run {outcome.run_id} of this config is {outcome.state}: the trial is {outcome.state}", flush=True)
     elif outcome.state == "pruned":
-        print(f"  run {outcome.run_id} pruned: its validation fell below the median of earlier trials", flush=True)
+        print(f"  run {outcome.run_id} pruned: its validation was worse than the median of earlier trials", flush=True)
     return outcome
 
 
@@ -192,8 +193,8 @@ def study_name(launch, fixed, dimensions):
     from utils.config import dump_config
 
     described = [launch.args.experiment, dump_config(launch.config(fixed)), [repr(d) for d in dimensions],
-                 sorted(launch.result_flags().items()), launch.args.comment, launch.args.seeds, launch.args.watch,
-                 launch.args.prune]
+                 sorted(launch.result_flags().items()), launch.args.comment, launch.args.seeds,
+                 launch.measures().select, launch.args.prune]
     return f"{launch.args.experiment}-{hashlib.sha256(json.dumps(described).encode()).hexdigest()[:12]}"
 
 
@@ -296,10 +297,12 @@ def _advisory_locked(storage):
             connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_KEY})
 
 
-def print_summary(launch, study, dimensions, fixed, metric, direction):
-    """The top trials by validation, the held-out test result of the best one, and the command to confirm it."""
+def print_summary(launch, study, dimensions, fixed, measures, direction):
+    """The top trials by validation, the held-out test value of the same metric for the best one, and the command to
+    confirm it."""
     import optuna
 
+    metric = measures.selected_result
     trials = sorted((t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE), key=lambda t: t.value,
                     reverse=direction == "maximize")
     pruned = sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials)
@@ -317,9 +320,10 @@ def print_summary(launch, study, dimensions, fixed, metric, direction):
         print(f"  trial {trial.number}: {metric} {trial.value:.4f}{interval}  {params}  runs "
               f"{', '.join(map(str, runs))}")
     best = trials[0]
-    tests = [read_run(launch.project.table.path, run_id).results.get("test_accuracy") for run_id in best.user_attrs["runs"]]
+    held_out = measures.held_out_result
+    tests = [read_run(launch.project.table.path, run_id).results.get(held_out) for run_id in best.user_attrs["runs"]]
     if all(value is not None for value in tests):
-        print(f"held-out test accuracy of the best trial (for reporting the choice, not for making it): "
+        print(f"held-out {held_out} of the best trial (for reporting the choice, not for making it): "
               f"{sum(tests) / len(tests):.4f}")
     overrides = [*fixed, *((d.key, d.text(best.params[d.key])) for d in dimensions)]
     flags = [f"--{name}={value}" for name, value in launch.result_flags().items()]

@@ -267,7 +267,7 @@ def sweep_header(launch):
 def combination_label(launch, combination, seed=None):
     """What tells a run of the sweep from the others: its overrides (where-keys left out) and its seed."""
     shown = [f"{key}={value}" for key, value in combination
-             if key not in launch.project.where_keys and not (seed is not None and key == SEED_KEY)]
+             if key not in launch.project.rules.where_keys and not (seed is not None and key == SEED_KEY)]
     if seed is not None:
         shown.append(f"{SEED_KEY}={seed}")
     return " ".join(shown) or "(the config as it is)"

@@ -20,8 +20,8 @@ class EnoughSteps(BaseException):
 class Replay(Replica):
     """A run that records nothing in the table: it keeps the points logged up to `last_step`, then stops the run."""
 
-    def __init__(self, run_id, folder, last_step):
-        super().__init__(run_id, folder)
+    def __init__(self, run_id, folder, last_step, measures):
+        super().__init__(run_id, folder, measures=measures)
         self.last_step = last_step
         self.points = {}
 
@@ -86,7 +86,7 @@ def verify_run(launch, recorded):
         return False, (f"DIFFERS: the data is not what it was trained on (fingerprint {identity.data[:12]}, recorded "
                        f"{recorded.identity.data[:12]}); point --config.data.path at its data")
     with tempfile.TemporaryDirectory(prefix="verify-") as folder:
-        replay = Replay(recorded.run_id, folder, last_step)
+        replay = Replay(recorded.run_id, folder, last_step, identity.measures)
         try:
             execute(launch.project, replay, identity, {**launch.output_flags(), "verbose": 0}, announce=False,
                     threads=recorded.threads)

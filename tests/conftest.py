@@ -3,11 +3,14 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers import MAIN, copy_template, env_recording_in, make_mnist_folder, tiny_config
+from helpers import (MAIN, copy_template, env_recording_in, make_mnist_folder, tiny_charlm_config, tiny_config,
+                     write_text_corpus)
 
 # A test names the table it records in (the helpers: its working folder's results/). One that forgets fails here,
 # instead of writing into the checkout's own results/ (a user's real runs).
@@ -22,9 +25,43 @@ def mnist_root(tmp_path_factory):
 @pytest.fixture
 def workdir(tmp_path, mnist_root):
     """A fresh working folder holding configs/tiny.yml, the project's own config shrunk for tests."""
-    (tmp_path / "configs").mkdir()
+    (tmp_path / "configs").mkdir(exist_ok=True)
     (tmp_path / "configs" / "tiny.yml").write_text(yaml.safe_dump(tiny_config(mnist_root)))
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def text_root(tmp_path_factory):
+    return write_text_corpus(tmp_path_factory.mktemp("text"))
+
+
+@pytest.fixture
+def text_workdir(tmp_path, text_root):
+    """A fresh working folder holding configs/tiny_charlm.yml, charlm's config shrunk for tests."""
+    (tmp_path / "configs").mkdir(exist_ok=True)
+    (tmp_path / "configs" / "tiny_charlm.yml").write_text(yaml.safe_dump(tiny_charlm_config(text_root)))
+    return tmp_path
+
+
+@dataclass(frozen=True)
+class Tiny:
+    """One shipped experiment's tiny command in a working folder: what a promise test runs for each of them."""
+    experiment: str
+    folder: Path
+    config: str  # relative to the folder
+
+    @property
+    def args(self):
+        return (f"--experiment={self.experiment}", f"--config={self.config}", "--verbose=0")
+
+
+@pytest.fixture(params=["experiment1", "charlm"])
+def tiny(request, tmp_path):
+    """Each shipped experiment in turn, with its tiny config in a fresh working folder: a test that takes this
+    fixture holds a promise for the CNN and the language model alike."""
+    if request.param == "charlm":
+        return Tiny("charlm", request.getfixturevalue("text_workdir"), "configs/tiny_charlm.yml")
+    return Tiny("experiment1", request.getfixturevalue("workdir"), "configs/tiny.yml")
 
 
 @pytest.fixture

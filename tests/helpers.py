@@ -1,10 +1,11 @@
 """Test helpers: small synthetic datasets in each format the template reads (IDX files, CIFAR batches, image
-folders), a tiny config, and the real `main.py`, in process or not."""
+folders, a play-like text), tiny configs, and the real `main.py`, in process or not."""
 import contextlib
 import gzip
 import io
 import os
 import pickle
+import random
 import re
 import shutil
 import signal
@@ -128,6 +129,40 @@ def tiny_config(data_path, **changes):
     return config
 
 
+WORDS = ("the king my lord good sir thou art not what she will be come hence now o fair love and death to of in "
+         "me thee it is a here speak").split()
+SPEAKERS = ("KING HENRY", "MIRANDA", "First Citizen", "ROMEO")
+
+
+def write_text_corpus(root, characters=20000, seed=0, folder="tinyshakespeare"):
+    """<root>/<folder>/input.txt: a play-like text of about `characters` characters (speakers, lines, blank lines),
+    the layout of Tiny Shakespeare in small. Returns `root`."""
+    generator = random.Random(seed)
+    lines = []
+    while sum(map(len, lines)) < characters:
+        speech = [" ".join(generator.choice(WORDS) for _ in range(generator.randint(3, 9))).capitalize() +
+                  generator.choice(",.;!?") for _ in range(generator.randint(1, 4))]
+        lines.append(f"{generator.choice(SPEAKERS)}:\n" + "\n".join(speech) + "\n\n")
+    path = Path(root) / folder / "input.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(lines)[:characters])
+    return Path(root)
+
+
+def tiny_charlm_config(data_path, **changes):
+    """The real configs/charlm.yml scaled down to seconds on the text write_text_corpus writes."""
+    config = yaml.safe_load((REPO / "configs" / "charlm.yml").read_text())
+    config["data"].update(path=str(data_path), download=False, val_size=1500, block_size=16, batch_size=16,
+                          eval_batch_size=64)
+    config["model"].update(n_layer=1, n_head=2, n_embd=16)
+    config["training"].update(num_epochs=2, learning_rate=0.01)
+    config["logging"].update(log_every=5, sample_length=40)
+    for key, value in changes.items():
+        section, name = key.split(".")
+        config[section][name] = value
+    return config
+
+
 def table_of(folder):
     """The run table a test keeps in `folder`: the helpers point RESULT_TABLE there, never at this checkout's."""
     return Path(folder) / "results" / "resultTable.db"
@@ -223,8 +258,8 @@ def query_while_created(db_path, sql, *params):
 
 
 def logged_epochs(db_path, run_id):
-    """How many epochs of run `run_id` have their validation accuracy in the table (0 before the table exists)."""
-    rows = query_while_created(db_path, "SELECT COUNT(*) FROM Logs WHERE run_id=? AND split='val' AND label='accuracy'",
+    """How many epochs of run `run_id` have their validation loss in the table (0 before the table exists)."""
+    rows = query_while_created(db_path, "SELECT COUNT(*) FROM Logs WHERE run_id=? AND split='val' AND label='loss'",
                                run_id)
     return rows[0][0] if rows else 0
 

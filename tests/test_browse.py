@@ -1,4 +1,6 @@
 """Looking at results: the analysis notebook, executed headless, and the deepboard GUI in a real server and browser."""
+import contextlib
+import html
 import http.cookiejar
 import json
 import os
@@ -13,8 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import (REPO, copy_template, make_mnist_folder, query, require, run_tiny, tiny_config, tiny_in_process,
-                     wait_for)
+from helpers import (REPO, copy_template, make_mnist_folder, query, require, run_main, run_tiny, tiny_charlm_config,
+                     tiny_config, tiny_in_process, wait_for, write_text_corpus)
 
 pytestmark = pytest.mark.slow
 
@@ -42,11 +44,12 @@ def table_with_runs(tmp_path_factory):
     return workdir / "results" / "resultTable.db", commit
 
 
-def test_the_analysis_notebook_runs_top_to_bottom_and_plots_every_runs_points(table_with_runs, monkeypatch):
+def executed_notebook(table, monkeypatch):
+    """(every output of notebooks/analysis.ipynb executed headless on `table`, what its figures and rankings drew:
+    the curves' points, the chosen RUNS and each experiment's ranked validation column)."""
     import nbformat
     from nbclient import NotebookClient
 
-    table, _ = table_with_runs
     monkeypatch.setenv("RESULT_TABLE", str(table))
     notebook = nbformat.read(REPO / "notebooks" / "analysis.ipynb", as_version=4)
     # One more cell, after the notebook's own: which points its curve figures were drawn from.
@@ -55,11 +58,19 @@ def test_the_analysis_notebook_runs_top_to_bottom_and_plots_every_runs_points(ta
         "print('PLOTTED', json.dumps({'groups': sorted([int(r), t, int(e), float(v)] for r, t, e, v in "
         "curves[['run_id', 'tag', 'epoch', 'value']].itertuples(index=False)), "
         "'runs': sorted([int(r), t, int(e), float(v)] for r, t, e, v in "
-        "run_curves[['run_id', 'tag', 'epoch', 'value']].itertuples(index=False)), 'RUNS': [int(r) for r in RUNS]}))"))
+        "run_curves[['run_id', 'tag', 'epoch', 'value']].itertuples(index=False)), 'RUNS': [int(r) for r in RUNS], "
+        "'ranked': {e: [float(v) for v in t.iloc[:, 3]] for e, t in tables.items()}}))"))
     NotebookClient(notebook, timeout=180, kernel_name="python3",
                    resources={"metadata": {"path": str(REPO / "notebooks")}}).execute()  # raises on any cell error
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]
     assert not [output for output in outputs if output.output_type == "error"]
+    text = "".join(output.get("text", "") for output in outputs)
+    return outputs, json.loads(text.split("PLOTTED ", 1)[1].splitlines()[0])
+
+
+def test_the_analysis_notebook_runs_top_to_bottom_and_plots_every_runs_points(table_with_runs, monkeypatch):
+    table, _ = table_with_runs
+    outputs, plotted = executed_notebook(table, monkeypatch)
     figures = [output for output in outputs if "image/png" in output.get("data", {})]
     assert len(figures) == 3
     text = "".join(output.get("text", "") for output in outputs)
@@ -69,7 +80,6 @@ def test_the_analysis_notebook_runs_top_to_bottom_and_plots_every_runs_points(ta
     assert "training.learning_rate=0.02" in tables and "paired t" in tables  # the groups' comparison
 
     # The figures' frames hold every epoch's train and validation points of the runs they show, as recorded.
-    plotted = json.loads(text.split("PLOTTED ", 1)[1].splitlines()[0])
     recorded = {(run_id, f"{split}/{label}", epoch): value for run_id, split, label, epoch, value in query(
         table, "SELECT run_id, split, label, epoch, value FROM Logs WHERE label IN ('loss', 'accuracy')")}
     runs = plotted["RUNS"]
@@ -85,20 +95,60 @@ def test_the_analysis_notebook_runs_top_to_bottom_and_plots_every_runs_points(ta
     assert all(recorded[key] == value for key, value in group_points.items()) and len(group_points) == 16
 
 
+@pytest.fixture(scope="module")
+def charlm_tables(tmp_path_factory, table_with_runs):
+    """(a table of charlm runs only, a table holding experiment1's and charlm's): charlm's two groups of two seeds
+    each differ by their learning rate, the second's far too small to learn."""
+    root = tmp_path_factory.mktemp("charlm-browse")
+    (root / "configs").mkdir()
+    (root / "configs" / "tiny_charlm.yml").write_text(yaml.safe_dump(tiny_charlm_config(write_text_corpus(root))))
+    mixed = root / "mixed" / "resultTable.db"
+    mixed.parent.mkdir()
+    shutil.copy(table_with_runs[0], mixed)
+    for table in (root / "only" / "resultTable.db", mixed):
+        for extra in ((), ("--config.training.learning_rate=0.00001",)):
+            done = run_main(root, "--experiment=charlm", "--config=configs/tiny_charlm.yml", "--verbose=0",
+                            "--seeds=2", *extra, table=table)
+            assert done.returncode == 0, done.stderr
+    return root / "only" / "resultTable.db", mixed
+
+
+@pytest.mark.parametrize("which", ["charlm only", "both experiments"])
+def test_the_notebook_ranks_each_experiment_by_validation_in_its_own_direction(charlm_tables, monkeypatch, which):
+    table = charlm_tables[0] if which == "charlm only" else charlm_tables[1]
+    outputs, plotted = executed_notebook(table, monkeypatch)
+    text = "".join(output.get("text", "") for output in outputs)
+    assert "charlm: 2 groups ranked by best_val_loss (lower is better)" in text
+    assert plotted["ranked"]["charlm"] == sorted(plotted["ranked"]["charlm"])  # the lowest loss first
+    tables = "".join(output["data"].get("text/html", "") for output in outputs if "data" in output)
+    assert "best_val_loss (validation)" in tables and "test_loss (held out)" in tables
+    losses = dict(query(table, "SELECT E.run_id, R.value FROM Experiments E JOIN Results R ON R.run_id=E.run_id "
+                               "WHERE E.experiment='charlm' AND R.metric='best_val_loss'"))
+    chosen = [run_id for run_id in plotted["RUNS"] if run_id in losses]
+    assert chosen == sorted(losses, key=losses.get)[:3]
+    assert {tag for run_id, tag, _, _ in plotted["runs"] if run_id in losses} >= {"val/loss", "val/bpc",
+                                                                                "train/loss", "train/bpc"}
+    if which == "both experiments":
+        assert "experiment1: 2 groups ranked by best_val_accuracy (higher is better)" in text
+        ranked = plotted["ranked"]["experiment1"]
+        assert ranked == sorted(ranked, reverse=True) and len(plotted["RUNS"]) == 6
+    else:
+        assert "experiment1" not in plotted["ranked"]
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def deepboard_server(table_with_runs, tmp_path_factory):
-    """The real `deepboard` server on a free localhost port, always stopped afterwards."""
+@contextlib.contextmanager
+def serving(table, tmp_path):
+    """The real `deepboard` server on `table`, on a free localhost port (its URL), always stopped afterwards."""
     port = free_port()
-    tmp_path = tmp_path_factory.mktemp("deepboard")
     log = open(tmp_path / "deepboard.log", "w")
     # The deepboard of the interpreter running the tests, whatever is on PATH.
-    command = [sys.executable, "-m", "deepboard.gui.entry", str(table_with_runs[0]), "--port", str(port)]
+    command = [sys.executable, "-m", "deepboard.gui.entry", str(table), "--port", str(port)]
     # Its own session, so that stopping it also stops the reloader's worker process.
     server = subprocess.Popen(command, cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                               env={**os.environ, "HOME": str(tmp_path)})  # it writes its theme files under ~
@@ -115,6 +165,20 @@ def deepboard_server(table_with_runs, tmp_path_factory):
             os.killpg(server.pid, signal.SIGKILL)
             server.wait()
         log.close()
+
+
+@pytest.fixture(scope="module")
+def deepboard_server(table_with_runs, tmp_path_factory):
+    with serving(table_with_runs[0], tmp_path_factory.mktemp("deepboard")) as url:
+        yield url
+
+
+def browser_dom(url, tmp_path):
+    """The page at `url` as headless Chromium renders it (its DOM after the scripts it could load)."""
+    require(CHROMIUM is not None, "needs Debian's chromium (apt-get install chromium); .ci/run installs it")
+    profile = ["--user-data-dir=" + str(tmp_path / "profile")]
+    return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, *profile, "--dump-dom", url], capture_output=True, text=True,
+                          timeout=120).stdout
 
 
 @pytest.mark.slow
@@ -137,10 +201,8 @@ def _answers(url):
 
 
 def test_deepboard_shows_the_runs_in_a_browser(deepboard_server, tmp_path):
-    require(CHROMIUM is not None, "needs Debian's chromium (apt-get install chromium); .ci/run installs it")
+    dom = browser_dom(deepboard_server + "/", tmp_path)
     profile = ["--user-data-dir=" + str(tmp_path / "profile")]
-    dom = subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, *profile, "--dump-dom", deepboard_server + "/"],
-                         capture_output=True, text=True, timeout=120).stdout
     assert "Run ID" in dom
     assert dom.count("experiment1") >= 4  # one row per run
     for column in ("learning_rate", "test_accuracy"):
@@ -165,6 +227,20 @@ def test_deepboard_renders_a_runs_curves_config_and_provenance(deepboard_server,
     info = browser.open(deepboard_server + "/fillpanel?run_id=3&tab=run_info").read().decode()
     assert commit in info  # the commit the run's code was at
     assert "notes_untracked.py" in info and "UNTRACKED_MARKER = 1" in info  # and its uncommitted changes
+
+
+def test_deepboard_lists_charlm_runs_and_shows_the_sample_each_recorded(charlm_tables, tmp_path):
+    table = charlm_tables[0]
+    with serving(table, tmp_path) as url:
+        dom = browser_dom(url + "/", tmp_path)
+        assert "Run ID" in dom and dom.count("charlm") >= 4 and "test_loss" in dom
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        browser.open(url + "/").read()
+        text = browser.open(url + "/fillpanel?run_id=1&tab=text").read().decode()
+        [(sample,)] = query(table, "SELECT fragment FROM Fragments WHERE run_id=1 AND tag='sample'")
+        assert "sample" in text and html.escape(max(sample.splitlines(), key=len)) in text
+        panel = browser.open(url + "/click_row?run_id=1&fullscreen=false").read().decode()
+        assert "loss" in panel and "bpc" in panel
 
 
 def test_the_notebook_shows_a_search_study_with_optunas_plots_and_the_runs_of_its_trials(workdir, monkeypatch):

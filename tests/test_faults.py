@@ -73,14 +73,14 @@ INSTANTS = ("mid-epoch-flush", "points-written", "best-written", "mid-checkpoint
 
 
 @pytest.mark.slow
-def test_a_kill_at_any_instant_of_a_run_resumes_to_exactly_the_uninterrupted_run(tmp_path, workdir):
-    assert tiny_in_process(workdir).returncode == 0
-    reference = recorded_numbers(workdir / "results" / "resultTable.db", 1)
+def test_a_kill_at_any_instant_of_a_run_resumes_to_exactly_the_uninterrupted_run(tmp_path, tiny):
+    assert run_in_process(tiny.folder, *tiny.args).returncode == 0
+    reference = recorded_numbers(tiny.folder / "results" / "resultTable.db", 1)
     for instant in INSTANTS:
-        folder = tmp_path / instant
-        folder.mkdir()
-        (folder / "configs").symlink_to(workdir / "configs")
-        killed = subprocess.run([sys.executable, str(KILL_AT), instant, *TINY], cwd=folder, capture_output=True,
+        folder = tmp_path / "killed" / instant
+        folder.mkdir(parents=True)
+        (folder / "configs").symlink_to(tiny.folder / "configs")
+        killed = subprocess.run([sys.executable, str(KILL_AT), instant, *tiny.args], cwd=folder, capture_output=True,
                                 text=True, timeout=300, env=env_recording_in(folder))
         assert killed.returncode == -9, (instant, killed.stderr)
         db = folder / "results" / "resultTable.db"

@@ -1,5 +1,6 @@
 """A run's identity is what it computed: where-keys and null keys left out, the data's content in, flags a user adds,
 variant configs, and tables recorded before these rules."""
+import dataclasses
 import hashlib
 import shutil
 
@@ -72,13 +73,14 @@ def test_a_flag_added_to_main_reaches_the_experiment_and_counts_only_away_from_i
         original_flags(parser)
         parser.add_argument("--mixup", type=float, default=0.0)
 
-    def experiment1(config, run, device, world, watch="accuracy", verbose=1, mixup=0.0):
+    def experiment1(config, run, device, world, verbose=1, mixup=0.0):
         received.append(mixup)
-        return main.experiment1(config, run, device, world, watch=watch, verbose=verbose)
+        return main.experiment1(config, run, device, world, verbose=verbose)
 
-    experiment1.__module__ = main.experiment1.__module__  # its module's check_config and data_fingerprint apply
+    # experiment1's declaration (its check_config and data_fingerprint apply), taking the new flag too
     monkeypatch.setattr(main, "add_experiment_flags", add_flags)
-    monkeypatch.setitem(main.experiments, "experiment1", experiment1)
+    monkeypatch.setitem(main.experiments, "experiment1",
+                        dataclasses.replace(main.experiment1, function=experiment1, flags=("verbose", "mixup")))
 
     assert_refused(tiny_in_process(workdir), "run 1")  # adding a flag with a default keeps every identity
     assert tiny_in_process(workdir, "--mixup=0.2").returncode == 0
@@ -87,7 +89,8 @@ def test_a_flag_added_to_main_reaches_the_experiment_and_counts_only_away_from_i
     assert dict(query(db, "SELECT metric, value FROM Results WHERE run_id=2 AND is_hparam=1"))["mixup"] == 0.2
 
     monkeypatch.setitem(main.experiments, "experiment1", main.experiment1)  # an experiment without the parameter
-    assert_refused(tiny_in_process(workdir, "--mixup=0.3"), "experiment1 has no parameter 'mixup'")
+    assert_refused(tiny_in_process(workdir, "--mixup=0.3"), "experiment experiment1 does not take --mixup",
+                   "add 'mixup' to the flags of its @declare(...)")
 
 
 def test_a_variant_holds_only_its_changes_and_means_the_same_as_the_full_file(workdir, db):

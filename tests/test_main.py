@@ -9,7 +9,7 @@ from helpers import MAIN, assert_refused, env_recording_in, query, run_in_proces
 
 @pytest.mark.parametrize("args, fragments", [
     (["--wath=loss"], ["unknown flag --wath", "did you mean --watch?"]),
-    (["--watch=precision"], ["invalid choice: 'precision'"]),
+    (["--watch=precision"], ["--watch=precision is not a metric this experiment declares", "loss, accuracy"]),
     (["--verbose=7"], ["invalid choice: 7"]),
     (["--config.training.num_epochs=abc"], ["'training.num_epochs' expects an integer", "'abc'"]),
     (["--config.training.num_epoch=5"],
@@ -56,12 +56,11 @@ def test_help_lists_the_flags_and_a_refusal_has_no_traceback_in_a_real_process(w
 
 
 @pytest.mark.slow
-def test_a_refused_duplicate_loads_neither_torch_nor_deepboard(workdir):
-    assert tiny_in_process(workdir).returncode == 0
+def test_a_refused_duplicate_loads_neither_torch_nor_deepboard(tiny):
+    assert run_in_process(tiny.folder, *tiny.args).returncode == 0
     # -X importtime lists on stderr every module the real process imports, one line each.
-    refused = subprocess.run([sys.executable, "-X", "importtime", str(MAIN), "--experiment=experiment1",
-                              "--config=configs/tiny.yml"], cwd=workdir, capture_output=True, text=True, timeout=120,
-                             env=env_recording_in(workdir))
+    refused = subprocess.run([sys.executable, "-X", "importtime", str(MAIN), *tiny.args], cwd=tiny.folder,
+                             capture_output=True, text=True, timeout=120, env=env_recording_in(tiny.folder))
     imported = {line.rsplit("|", 1)[1].strip() for line in refused.stderr.splitlines()
                 if line.startswith("import time:") and "|" in line}
     assert "yaml" in imported and "sqlite3" in imported  # the list is real: what the refusal does need

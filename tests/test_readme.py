@@ -13,6 +13,7 @@ from utils.config import flatten_values, load_config
 
 README = (REPO / "README.md").read_text()
 PLACEHOLDERS = ("RUNID", "NAME", "FILE", "DIR", "URL", "KEY", "VALUE", "SECTION", "...", "$", "A,B")
+SHIPPED = ("experiment1", "charlm")  # the experiments the template ships, as the README lists them
 WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
 
 
@@ -37,7 +38,7 @@ def test_every_command_the_readme_shows_is_one_main_py_accepts():
             continue
         parser = main.make_parser()
         args, overrides = read_command_line(parser, shlex.split(command)[2:])
-        choose_mode(args, overrides, parser, main.OUTPUT_ONLY)
+        choose_mode(args, overrides, parser, main.IDENTITY.output_only)
         checked += 1
     assert checked >= 12
 
@@ -50,6 +51,8 @@ def test_every_refusal_the_readme_shows_is_the_line_main_py_prints(tmp_path):
         if "data.val_size" in command or error.startswith("error: run "):
             continue  # judged from the data's header or a recorded run: tests/data/test_idx.py and test_runs.py
         result = run_in_process(tmp_path, *shlex.split(command)[2:])
+        # The experiments a user registers beside the shipped ones are listed too: the README shows the shipped ones.
+        error = error.replace(f"registered: {', '.join(SHIPPED)}", f"registered: {', '.join(main.experiments)}")
         assert result.returncode == 2 and result.stderr.strip() == error, (command, result.stderr)
     assert not (tmp_path / "results").exists() and not (tmp_path / "data").exists()
 
@@ -69,3 +72,34 @@ def test_the_numbers_the_readme_states_follow_from_the_code():
         steps = math.ceil((60000 - config["data"]["val_size"]) / config["data"]["batch_size"])
         values = steps // config["logging"]["log_every"] + 4  # the step losses, then the epoch's 4 metrics
         assert f"run {run_id} (experiment1): matches ({values} values of steps 1-{steps})" in README
+
+
+def python_blocks():
+    return re.findall(r"^```python\n(.*?)^```", README, re.M | re.S)
+
+
+def test_every_python_block_the_readme_shows_matches_the_code_it_describes():
+    """A block headed `# PATH` of a file the template has quotes it: its lines appear there in that order (a line
+    with `...` stands for what is left out). Any other block is code a user runs or writes: it compiles, and what it
+    imports exists."""
+    quoted = 0
+    for block in python_blocks():
+        first, *rest = block.splitlines()
+        path = REPO / first.removeprefix("# ").strip() if first.startswith("# ") else None
+        if path is None or not path.is_file():
+            compile(block, "<README>", "exec")
+        else:
+            code = [line.rstrip() for line in path.read_text().splitlines()]
+            position = 0
+            for line in rest:
+                if not line.strip() or "..." in line:
+                    continue
+                assert line.rstrip() in code[position:], f"{path.name} no longer has, in this order: {line!r}"
+                position = code.index(line.rstrip(), position) + 1
+            quoted += 1
+        for module, names in re.findall(r"^from ([\w.]+) import ([\w, ]+)$", block, re.M):
+            imported = __import__(module, fromlist=["_"])
+            for name in names.split(","):
+                assert hasattr(imported, name.strip()) or (REPO / module.replace(".", "/") / f"{name.strip()}.py"
+                                                           ).exists(), f"{module} has no {name.strip()}"
+    assert quoted >= 1

@@ -10,6 +10,7 @@ from data.loaders import make_loaders
 from helpers import REPO, assert_refused, query, run_in_process, tiny_in_process
 from models.cnn import make_model
 from training.loop import evaluate
+from training.tasks import Classification
 from utils.checkpoint import load_checkpoint
 
 
@@ -61,7 +62,7 @@ def test_a_run_records_its_row_hparams_curves_results_and_checkpoint(workdir):
     model = make_model(config, info, torch.device("cpu"))
     checkpoint = load_checkpoint(workdir / "results" / "1" / "best.pt", model, torch.device("cpu"))
     assert checkpoint["epoch"] == results["best_epoch"]
-    assert evaluate(model, test)["accuracy"] == results["test_accuracy"]
+    assert evaluate(model, test, Classification())["accuracy"] == results["test_accuracy"]
     assert (workdir / "results" / "1" / "last.pt").exists()
 
 

@@ -12,6 +12,7 @@ from helpers import (MAIN, assert_refused, logged_epochs, make_mnist_folder, que
                      tiny_in_process, wait_for)
 from models.cnn import make_model
 from training.loop import evaluate
+from training.tasks import Classification
 from utils.checkpoint import load_checkpoint
 
 pytestmark = pytest.mark.slow
@@ -75,8 +76,8 @@ def test_torchrun_records_one_run_with_reduced_metrics_and_refuses_another_numbe
     model = make_model(config, info, torch.device("cpu"))
     load_checkpoint(long_workdir / "results" / "1" / "best.pt", model, torch.device("cpu"))
     results = dict(query(db, "SELECT metric, value FROM Results WHERE run_id=1 AND is_hparam=0"))
-    assert evaluate(model, test)["accuracy"] == results["test_accuracy"]
-    assert evaluate(model, val)["accuracy"] == results["best_val_accuracy"]
+    assert evaluate(model, test, Classification())["accuracy"] == results["test_accuracy"]
+    assert evaluate(model, val, Classification())["accuracy"] == results["best_val_accuracy"]
 
     # A 2-process run is not the same run as a single-process one, and the duplicate check still works.
     again = spawn.run(long_workdir, command=[*TORCHRUN, *TINY])

@@ -1,18 +1,21 @@
-"""One training pass and one evaluation pass: functions of (model, batches, ...) that return metrics.
+"""One training pass and one evaluation pass: functions of (model, batches, task, ...) that return metrics.
 
-`batches` is any iterable of (images, labels): the loops move them to the model's device and count what they saw.
+`batches` is any iterable of batches (a tuple or dict of tensors, nested); the loops move each to the model's
+device and leave what a batch means to the `task` (training/tasks.py): the loss, and the sums its metrics come from.
 They know nothing of the run table: the caller hands `log_step` a callable and records what comes back.
 """
 import time
 
 import torch
-import torch.nn.functional as F
 from tqdm import tqdm
 
+from training.tasks import to_device
 
-def train_epoch(model, batches, optimizer, scheduler, *, label_smoothing=0.0, first_step=0, log_every=1,
-                log_step=None, progress=None, autocast=None, world=None):
-    """{'loss', 'accuracy', 'epoch_time', 'throughput'} of one pass over `batches`, updating `model` at each batch.
+
+def train_epoch(model, batches, optimizer, scheduler, task, *, first_step: int = 0, log_every: int = 1,
+                log_step=None, progress: str | None = None, autocast=None, world=None) -> dict:
+    """The task's metrics of one pass over `batches`, updating `model` at each batch, plus 'epoch_time' and
+    'throughput' (what the task counts, per second).
 
     Timings are the only values that differ between identical runs; their names say so ("time", "throughput").
 
@@ -26,61 +29,76 @@ def train_epoch(model, batches, optimizer, scheduler, *, label_smoothing=0.0, fi
     started = time.perf_counter()
     model.train()
     device = next(model.parameters()).device
-    total_loss = torch.zeros((), device=device)
     window_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    seen, window = 0, 0
+    sums, seen, window = None, 0, 0
     bar = tqdm(batches, desc=progress, leave=False, dynamic_ncols=True, disable=True if progress is None else None)
-    for step, (images, labels) in enumerate(bar, start=first_step + 1):
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    for step, batch in enumerate(bar, start=first_step + 1):
+        batch = to_device(batch, device)
         with _autocast(device, autocast):
-            logits = model(images)
-        loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+            output = task.forward(model, batch)
+        loss = task.loss(output, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
 
         loss = loss.detach()
-        total_loss += loss * len(labels)
+        measured, count = task.train_sums(output, batch, loss)
+        sums = _added(sums, measured)
         window_loss += loss
-        correct += (logits.detach().argmax(dim=1) == labels).sum()
-        seen, window = seen + len(labels), window + 1
+        seen, window = seen + count, window + 1
         if window == log_every:
             mean = _summed(world, window_loss).item() / window / (world.size if world else 1)
             if log_step is not None:
                 log_step(step, mean)
-            bar.set_postfix(loss=f"{total_loss.item() / seen:.4f}", acc=f"{correct.item() / seen:.4f}", refresh=False)
+            if progress is not None:
+                running = task.summarize({name: value.item() for name, value in sums.items()}, seen)
+                bar.set_postfix({name: f"{value:.4f}" for name, value in running.items()}, refresh=False)
             window_loss.zero_()
             window = 0
     bar.close()
-    total_loss, correct = _summed(world, total_loss), _summed(world, correct)
-    seen = _summed(world, torch.tensor(seen, device=device)).item()
-    metrics = {"loss": total_loss.item() / seen, "accuracy": correct.item() / seen}
+    metrics = _metrics(task, sums, seen, device, world)
     epoch_time = time.perf_counter() - started
-    return {**metrics, "epoch_time": epoch_time, "throughput": seen / epoch_time}
+    return {**metrics, "epoch_time": epoch_time, "throughput": _total(world, seen, device) / epoch_time}
 
 
 @torch.no_grad()
-def evaluate(model, batches, autocast=None, world=None):
-    """{'accuracy', 'loss'} of `model` over `batches`: mean cross-entropy (no smoothing) and share of correct labels.
+def evaluate(model, batches, task, autocast=None, world=None) -> dict:
+    """The task's metrics of `model` over `batches` (for a classifier: accuracy, and cross-entropy without smoothing).
 
     With `world` (torchrun), each rank evaluates its shard and the sums are added up over the ranks.
     """
     model.eval()
     device = next(model.parameters()).device
-    total_loss = torch.zeros((), device=device)
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    seen = torch.zeros((), dtype=torch.long, device=device)
-    for images, labels in batches:
-        images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+    sums, seen = None, 0
+    for batch in batches:
+        batch = to_device(batch, device)
         with _autocast(device, autocast):
-            logits = model(images)
-        total_loss += F.cross_entropy(logits.float(), labels, reduction="sum")
-        correct += (logits.argmax(dim=1) == labels).sum()
-        seen += len(labels)
-    total_loss, correct, seen = _summed(world, total_loss), _summed(world, correct), _summed(world, seen).item()
-    return {"accuracy": correct.item() / seen, "loss": total_loss.item() / seen}
+            output = task.forward(model, batch)
+        measured, count = task.eval_sums(output, batch)
+        sums, seen = _added(sums, measured), seen + count
+    return _metrics(task, sums, seen, device, world)
+
+
+def _added(sums, measured):
+    """The running {metric: sum} with one batch's sums added (kept on the device: no wait for the host)."""
+    if sums is None:
+        sums = {name: torch.zeros((), dtype=value.dtype, device=value.device) for name, value in measured.items()}
+    for name, value in measured.items():
+        sums[name] += value.detach()
+    return sums
+
+
+def _metrics(task, sums, seen, device, world):
+    """The task's metrics from this rank's sums, added over every rank first."""
+    if sums is None:
+        raise ValueError("no batch to measure: the split is empty")
+    totals = {name: _summed(world, value).item() for name, value in sums.items()}
+    return task.summarize(totals, _total(world, seen, device))
+
+
+def _total(world, count, device):
+    return _summed(world, torch.tensor(count, device=device)).item() if world is not None else count
 
 
 def _autocast(device, dtype):

@@ -11,18 +11,22 @@ SCHEDULES = ("onecycle", "constant")
 
 def check_config(config, steps_per_epoch=None):
     """Refuse an optimizer or schedule this module does not make, and (given the steps of an epoch) a onecycle
-    schedule too short to warm up."""
+    schedule too short to warm up. Each key is required only where it is used: momentum by sgd, beta2 (optional)
+    by adamw, warmup_fraction by onecycle."""
     require(config, "training.num_epochs", int, low=1)
     require(config, "training.learning_rate", float, low=0)
-    require(config, "training.momentum", float, low=0, high=1)
     require(config, "training.weight_decay", float, low=0)
-    require(config, "training.label_smoothing", float, low=0, high=1)
-    require(config, "training.warmup_fraction", float, low=0, high=1)
     cfg = config["training"]
     if require(config, "training.optimizer", str) not in OPTIMIZERS:
         raise UserError(f"training.optimizer must be {' or '.join(OPTIMIZERS)}, got {cfg['optimizer']!r}")
     if require(config, "training.schedule", str) not in SCHEDULES:
         raise UserError(f"training.schedule must be {' or '.join(SCHEDULES)}, got {cfg['schedule']!r}")
+    if cfg["optimizer"] == "sgd":
+        require(config, "training.momentum", float, low=0, high=1)
+    else:
+        require(config, "training.beta2", float, low=0, below=1, optional=True)
+    if cfg["schedule"] == "onecycle":
+        require(config, "training.warmup_fraction", float, low=0, high=1)
     total_steps = cfg["num_epochs"] * steps_per_epoch if steps_per_epoch else None
     # OneCycleLR divides by its warm-up's length in steps (less one): it must be more than one step.
     if cfg["schedule"] == "onecycle" and total_steps and cfg["warmup_fraction"] * total_steps <= 1:
@@ -31,17 +35,19 @@ def check_config(config, steps_per_epoch=None):
                         f"raise warmup_fraction, or use training.schedule=constant")
 
 
-def make_optimizer(model, config):
+def make_optimizer(model, config: dict) -> torch.optim.Optimizer:
     """The optimizer described by `config['training']`."""
     check_config(config)
     cfg = config["training"]
     if cfg["optimizer"] == "sgd":
         return torch.optim.SGD(model.parameters(), lr=cfg["learning_rate"], momentum=cfg["momentum"],
                                nesterov=cfg["momentum"] > 0, weight_decay=cfg["weight_decay"])
-    return torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], weight_decay=cfg["weight_decay"])
+    betas = (0.9, cfg["beta2"]) if cfg.get("beta2") is not None else (0.9, 0.999)  # torch's default
+    return torch.optim.AdamW(model.parameters(), lr=cfg["learning_rate"], betas=betas,
+                             weight_decay=cfg["weight_decay"])
 
 
-def make_scheduler(optimizer, config, steps_per_epoch):
+def make_scheduler(optimizer, config: dict, steps_per_epoch: int):
     """The learning-rate schedule described by `config['training']`, stepped once per batch."""
     check_config(config)
     cfg = config["training"]

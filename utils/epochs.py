@@ -1,19 +1,24 @@
 """What every experiment's epoch loop must do alike, in one place: a fix here reaches every experiment.
 
-`Epochs` restores the last finished epoch on --resume, logs what each epoch measured, keeps `best.pt` (by the watched
-validation metric) and `last.pt` (everything needed to continue), reloads the best model before the test set, checks
-that every torchrun rank ends with the same weights, and records the results. The loop itself stays in the
-experiment.
+`Epochs` restores the last finished epoch on --resume, logs what each epoch measured, keeps `best.pt` (by the
+validation metric the run selects by, in its declared direction: `run.measures`) and `last.pt` (everything needed to
+continue), reloads the best model before the test set, checks that every torchrun rank ends with the same weights, and
+records the results. The loop itself stays in the experiment.
 """
 from utils.checkpoint import (load_checkpoint, load_training_state, remove_partial_files, save_checkpoint,
                               save_training_state)
+from utils.measures import BEST_EPOCH, TEST_PREFIX
 
 
 class Epochs:
     """The bookkeeping around an experiment's epoch loop (see the module docstring)."""
 
-    def __init__(self, run, model, optimizer, scheduler, loader, *, world, watch="accuracy", verbose=1):
-        self.run, self.model, self.world, self.watch, self.verbose = run, model, world, watch, verbose
+    def __init__(self, run, model, optimizer, scheduler, loader, *, world, verbose: int = 1):
+        """`loader` is the training batches: their get_state() and set_state(state) (data.loaders.Resumable) are
+        what a resume restores of the data's order."""
+        self.run, self.model, self.world, self.verbose = run, model, world, verbose
+        self.measures = run.measures
+        self.watch = self.measures.select
         self._training_state = (optimizer, scheduler, loader)  # the loader's state: its next pass's draw
         self.best_value, self.best_epoch, self.done = None, None, 0
         self._best_path, self._last_path = run.folder / "best.pt", run.folder / "last.pt"
@@ -21,7 +26,7 @@ class Epochs:
         if run.resumed:
             self._restore()
 
-    def remaining(self, num_epochs):
+    def remaining(self, num_epochs: int):
         """The epochs still to train, 1-based: all of them, or those after the last finished one on --resume."""
         self._total = num_epochs
         for epoch in range(self.done + 1, num_epochs + 1):
@@ -38,7 +43,7 @@ class Epochs:
         """The progress bar's description for `epoch`, or None for no bar."""
         return f"epoch {epoch}/{self._total}" if self.verbose >= 1 else None
 
-    def end(self, epoch, *, step, train, val):
+    def end(self, epoch: int, *, step: int, train: dict, val: dict):
         """Close `epoch`, which ended at global `step`: log its `train` and `val` metrics, keep the checkpoints.
 
         The order of writes is what makes a kill at any instant harmless: the epoch's points reach the table first,
@@ -49,9 +54,10 @@ class Epochs:
         for split, metrics in (("train", train), ("val", val)):
             for name, value in metrics.items():
                 self.run.log_scalar(f"{split}/{name}", value, step=step, epoch=epoch)
+        if self.watch not in val:
+            raise KeyError(f"the validation metrics {sorted(val)} lack {self.watch!r}, which this run selects by")
         value = val[self.watch]
-        improved = self.best_value is None or (value > self.best_value if self.watch == "accuracy"
-                                               else value < self.best_value)
+        improved = self.measures.improves(value, self.best_value)
         if improved:
             self.best_value, self.best_epoch = value, epoch
         self.done = epoch
@@ -63,15 +69,18 @@ class Epochs:
                                 best_value=self.best_value, best_epoch=self.best_epoch)
         if self.verbose >= 1:
             timing = f" | {train['epoch_time']:.1f}s" if "epoch_time" in train else ""
-            print(f"epoch {epoch}/{self._total}: train loss {train['loss']:.4f} acc {train['accuracy']:.4f} | "
-                  f"val loss {val['loss']:.4f} acc {val['accuracy']:.4f}{timing}{' *' if improved else ''}",
-                  flush=True)
+            print(f"epoch {epoch}/{self._total}: train {self._shown(train)} | val {self._shown(val)}{timing}"
+                  f"{' *' if improved else ''}", flush=True)
         if self.world.is_main:
             # Last, once the epoch is safe: a search's pruner may stop the run here.
             self.run.report(epoch, value, last=epoch == self._total)
 
+    def _shown(self, metrics):
+        """The declared metrics among `metrics`, as 'loss 0.1234 accuracy 0.9876'."""
+        return " ".join(f"{name} {metrics[name]:.4f}" for name in self.measures.better if name in metrics)
+
     def best_model(self):
-        """The model with the weights of the best epoch: what the test set may see."""
+        """The model with the weights of the best epoch: what the test set may see (and a sample is drawn from)."""
         if self.world.distributed:
             weights = self.world.check_same_weights(self.model)  # every rank must end with the same bytes
             if self.verbose >= 1:
@@ -80,10 +89,11 @@ class Epochs:
         load_checkpoint(self._best_path, self.model, self.model_device())
         return self.model
 
-    def finish(self, test):
-        """Record the results (each `test` metric as test_NAME, the best epoch and its value) and end the run."""
-        results = {**{f"test_{name}": value for name, value in test.items()},
-                   "best_epoch": self.best_epoch, f"best_val_{self.watch}": self.best_value}
+    def finish(self, test: dict, **more) -> dict:
+        """The results, recorded as the run's end: each `test` metric as test_NAME, the best epoch and its selected
+        validation value, and any `more` results."""
+        results = {**{f"{TEST_PREFIX}{name}": value for name, value in test.items()},
+                   BEST_EPOCH: self.best_epoch, self.measures.selected_result: self.best_value, **more}
         self.run.finish(results)
         return results
 

@@ -1,5 +1,6 @@
 """Commands around the runs: --new-experiment, --list and --print-config; none of them touches the run table."""
 import signal
+import subprocess
 import sys
 
 import pytest
@@ -16,6 +17,8 @@ def snapshot(folder):
 
 @pytest.mark.slow
 def test_new_experiment_creates_code_lab_book_and_registry_line_and_runs(code_copy, workdir, spawn):
+    registered = [line.split()[0] for line in run_main(code_copy, "--list", main=code_copy / "main.py")
+                  .stdout.split("datasets")[0].splitlines()[1:]]
     done = run_main(code_copy, "--new-experiment=wider_net", main=code_copy / "main.py")
     assert done.returncode == 0, done.stderr
     assert "wrote experiments/wider_net.py" in done.stdout and "wrote experiments/wider_net.md" in done.stdout
@@ -24,16 +27,18 @@ def test_new_experiment_creates_code_lab_book_and_registry_line_and_runs(code_co
     assert (code_copy / "experiments" / "wider_net.md").read_text().startswith("# wider_net: ")
     main = (code_copy / "main.py").read_text()
     assert "from experiments.wider_net import wider_net\n" in main
-    assert 'experiments = {"experiment1": experiment1, "wider_net": wider_net}' in main
+    entries = ", ".join(f'"{name}": {name}' for name in [*registered, "wider_net"])
+    assert f"experiments = {{{entries}}}" in main
+    assert "--config=configs/config.yml" in done.stdout.splitlines()[-1]
 
     listed = run_main(code_copy, "--list", main=code_copy / "main.py")
     assert listed.returncode == 0
     experiments = listed.stdout.split("datasets")[0].splitlines()
-    assert [line.split()[0] for line in experiments] == ["experiments:", "experiment1", "wider_net"]
+    assert [line.split()[0] for line in experiments] == ["experiments:", *registered, "wider_net"]
     assert "wider_net: one line that says what this experiment tries" in listed.stdout
 
     # Short, and with no resume or checkpoint code of its own...
-    assert len(code.splitlines()) <= 60
+    assert len(code.splitlines()) < 70
     assert not any(word in code for word in ("last.pt", "best.pt", "resumed", "load_checkpoint", "flush"))
 
     # ...yet it runs, reproduces, sweeps, runs under torchrun and resumes like experiment1.
@@ -108,3 +113,13 @@ def test_print_config_and_list_leave_the_run_table_alone(workdir):
     assert run_in_process(workdir, "--experiment=experiment1", "--config=configs/tiny.yml",
                           "--print-config").returncode == 0
     assert {path: path.read_bytes() for path in (workdir / "results").rglob("*") if path.is_file()} == before
+
+
+@pytest.mark.slow
+def test_the_templates_own_tests_still_pass_once_a_user_registers_an_experiment(code_copy):
+    assert run_main(code_copy, "--new-experiment=mine", "--from=charlm", main=code_copy / "main.py").returncode == 0
+    assert '"mine": mine' in (code_copy / "main.py").read_text()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider",
+                           "tests/test_readme.py", "tests/test_main.py", "tests/modes/test_scaffold.py",
+                           "tests/test_charlm.py"], cwd=code_copy, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:]

@@ -29,7 +29,7 @@ def test_a_study_records_every_trial_as_a_run_ranks_by_validation_and_continues(
     assert [number for number, _ in proposed] == ["0", "1", "2"]
     assert query(db, "SELECT COUNT(*) FROM Experiments WHERE status='finished'") == [(3,)]
     assert "top 3 of 3 complete trials by best_val_accuracy (validation):" in first.stdout
-    assert "held-out test accuracy of the best trial (for reporting the choice, not for making it)" in first.stdout
+    assert "held-out test_accuracy of the best trial (for reporting the choice, not for making it)" in first.stdout
     assert "--seeds=5" in first.stdout and "python main.py --compare" in first.stdout
     # Each run says which study and trial it was (beside its identity, not part of it).
     texts = query(db, "SELECT fragment FROM Fragments WHERE tag='search' ORDER BY run_id")
@@ -99,7 +99,7 @@ def test_pruning_stops_trials_that_cannot_learn_keeps_their_points_and_never_res
     done = tiny_in_process(workdir, "--search=12", "--prune", "--config.training.learning_rate=log:1e-2..100",
                            "--config.model.dropout=0.0,0.3")
     assert done.returncode == 0, done.stderr
-    pruned = [int(run_id) for run_id in re.findall(r"run (\d+) pruned: its validation fell below", done.stdout)]
+    pruned = [int(run_id) for run_id in re.findall(r"run (\d+) pruned: its validation was worse than the median", done.stdout)]
     assert pruned, done.stdout
     assert re.search(r"complete trials by best_val_accuracy \(validation\); \d+ pruned:", done.stdout)
     for run_id in pruned:

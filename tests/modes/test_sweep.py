@@ -1,5 +1,6 @@
 """--sweep: the product of comma-separated values, each combination a run; any number of identical commands (or
 --workers=N) share one sweep to the end."""
+import dataclasses
 import os
 import signal
 import socket
@@ -71,14 +72,13 @@ def test_a_sweep_refuses_a_mistake_every_combination_would_repeat_before_the_fir
 def test_a_combination_whose_code_crashes_is_retried_once_then_reported_failed(workdir, monkeypatch):
     attempts = []
 
-    def experiment1(config, run, device, world, watch="accuracy", verbose=1):
+    def experiment1(config, run, device, world, verbose=1):
         attempts.append(config["seed"])
         if config["seed"] == 2:
             raise RuntimeError("a bug that only seed 2 meets")
-        return main.experiment1(config, run, device, world, watch=watch, verbose=verbose)
+        return main.experiment1(config, run, device, world, verbose=verbose)
 
-    experiment1.__module__ = main.experiment1.__module__
-    monkeypatch.setitem(main.experiments, "experiment1", experiment1)
+    monkeypatch.setitem(main.experiments, "experiment1", dataclasses.replace(main.experiment1, function=experiment1))
     done = tiny_in_process(workdir, "--sweep", "--config.seed=1,2,3")
     assert done.returncode == 1
     assert done.stderr.count("RuntimeError: a bug that only seed 2 meets") == 2  # its traceback, each time

@@ -4,7 +4,7 @@ import subprocess
 import pytest
 import torch.nn.functional
 
-from helpers import assert_refused, query, run_in_process, run_main, run_tiny, tiny_in_process
+from helpers import assert_refused, query, run_in_process, run_main, tiny_in_process
 
 
 def test_verify_passes_on_unchanged_code_records_nothing_and_names_a_run_whose_numbers_moved(workdir, monkeypatch):
@@ -59,43 +59,45 @@ def test_a_run_recorded_on_another_device_type_is_skipped_unless_a_tolerance_is_
 
 
 @pytest.mark.slow
-def test_a_code_change_that_keeps_behaviour_passes_and_one_that_alters_it_fails(workdir, code_copy):
-    main = code_copy / "main.py"
-    assert run_tiny(workdir, main=main).returncode == 0
-    assert run_tiny(workdir, "--config.seed=2", main=main).returncode == 0
-    loop = code_copy / "training" / "loop.py"
-    original = loop.read_text()
+def test_a_code_change_that_keeps_behaviour_passes_and_one_that_alters_it_fails(tiny, code_copy):
+    main, workdir, name = code_copy / "main.py", tiny.folder, tiny.experiment
+    assert run_main(workdir, *tiny.args, main=main).returncode == 0
+    assert run_main(workdir, *tiny.args, "--config.seed=2", main=main).returncode == 0
+    originals = {path: path.read_text() for path in (code_copy / "training").glob("*.py")}
 
-    def change_loop(*replacements):
-        text = original
+    def change_code(*replacements, file="loop.py"):
+        path = code_copy / "training" / file
+        for changed, text in originals.items():
+            changed.write_text(text)
+        text = originals[path]
         for old, new in replacements:
             assert old in text
             text = text.replace(old, new)
-        loop.write_text(text)
+        path.write_text(text)
         return run_main(workdir, "--verify", main=main)
 
     def clipping(default):
-        return (("log_step=None, progress=None, autocast=None, world=None):",
-                 f"log_step=None, progress=None, autocast=None, world=None, clip={default}):"),
+        return (("progress: str | None = None, autocast=None, world=None) -> dict:",
+                 f"progress: str | None = None, autocast=None, world=None, clip={default}) -> dict:"),
                 ("        optimizer.step()",
                  "        if clip is not None:\n"
                  "            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)\n"
                  "        optimizer.step()"))
 
     # A new parameter whose default keeps the old behaviour: every run still matches.
-    neutral = change_loop(*clipping(None))
+    neutral = change_code(*clipping(None))
     assert neutral.returncode == 0, neutral.stdout + neutral.stderr
     assert neutral.stdout.splitlines()[-1] == "all 2 replayed runs match their record"
 
     # The same parameter with a default that does something: both runs are named as differing.
-    clipped = change_loop(*clipping(0.01))
+    clipped = change_code(*clipping(0.01))
     assert clipped.returncode == 1
-    assert [line.split(":")[0] for line in clipped.stdout.splitlines()[:2]] == [
-        "run 1 (experiment1)", "run 2 (experiment1)"]
+    assert [line.split(":")[0] for line in clipped.stdout.splitlines()[:2]] == [f"run 1 ({name})", f"run 2 ({name})"]
     assert all("DIFFERS" in line for line in clipped.stdout.splitlines()[:2])
 
-    # A changed loss.
-    loss = change_loop(("label_smoothing=label_smoothing)", "label_smoothing=label_smoothing / 2)"))
-    assert loss.returncode == 1 and "run 1 (experiment1): DIFFERS first at train/step_loss" in loss.stdout
+    # A changed loss, in the task's code.
+    loss = change_code(("return F.cross_entropy(output.float()", "return 0.5 * F.cross_entropy(output.float()"),
+                       file="tasks.py")
+    assert loss.returncode == 1 and f"run 1 ({name}): DIFFERS first at train/step_loss" in loss.stdout
     assert subprocess.run(["git", "-C", str(code_copy), "checkout", "-q", "--", "."]).returncode == 0
     assert run_main(workdir, "--verify", main=main).returncode == 0

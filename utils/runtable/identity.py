@@ -10,8 +10,32 @@ import json
 from dataclasses import dataclass, field
 
 from utils.config import dump_config, load_config_text, without_keys
+from utils.measures import LEGACY, Measures
 
 SEED_KEY = "seed"  # the config key that only picks the random draw: runs differing in it alone form a group
+
+
+@dataclass(frozen=True)
+class IdentityRules:
+    """Every rule of what makes two launches the same run, together; main.py declares the project's (IDENTITY).
+
+    where_keys: config keys that say where things are or how they are fetched, not what is computed: never part of
+        a run's identity, and the only overrides --resume, --reproduce and --verify take.
+    path_keys: config keys that are paths: relative to the checkout in a YAML file (launched from anywhere, `data`
+        is the checkout's data/), relative to the launch folder when typed on the command line.
+    implied: config keys added after runs were recorded without them, and the value those runs had: a launch with
+        the key at that value records it as not set (null), so it stays the same run as the earlier ones.
+    output_only: flags that change only what is printed: never part of a run's identity.
+    template_flags: the flags every experiment gets from the template, without declaring them.
+    seed_key: the config key that only picks the random draw: runs that differ in it alone form a group (fixed: the
+        groups of recorded runs were hashed without it).
+    """
+    where_keys: tuple = ()
+    path_keys: tuple = ()
+    implied: dict = field(default_factory=dict)
+    output_only: tuple = ()
+    template_flags: tuple = ("cpu", "verbose", "watch")
+    seed_key: str = field(default=SEED_KEY, init=False)
 
 
 @dataclass(frozen=True)
@@ -24,6 +48,8 @@ class RunIdentity:
     where_keys: tuple = ()  # dotted config keys that say where things are, not what is computed
     data: str | None = None  # fingerprint of the data's content, where the experiment declares one
     recorded_hash: str | None = None  # the hash a recorded run was registered with (older tables hashed otherwise)
+    # What the run measures and which way is better: recorded with it, never part of its hash (--watch is a flag)
+    measures: Measures = LEGACY
 
     @property
     def computed_text(self):

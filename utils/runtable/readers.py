@@ -12,6 +12,7 @@ import yaml
 
 from utils.config import load_config_text
 from utils.errors import UserError
+from utils.measures import Measures, recorded_measures
 from utils.runtable.identity import SEED_KEY, RunIdentity, group_hash
 from utils.runtable.schema import connect, side_columns
 
@@ -64,7 +65,7 @@ class RunRow:
 def read_row(db, path, run_id):
     """The RunRow of `run_id` on an open connection; a UserError if it is missing or was not recorded by main.py."""
     columns = side_columns(db)
-    side = [f"L.{name}" if name in columns else "NULL" for name in ("flags", "data_fingerprint")]
+    side = [f"L.{name}" if name in columns else "NULL" for name in ("flags", "data_fingerprint", "measures")]
     row = db.execute(
         f"SELECT E.experiment, E.status, E.hidden, E.comment, E.commit_hash, E.diff, E.config_hash, C.file_content, "
         f"{', '.join(side)} FROM Experiments E "
@@ -72,7 +73,7 @@ def read_row(db, path, run_id):
         + "LEFT JOIN ConfigFile C ON C.run_id = E.run_id WHERE E.run_id=?", (run_id,)).fetchone()
     if row is None:
         raise UserError(f"there is no run {run_id} in {path}; see the Run ID column of deepboard")
-    experiment, status, hidden, comment, commit, diff, config_hash, config_text, flags, data = row
+    experiment, status, hidden, comment, commit, diff, config_hash, config_text, flags, data, measures = row
     holder_id = diff_holder(diff)
     if holder_id is not None:  # stored once, in an earlier run
         holder = db.execute("SELECT diff FROM Experiments WHERE run_id=?", (holder_id,)).fetchone()
@@ -80,7 +81,9 @@ def read_row(db, path, run_id):
     if flags is None or config_text is None:
         raise NotTemplateRun(f"run {run_id} was not recorded by this template's main.py (another program wrote it "
                              f"into the table); its config and flags are unknown")
-    identity = RunIdentity(experiment, config_text, json.loads(flags), comment, data=data, recorded_hash=config_hash)
+    flags = json.loads(flags)
+    identity = RunIdentity(experiment, config_text, flags, comment, data=data, recorded_hash=config_hash,
+                           measures=recorded_measures(measures, flags))
     threads = db.execute("SELECT value FROM Results WHERE run_id=? AND metric='threads' AND is_hparam=1",
                          (run_id,)).fetchone()
     return RunRow(run_id, status, bool(hidden), commit, diff, identity, threads[0] if threads else None)
@@ -127,6 +130,7 @@ class FinishedRun:
     group: tuple  # (group hash, data fingerprint): the runs that differ only in their seed
     seed: object
     results: dict
+    measures: Measures  # what it measured and which way is better (recorded, or the earlier runs' LEGACY)
 
 
 def finished_runs(path, where_keys=()):
@@ -137,7 +141,8 @@ def finished_runs(path, where_keys=()):
     """
     with _open(path) as db:
         columns = side_columns(db)
-        side = [f"L.{name}" if name in columns else "NULL" for name in ("group_hash", "data_fingerprint")]
+        side = [f"L.{name}" if name in columns else "NULL"
+                for name in ("group_hash", "data_fingerprint", "measures", "flags")]
         rows = db.execute(
             f"SELECT E.run_id, E.experiment, E.cli, E.comment, {', '.join(side)} FROM Experiments E "
             + ("LEFT JOIN TemplateLaunch L ON L.run_id = E.run_id " if columns else "")
@@ -155,14 +160,14 @@ def finished_runs(path, where_keys=()):
         configs = dict(db.execute(f"SELECT run_id, file_content FROM ConfigFile WHERE run_id IN "
                                   f"({', '.join('?' * len(ungrouped))})", ungrouped)) if ungrouped else {}
     runs, left_out = [], []
-    for run_id, experiment, cli, comment, group, data in rows:
+    for run_id, experiment, cli, comment, group, data, measures, flags in rows:
         if group is None:
             group = _group_of_config(experiment, configs.get(run_id), cli, comment, where_keys)
         if group is None:
             left_out.append(run_id)
             continue
         runs.append(FinishedRun(run_id, experiment, cli, comment, (group, data), seeds.get(run_id),
-                                results.get(run_id, {})))
+                                results.get(run_id, {}), recorded_measures(measures, json.loads(flags or "{}"))))
     return runs, left_out
 
 

@@ -87,7 +87,7 @@ class RunTable:
         if debug:
             shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
-        return Run(self.path, run_id, folder)
+        return Run(self.path, run_id, folder, measures=identity.measures)
 
     def claim(self, identity, *, config_path, command, commit, diff, max_crashes=2):
         """A Claim of `identity` for a sweep's worker, decided in one write transaction.
@@ -124,7 +124,8 @@ class RunTable:
                 resumed = False
         folder = self.folder(run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        return Claim(Run(self.path, run_id, folder, resumed=resumed), "claimed", run_id, threads)
+        return Claim(Run(self.path, run_id, folder, resumed=resumed, measures=identity.measures), "claimed", run_id,
+                     threads)
 
     def latest_run(self, identity):
         """(run ID, status) of the visible run of `identity` (a failed one included), or None."""
@@ -185,7 +186,7 @@ class RunTable:
             _record_process(db, run_id)
         folder = self.folder(run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        return Run(self.path, run_id, folder, resumed=True), row.identity
+        return Run(self.path, run_id, folder, resumed=True, measures=row.identity.measures), row.identity
 
     def keys_new_to(self, experiment, keys):
         """Those of the dotted `keys` that every recorded run of `experiment` lacks; empty once one run has them all.
@@ -289,10 +290,11 @@ def _insert_run(db, identity, config_path, command, commit, diff, run_id=None):
     db.execute("INSERT INTO ConfigFile (run_id, file_content) VALUES (?, ?)", (run_id, identity.config_text))
     process = liveness.this_process()
     db.execute("INSERT OR REPLACE INTO TemplateLaunch (run_id, host, pid, process_token, heartbeat, flags, "
-               "data_fingerprint, config_keys, group_hash, code, diff_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               "data_fingerprint, config_keys, group_hash, code, diff_hash, measures) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                (run_id, process.host, process.pid, process.token, process.heartbeat,
                 json.dumps(identity.flags, sort_keys=True), identity.data, json.dumps(config_keys(identity)),
-                identity.group_hash, code_of(commit, diff), diff_hash))
+                identity.group_hash, code_of(commit, diff), diff_hash, identity.measures.to_json()))
     return run_id
 
 

@@ -3,6 +3,7 @@
 While it runs, a background thread writes a heartbeat to the table, so that a run that dies on another host without
 a word is recognised as dead once its heartbeat is older than the lease (see liveness.py).
 """
+import io
 import sqlite3
 import threading
 import time
@@ -10,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from utils.errors import DiskFull, Pruned, Terminated, disk_full, is_disk_full
+from utils.measures import LEGACY
 from utils.runtable.liveness import heartbeat_interval
 from utils.runtable.schema import connect
 
@@ -25,10 +27,11 @@ class Run:
     finished, nothing can change it.
     """
 
-    def __init__(self, table_path, run_id, folder, resumed=False):
+    def __init__(self, table_path, run_id, folder, resumed=False, measures=LEGACY):
         self.id = run_id
         self.folder = Path(folder)
         self.resumed = resumed  # continuing a failed run: the experiment restores its last epoch checkpoint
+        self.measures = measures  # what it measures, which way is better, what selects the best epoch
         self.status = "running"
         self._path = table_path
         self._buffer = []
@@ -59,12 +62,43 @@ class Run:
             if self.id > 0:
                 show_columns_that_differ(db, self.id, rows)
 
-    def log_text(self, tag, text):
-        """Record a text under `tag` (deepboard shows it in the run's text fragments); replaces an earlier one."""
+    def log_text(self, tag: str, text: str, step: int | None = None, epoch: int | None = None):
+        """Record a text under `tag` (deepboard shows it in the run's text fragments).
+
+        Without `epoch`, it replaces the run's earlier text of that tag (what describes the whole run); with one, it
+        is that epoch's text (at global `step`), and a resume discards it with the epoch's points."""
+        self._check_open()
+        self.flush()  # the texts of an epoch reach the table after its points, never before
         with self._writing(f"the text {tag!r}", needed=len(text)) as db:
-            db.execute("DELETE FROM Fragments WHERE run_id=? AND tag=?", (self.id, tag))
+            if epoch is None:
+                db.execute("DELETE FROM Fragments WHERE run_id=? AND tag=?", (self.id, tag))
             db.execute("INSERT INTO Fragments (run_id, step, epoch, run_rep, fragment_type, tag, fragment) "
-                       "VALUES (?, 0, 0, 0, 'RAW', ?, ?)", (self.id, tag, text))
+                       "VALUES (?, ?, ?, 0, 'RAW', ?, ?)", (self.id, step or 0, epoch or 0, tag, text))
+
+    def log_image(self, tag: str, image, step: int | None = None, epoch: int | None = None):
+        """Record an image (PNG bytes, or a PIL image) under `tag`, as log_text records a text (deepboard shows it
+        in the run's images)."""
+        self._log_picture(tag, image, step, epoch, "IMAGE")
+
+    def log_figure(self, tag: str, figure, step: int | None = None, epoch: int | None = None):
+        """Record a matplotlib figure under `tag`, as a PNG, as log_text records a text (deepboard shows it in the
+        run's figures)."""
+        buffer = io.BytesIO()
+        figure.savefig(buffer, format="png")
+        self._log_picture(tag, buffer.getvalue(), step, epoch, "PLOT")
+
+    def _log_picture(self, tag, image, step, epoch, kind):
+        self._check_open()
+        if not isinstance(image, (bytes, bytearray)):
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            image = buffer.getvalue()
+        self.flush()
+        with self._writing(f"the image {tag!r}", needed=len(image)) as db:
+            if epoch is None:
+                db.execute("DELETE FROM Images WHERE run_id=? AND tag=? AND img_type=?", (self.id, tag, kind))
+            db.execute("INSERT INTO Images (run_id, step, epoch, run_rep, img_type, tag, image) "
+                       "VALUES (?, ?, ?, 0, ?, ?, ?)", (self.id, step or 0, epoch or 0, kind, tag, bytes(image)))
 
     def log_scalar(self, tag, value, step, epoch):
         """Record one point of the curve `tag` ('split/name', e.g. 'val/accuracy'); written in batches."""
@@ -88,9 +122,11 @@ class Run:
             self._buffer = []
 
     def discard_logs_after(self, epoch):
-        """Delete this run's scalars of epochs after `epoch`: a resumed run replays them from its last checkpoint."""
+        """Delete this run's points, texts and images of epochs after `epoch`: a resumed run replays them from its
+        last checkpoint."""
         with self._writing("the resume point") as db:
-            db.execute("DELETE FROM Logs WHERE run_id=? AND epoch>?", (self.id, epoch))
+            for table in ("Logs", "Fragments", "Images"):
+                db.execute(f"DELETE FROM {table} WHERE run_id=? AND epoch>?", (self.id, epoch))
 
     def finish(self, results):
         """Record the final results and mark the run finished; the run is read-only afterwards."""
@@ -210,8 +246,8 @@ class _Heartbeat:
 class Replica(Run):
     """The run as torchrun's ranks other than 0 see it: the same ID and folder, recording nothing (rank 0 records)."""
 
-    def __init__(self, run_id, folder, resumed=False):
-        super().__init__(None, run_id, folder, resumed)
+    def __init__(self, run_id, folder, resumed=False, measures=LEGACY):
+        super().__init__(None, run_id, folder, resumed, measures)
 
     def __enter__(self):
         return self
@@ -219,7 +255,10 @@ class Replica(Run):
     def log_hparams(self, hparams):
         pass
 
-    def log_text(self, tag, text):
+    def log_text(self, tag, text, step=None, epoch=None):
+        pass
+
+    def _log_picture(self, tag, image, step, epoch, kind):
         pass
 
     def log_scalar(self, tag, value, step, epoch):

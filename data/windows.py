@@ -1,0 +1,114 @@
+"""Batches of (inputs, targets) token windows from a text corpus, for next-token prediction.
+
+An epoch is one pass over the training text's windows: `data.block_size` characters each, in an order and at offsets
+that follow from the seed and the pass's number alone (data.loaders.IndexedPlans), so a resume, the torchrun ranks
+and the batch's split among them never change what a window holds. Validation and test cover their whole split: every
+character but the first is predicted exactly once, from up to `block_size` characters before it (the last window is
+moved back to end with the split, its overlap masked), so the loss is over the whole split, not a sample of it.
+"""
+import math
+
+import torch
+
+from data.loaders import IndexedPlans, Plan, Planned, check_batch_size
+from data.registry import dataset_name, describe_data, find_dataset
+from data.text import TextInfo
+from utils.config import require
+from utils.errors import UserError
+
+IGNORED = -100  # a target that is not scored: the task's ignore_index (F.cross_entropy's default)
+
+
+class TokenWindows(Planned):
+    """Batches of (inputs [B, T], targets [B, T]) int64 token IDs cut from `tokens` at the windows a Plan draws.
+
+    For training, window i starts at i * T plus the shift the plan draws for it; for evaluation, at `starts[i]`, with
+    the targets before `first_scored[i]` masked.
+    """
+
+    def __init__(self, tokens, plan, block_size, starts=None, first_scored=None):
+        super().__init__(plan)
+        self.tokens, self.block_size, self.starts, self.first_scored = tokens, block_size, starts, first_scored
+        self._span = torch.arange(block_size + 1, device=tokens.device)
+
+    def __iter__(self):
+        for index, shift, _ in self.plan.batches():
+            index = index.to(self.tokens.device)
+            if self.starts is None:
+                starts = index * self.block_size + shift.to(self.tokens.device)
+            else:
+                starts = self.starts[index]
+            chunk = self.tokens[starts[:, None] + self._span]
+            inputs, targets = chunk[:, :-1], chunk[:, 1:]
+            if self.first_scored is not None:
+                targets = targets.masked_fill(self._span[None, :-1] < self.first_scored[index][:, None], IGNORED)
+            yield inputs, targets
+
+
+def training_windows(tokens, block_size, batch_size, seed, world=None):
+    """The training split's TokenWindows: len // block_size - 2 windows a pass, each moved by up to block_size // 2."""
+    shift = block_size // 2
+    count = len(tokens) // block_size - 2  # the last window, moved by the largest shift, still ends in the text
+    plan = Plan(count, batch_size, IndexedPlans(seed), shift, world)
+    return TokenWindows(tokens, plan, block_size)
+
+
+def evaluation_windows(tokens, block_size, batch_size, world=None):
+    """TokenWindows that predict every token of `tokens` but the first exactly once (see the module docstring)."""
+    starts, first_scored = covering_windows(len(tokens), block_size)
+    plan = Plan(len(starts), batch_size, world=world)
+    return TokenWindows(tokens, plan, block_size, torch.tensor(starts, device=tokens.device),
+                        torch.tensor(first_scored, device=tokens.device))
+
+
+def covering_windows(length, block_size):
+    """(starts, first scored position) of windows of block_size + 1 tokens that score each of tokens 1..length-1
+    once: back to back, then one ending with the text whose overlap with the others is not scored."""
+    if length < block_size + 1:
+        raise UserError(f"a split of {length} characters is shorter than data.block_size {block_size} + 1")
+    full = (length - 1) // block_size
+    starts, first_scored = [i * block_size for i in range(full)], [0] * full
+    if full * block_size < length - 1:
+        last = length - 1 - block_size
+        starts.append(last)
+        first_scored.append(full * block_size - last)
+    return starts, first_scored
+
+
+def make_text_loaders(config: dict, device, seed: int, world=None):
+    """(train, validation, test) TokenWindows of the corpus `config['data']` names, and its TextInfo.
+
+    The training windows are ordered and moved from `seed`; with `world` (torchrun), each rank gets its share of every
+    batch."""
+    cfg = config["data"]
+    check_batch_size(cfg["batch_size"], world.size if world is not None else 1)
+    corpus = find_dataset(dataset_name(cfg)).load(cfg, world=world)
+    block, batch, eval_batch = cfg["block_size"], cfg["batch_size"], cfg["eval_batch_size"]
+    return (training_windows(corpus.train.to(device), block, batch, seed, world),
+            evaluation_windows(corpus.val.to(device), block, eval_batch, world),
+            evaluation_windows(corpus.test.to(device), block, eval_batch, world), corpus.info)
+
+
+def check_config(config: dict, world_size: int = 1) -> TextInfo:
+    """The TextInfo of the corpus, after refusing what it could not give: windows longer than a split, a batch the
+    torchrun processes cannot share, an image dataset."""
+    for key in ("batch_size", "eval_batch_size"):
+        require(config, f"data.{key}", int, low=1)
+    block_size = require(config, "data.block_size", int, low=1)
+    require(config, "data.val_size", int, low=1)
+    check_batch_size(config["data"]["batch_size"], world_size)
+    info = describe_data(config)
+    if not isinstance(info, TextInfo):
+        raise UserError(f"data.name {dataset_name(config['data'])!r} is not a text corpus; this experiment reads "
+                        f"text (data.name: shakespeare_char, or a corpus of yours in data/registry.py)")
+    shortest = min(info.num_train, info.num_val, info.num_test)
+    if shortest < 3 * block_size + 1:
+        raise UserError(f"data.block_size {block_size} leaves a split of {shortest} characters too few windows; "
+                        f"use a smaller block_size or a longer text")
+    return info
+
+
+def steps_per_epoch(config: dict, info: TextInfo) -> int:
+    """How many optimizer steps one pass over the training windows takes."""
+    cfg = config["data"]
+    return math.ceil((info.num_train // cfg["block_size"] - 2) / cfg["batch_size"])
