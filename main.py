@@ -157,9 +157,21 @@ def cli(argv=None):
     except UserError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, Terminated):
+    except (KeyboardInterrupt, Terminated) as e:
         print("interrupted before a run started: nothing was recorded", file=sys.stderr)
-        return 130
+        return 143 if isinstance(e, Terminated) else 130  # the shell's codes for SIGTERM and Ctrl-C
+    except BrokenPipeError:  # the reader of the output left (`| head`): stop quietly, as Unix tools do
+        _discard_stdout()
+        return 0
+
+
+def _discard_stdout():
+    """Point stdout at /dev/null, so that flushing what is left at exit raises nothing more."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (a test's capture): nothing to flush
+        pass
 
 
 if __name__ == "__main__":

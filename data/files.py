@@ -4,10 +4,13 @@ import gzip
 import hashlib
 import json
 import os
+import socket
 import tarfile
 from pathlib import Path, PurePosixPath
 
 from utils.errors import UserError
+
+DOWNLOAD_TIMEOUT_S = 30  # a server silent this long (to connect, or between two reads) is given up
 
 
 def content_hash(path):
@@ -80,19 +83,24 @@ def download(folder, filename, urls, md5, missing_message):
     except OSError as e:
         raise UserError(missing_message(f"and the folder cannot be written ({e.strerror})")) from None
     errors = []
-    for url in urls:
-        try:
-            download_url(url, root=str(folder), filename=filename, md5=md5)
-            return folder / filename
-        except Exception as e:  # any network failure: try the next address, then explain
-            errors.append(f"{type(e).__name__}: {str(e)[:80]}" if str(e) else type(e).__name__)
-            (folder / filename).unlink(missing_ok=True)
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)  # torchvision's download_url takes no timeout of its own
+    try:
+        for url in urls:
+            try:
+                download_url(url, root=str(folder), filename=filename, md5=md5)
+                return folder / filename
+            except Exception as e:  # any network failure: try the next address, then explain
+                errors.append(f"{type(e).__name__}: {str(e)[:80]}" if str(e) else type(e).__name__)
+                (folder / filename).unlink(missing_ok=True)
+    finally:
+        socket.setdefaulttimeout(previous)
     for parent in created:  # deepest first: a failed download leaves no empty folders behind
         try:
             parent.rmdir()
         except OSError:
             break
-    raise UserError(missing_message(f"and the download failed ({', '.join(errors)}; offline?)"))
+    raise UserError(missing_message(f"and the download failed ({', '.join(dict.fromkeys(errors))}; offline?)"))
 
 
 def extract_tar(archive, folder):

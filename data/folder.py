@@ -18,6 +18,7 @@ from stat import S_ISREG
 
 from data.files import read_cache, write_cache
 from data.registry import Arrays, DataInfo, Files
+from utils.cores import capped_workers
 from utils.errors import UserError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
@@ -50,7 +51,8 @@ class ImageFolder:
         files = self._files(cfg, scan, groups)
         if streams(cfg, files.info):
             return files
-        return decoded_arrays(files, scan["fingerprint"], cache_dir, cfg.get("workers", 0), world)
+        return decoded_arrays(files, scan["fingerprint"], cache_dir, capped_workers(cfg.get("workers") or 0),
+                              world)
 
     @staticmethod
     def _files(cfg, scan, groups):

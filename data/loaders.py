@@ -12,12 +12,14 @@ reads and decodes only its share.
 """
 import hashlib
 import math
+import sys
 from typing import Protocol
 
 import torch
 
 from data.registry import Arrays, DataInfo, dataset_name, describe_data, find_dataset
 from utils.config import require
+from utils.cores import capped_workers
 from utils.errors import UserError
 
 
@@ -263,7 +265,7 @@ def make_loaders(config, device, seed, world=None, cache_dir=None):
         return (batches(data.train_images[train_index], data.train_labels[train_index], train_plan),
                 batches(data.train_images[val_index], data.train_labels[val_index], val_plan),
                 batches(data.test_images, data.test_labels, test_plan), info)
-    workers = cfg.get("workers", 0)
+    workers = capped_workers(cfg.get("workers") or 0)
 
     def streamed(entries, plan):
         return Streamed(data, entries, plan, channels_last, workers, device)
@@ -280,7 +282,7 @@ def loader_workers(config, cache_dir=None):
     cfg = config["data"]
     if dataset_name(cfg) != "folder" or not cfg.get("workers"):
         return 0
-    return cfg["workers"] if streams(cfg, describe_data(config, cache_dir)) else 0
+    return capped_workers(cfg["workers"]) if streams(cfg, describe_data(config, cache_dir)) else 0
 
 
 def check_config(config, world_size=1):
@@ -291,7 +293,10 @@ def check_config(config, world_size=1):
         require(config, f"data.{key}", int, low=1)
     require(config, "data.split_seed", int)
     require(config, "data.augment_shift", int, low=0)
-    require(config, "data.workers", int, low=0, optional=True)
+    workers = require(config, "data.workers", int, low=0, optional=True)
+    if workers and capped_workers(workers) < workers:
+        print(f"note: data.workers={workers} is more than the {capped_workers(workers)} cores this process may use; "
+              f"{capped_workers(workers)} worker processes decode", file=sys.stderr)
     require(config, "data.memory_limit_mb", float, low=0, optional=True)
     check_batch_size(cfg["batch_size"], world_size)
     info = describe_data(config)

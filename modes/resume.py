@@ -22,7 +22,7 @@ def resume(launch):
 
     # Before the run is touched: a checkpoint that would be refused leaves it failed, as it was.
     folder = table.folder(run_id)
-    for name in check_run_checkpoints(folder, convert_old=launch.args.trust_old_checkpoint):
+    for name in check_run_checkpoints(folder, convert_old=launch.args.trust_old_checkpoint, owner=recorded.owner):
         print(f"{folder / name} converted to the safe format (its random states as tensors)")
 
     def register(world_size):

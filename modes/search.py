@@ -30,6 +30,7 @@ from utils.runtable.readers import read_run
 from utils.stats import summarise
 
 STUDIES_FILE = "search.journal"
+CRASHES_IN_A_ROW = 2  # trials whose code crashed one after another: the study stops, the code needs a fix
 SHOWN = 5  # trials in the summary
 
 
@@ -66,6 +67,7 @@ def run_study(launch, count, fixed, dimensions):
     distributions = {d.key: distribution(d) for d in dimensions}
     print(f"search: study {name}, {len(complete_trials(study))} of {count} trials complete; {metric} is "
           f"{'maximised' if direction == 'maximize' else 'minimised'}", flush=True)
+    crashed, crashes = [], 0  # the trials that crashed since the last one that completed; all that crashed here
     while True:
         trial, others = next_trial(launch, study, count, distributions, lock, seed)
         if trial is None and not others:
@@ -77,11 +79,15 @@ def run_study(launch, count, fixed, dimensions):
         label = " ".join(f"{d.key}={d.text(trial.params[d.key])}" for d in dimensions)
         print(f"[trial {trial.number}] {label}", flush=True)
         runs = [launch.description(combination, seed) for seed in seeds_of(launch, combination)]
-        values, run_ids, pruned = [], [], False
+        values, run_ids, state = [], [], "complete"
         for number, description in enumerate(runs):
-            outcome = run_of_trial(launch, description, texts={
-                "search": json.dumps({"study": name, "trial": trial.number, "params": trial.params})},
-                judge=judge_of(trial) if launch.args.prune and number == 0 else None)
+            texts = {"search": json.dumps({"study": name, "trial": trial.number, "params": trial.params})}
+            judge = judge_of(trial) if launch.args.prune and number == 0 else None
+            outcome = run_of_trial(launch, description, texts=texts, judge=judge)
+            if outcome.state == "crashed" and outcome.ran:  # the sweeps' rule: once more, with the same code
+                print(f"  run {outcome.run_id} crashed (its traceback is above): trying it once more", flush=True)
+                run_ids.append(outcome.run_id)
+                outcome = run_of_trial(launch, description, texts=texts, judge=judge)
             if outcome.state == "stopped":
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
                 print("the search stopped; the same command continues the study", file=sys.stderr)
@@ -90,19 +96,30 @@ def run_study(launch, count, fixed, dimensions):
                 run_ids.append(outcome.run_id)
                 trial.set_user_attr("runs", run_ids)
             if outcome.results is None:
-                pruned = outcome.state == "pruned"
+                state = outcome.state if outcome.state in ("pruned", "crashed") else "unfinished"
                 break
             values.append(outcome.results[metric])
-        if pruned:
+        if state == "pruned":
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif state == "crashed":  # counts towards N: a study of code that always crashes still ends
+            trial.set_user_attr("crashed", True)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            crashed.append(trial.number)
+            crashes += 1
+            print(f"[trial {trial.number}] crashed twice with this code: counted as a failed trial", flush=True)
+            if len(crashed) >= CRASHES_IN_A_ROW:
+                print(f"error: trials {', '.join(map(str, crashed))} crashed one after another (tracebacks above); "
+                      f"fix the code, then the same command continues the study", file=sys.stderr)
+                return 1
         elif len(values) < len(runs):
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)  # a run crashed: the study goes on without it
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)  # run elsewhere and gone: it does not count
         else:
+            crashed.clear()
             study.tell(trial, sum(values) / len(values))
             print(f"[trial {trial.number}] {metric} {sum(values) / len(values):.4f} "
                   f"(runs {', '.join(map(str, run_ids))})", flush=True)
     print_summary(launch, study, dimensions, fixed, measures, direction)
-    return 0
+    return 1 if crashes else 0
 
 
 def run_of_trial(launch, description, texts, judge=None):
@@ -199,11 +216,13 @@ def study_name(launch, fixed, dimensions):
 
 
 def complete_trials(study):
-    """The trials that count towards N: complete ones, and pruned ones (they ended as the pruner decided)."""
+    """The trials that count towards N: complete ones, pruned ones (they ended as the pruner decided) and those whose
+    code crashed twice (a study of failing code ends); not those a killed worker left."""
     import optuna
 
     return [trial for trial in study.trials
-            if trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)]
+            if trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+            or trial.user_attrs.get("crashed")]
 
 
 def judge_of(trial):

@@ -354,3 +354,22 @@ def test_a_missing_text_is_downloaded_md5_checked_and_offline_it_is_one_line(tex
                                      "--config.data.download=true"), "the download failed (URLError", "offline?")
     assert not (tmp_path / "other").exists()
     server.shutdown()
+
+
+def test_a_download_from_a_server_that_never_answers_times_out_in_one_line(text_workdir, tmp_path, monkeypatch):
+    import socket
+
+    import data.files
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen()  # connections are queued, never accepted nor answered
+    monkeypatch.setattr(data.files, "DOWNLOAD_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(SHAKESPEARE_CHAR, "urls", [f"http://127.0.0.1:{silent.getsockname()[1]}/input.txt"])
+    refused = charlm_in_process(text_workdir, f"--config.data.path={tmp_path / 'fresh'}",
+                                "--config.data.download=true")
+    silent.close()
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert "the download failed" in refused.stderr.strip().splitlines()[-1]
+    assert "timed out" in refused.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "fresh").exists()

@@ -1,10 +1,12 @@
 """main.py's front door: every refusal is one clear line on stderr, exit code 2, no traceback, nothing written."""
+import os
 import subprocess
 import sys
 
 import pytest
 
 from helpers import MAIN, assert_refused, env_recording_in, query, run_in_process, run_main, tiny_in_process
+from utils.errors import Terminated
 
 
 @pytest.mark.parametrize("args, fragments", [
@@ -86,3 +88,51 @@ def test_an_unknown_flag_named_like_a_config_key_suggests_its_override(workdir):
     assert_refused(tiny_in_process(workdir, "--epochs=3"), "did you mean --config.training.num_epochs=3?")
     assert_refused(tiny_in_process(workdir, "--learning-rate=0.1"), "did you mean --config.training.learning_rate=0.1?")
     assert_refused(tiny_in_process(workdir, "--wath=loss"), "did you mean --watch?")
+
+
+@pytest.mark.slow
+def test_output_cut_short_by_a_closed_pipe_ends_quietly(tmp_path):
+    read, write = os.pipe()
+    os.close(read)  # as `python main.py --list | head -3` leaves it once head has its lines
+    try:
+        done = subprocess.run([sys.executable, str(MAIN), "--list"], stdout=write, stderr=subprocess.PIPE, text=True,
+                              timeout=60, env=env_recording_in(tmp_path))
+    finally:
+        os.close(write)
+    assert done.returncode == 0 and done.stderr == ""
+
+
+def test_a_signal_before_a_run_starts_exits_with_the_shells_code_and_records_nothing(workdir, monkeypatch):
+    import modes.launch
+
+    for error, code in ((Terminated, 143), (KeyboardInterrupt, 130)):
+        def stopped(*args, error=error, **kwargs):
+            raise error()
+
+        monkeypatch.setattr(modes.launch.Launch, "__init__", stopped)
+        done = tiny_in_process(workdir)
+        assert done.returncode == code
+        assert done.stderr.strip() == "interrupted before a run started: nothing was recorded"
+    assert not (workdir / "results").exists()
+
+
+def test_a_bare_off_in_a_yaml_file_is_answered_with_what_to_write(workdir):
+    config = workdir / "configs" / "tiny.yml"
+    config.write_text(config.read_text().replace("autocast: auto", "autocast: off"))
+    assert_refused(tiny_in_process(workdir), 'write autocast: "off" (quoted)')
+    config.write_text(config.read_text().replace("autocast: off", 'autocast: "off"'))
+    assert tiny_in_process(workdir).returncode == 0
+
+
+def test_a_config_that_would_pull_in_too_much_is_refused_before_anything_is_recorded(workdir):
+    levels = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
+    levels += [f"{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, "
+               f"*{prev}]" for prev, name in zip("abcdefgh", "bcdefghi")]  # 10**9 values in half a kilobyte
+    (workdir / "configs" / "bomb.yml").write_text("\n".join(levels) + "\n")
+    (workdir / "configs" / "self.yml").write_text("model: &m {inner: *m}\n")
+    huge = workdir / "configs" / "huge.yml"
+    huge.write_text("# padding\n" * 200_000)
+    for name, message in (("bomb", "expands to more than 100,000 values"), ("self", "expands to more than"),
+                          ("huge", "a config holds parameters")):
+        assert_refused(run_in_process(workdir, "--experiment=experiment1", f"--config=configs/{name}.yml"), message)
+    assert not (workdir / "results").exists()

@@ -3,6 +3,7 @@ debug runs and new runs."""
 import json
 import sys
 
+import pytest
 import torch
 import yaml
 
@@ -170,3 +171,18 @@ def test_deepboard_shows_the_hparam_columns_in_which_runs_differ(workdir):
     query(db, "UPDATE ResultDisplay SET display_order=NULL WHERE Name='training.learning_rate'")  # the user hides it
     assert tiny_in_process(workdir, "--config.training.learning_rate=0.02", "--config.seed=1").returncode == 0
     assert "seed" in shown() and "training.learning_rate" not in shown()  # a column shown once is the user's
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("DROP TABLE Fragments", "without its table Fragments"),
+    ("ALTER TABLE Logs DROP COLUMN wall_time", "without the column wall_time of its table Logs"),
+])
+def test_a_table_missing_a_table_or_a_column_is_refused_and_left_alone(workdir, damage, message):
+    assert tiny_in_process(workdir, "--debug").returncode == 0
+    db = workdir / "results" / "resultTable.db"
+    query(db, damage)
+    before = db.read_bytes()
+    for args in (("--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0"), ("--compare",),
+                 ("--resume=-1",)):
+        assert_refused(run_in_process(workdir, *args), message, "nothing was changed")
+    assert db.read_bytes() == before

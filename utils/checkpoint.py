@@ -61,9 +61,10 @@ def read_checkpoint(path, device="cpu", mmap=False):
         raise damaged(path) from None
 
 
-def check_run_checkpoints(folder, convert_old=False):
-    """Refuse, before a run is resumed, a checkpoint in its `folder` that the safe loader would refuse; with
-    `convert_old`, first rewrite the earlier template format in the safe one. Returns the names converted."""
+def check_run_checkpoints(folder, convert_old=False, owner=None):
+    """Refuse, before a run is resumed, a checkpoint in its `folder` that the safe loader would refuse or that another
+    run wrote (`owner`: RunIdentity.owner); with `convert_old`, first rewrite the earlier template format in the safe
+    one. Returns the names converted."""
     converted = []
     for name in ("last.pt", "best.pt"):
         path = folder / name
@@ -71,8 +72,17 @@ def check_run_checkpoints(folder, convert_old=False):
             continue
         if convert_old and convert_old_checkpoint(path):
             converted.append(name)
-        read_checkpoint(path, mmap=True)
+        check_owner(path, owner, read_checkpoint(path, mmap=True))
     return converted
+
+
+def check_owner(path, owner, state=None):
+    """Refuse the checkpoint at `path` if it records another owner than `owner` (copied from another run's folder).
+    Checkpoints written before they recorded one, and runs that know none, pass."""
+    recorded = (state if state is not None else read_checkpoint(path, mmap=True)).get("owner")
+    if owner is not None and recorded is not None and recorded != owner:
+        raise UserError(f"{path} was written by another run (its checkpoints record whose they are); put this run's "
+                        f"own checkpoint back, or start the run again, nothing was changed")
 
 
 def unsafe_globals(path):

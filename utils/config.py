@@ -28,12 +28,34 @@ _Loader.add_implicit_resolver(
 )
 
 
+MAX_CONFIG_BYTES = 1 << 20  # a config holds parameters: a larger file is a mistake (or data), refused unread
+MAX_CONFIG_VALUES = 100_000  # values a config may expand to, aliases followed: an alias bomb is refused, not dumped
+
+
 def parse_yaml_value(text):
     """The Python value YAML gives `text`: 5 -> int, 1e-4 -> float, true -> bool, null -> None, [1,2] -> list."""
     try:
-        return yaml.load(text, Loader=_Loader)
+        return bounded(yaml.load(text, Loader=_Loader), f"the value {text[:40]!r}")
     except yaml.YAMLError as e:
         raise UserError(f"cannot read {text!r} as a YAML value ({_first_line(e)})") from None
+
+
+def bounded(value, what):
+    """`value`, after checking that it expands to at most MAX_CONFIG_VALUES values: YAML aliases let a few hundred
+    bytes stand for billions of values (or for a value that holds itself), which dumping or merging would expand."""
+    count, pending = 0, [value]
+    while pending:
+        item = pending.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise UserError(f"{what} expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases repeating "
+                            f"themselves?); a config holds parameters, write them out")
+        if isinstance(item, dict):
+            pending.extend(item.keys())
+            pending.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            pending.extend(item)
+    return value
 
 
 def load_config(path, _chain=()):
@@ -50,10 +72,15 @@ def load_config(path, _chain=()):
     if path.resolve() in _chain:
         loop = " -> ".join(str(p) for p in (*_chain, path.resolve()))
         raise UserError(f"config files extend each other in a loop ({loop}); one of them must stand alone")
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise UserError(f"config file {path} is {path.stat().st_size:,} bytes; a config holds parameters (at most "
+                        f"{MAX_CONFIG_BYTES:,} bytes), not data: point data.path at the data instead")
     try:
-        config = yaml.load(path.read_text(), Loader=_Loader)
+        config = bounded(yaml.load(path.read_text(), Loader=_Loader), f"config file {path}")
     except yaml.YAMLError as e:
         raise UserError(f"config file {path} is not valid YAML: {_first_line(e)}") from None
+    except (UnicodeDecodeError, OSError) as e:
+        raise UserError(f"config file {path} cannot be read as text ({type(e).__name__}); pass a YAML file") from None
     if not isinstance(config, dict):
         raise UserError(f"config file {path} must hold a mapping of sections (data:, model:, ...), "
                         f"not {type(config).__name__}")

@@ -1,11 +1,11 @@
 """Choosing where a run computes, with how many CPU threads, and how its host memory is reused."""
 import ctypes
-import os
 import sys
 
 import torch
 
 from utils.config import require
+from utils.cores import usable_cores
 from utils.errors import UserError
 
 
@@ -23,8 +23,7 @@ def set_threads(threads=0, processes_per_machine=1, loader_workers=0):
     torch counts the machine's cores; a cluster job or a `taskset` may be allowed fewer, torchrun may start several
     processes on them, and more threads than cores slow every step down.
     """
-    available = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    torch.set_num_threads(threads or max(1, available // processes_per_machine - loader_workers))
+    torch.set_num_threads(threads or max(1, usable_cores() // processes_per_machine - loader_workers))
     return torch.get_num_threads()
 
 
@@ -33,6 +32,8 @@ AUTOCAST = ("auto", "bf16", "off")
 
 def check_config(config):
     """Refuse an autocast setting this module does not know."""
+    if config["training"].get("autocast") is False:  # YAML 1.1 reads a bare `off` as false
+        raise UserError('training.autocast: YAML reads a bare off as false; write autocast: "off" (quoted)')
     setting = require(config, "training.autocast", str)
     if setting not in AUTOCAST:
         raise UserError(f"training.autocast must be auto, bf16 or off, got {setting!r}")

@@ -5,8 +5,8 @@ validation metric the run selects by, in its declared direction: `run.measures`)
 continue), reloads the best model before the test set, checks that every torchrun rank ends with the same weights, and
 records the results. The loop itself stays in the experiment.
 """
-from utils.checkpoint import (load_checkpoint, load_training_state, remove_partial_files, save_checkpoint,
-                              save_training_state)
+from utils.checkpoint import (check_owner, load_checkpoint, load_training_state, remove_partial_files,
+                              save_checkpoint, save_training_state)
 from utils.measures import BEST_EPOCH, TEST_PREFIX
 
 
@@ -64,9 +64,10 @@ class Epochs:
         self.run.flush()
         if self.world.is_main:
             if improved:
-                save_checkpoint(self._best_path, self.model, epoch=epoch, watch=self.watch, value=value)
+                save_checkpoint(self._best_path, self.model, epoch=epoch, watch=self.watch, value=value,
+                                **self._owner)
             save_training_state(self._last_path, self.model, *self._training_state, epoch=epoch,
-                                best_value=self.best_value, best_epoch=self.best_epoch)
+                                best_value=self.best_value, best_epoch=self.best_epoch, **self._owner)
         if self.verbose >= 1:
             timing = f" | {train['epoch_time']:.1f}s" if "epoch_time" in train else ""
             print(f"epoch {epoch}/{self._total}: train {self._shown(train)} | val {self._shown(val)}{timing}"
@@ -97,6 +98,10 @@ class Epochs:
         self.run.finish(results)
         return results
 
+    @property
+    def _owner(self):
+        return {} if self.run.owner is None else {"owner": self.run.owner}
+
     def model_device(self):
         return next(self.model.parameters()).device
 
@@ -104,6 +109,7 @@ class Epochs:
         """Continue from last.pt: every state as it was after the last finished epoch, later points deleted."""
         remove_partial_files(self.run.folder)
         if self._last_path.exists():
+            check_owner(self._last_path, self.run.owner)
             state = load_training_state(self._last_path, self.model, *self._training_state, self.model_device())
             self.best_value, self.best_epoch = state["best_value"], state["best_epoch"]
             self.done = state["epoch"]

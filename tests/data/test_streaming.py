@@ -1,6 +1,7 @@
 """Every promise on every data path, through real processes: CIFAR batches, an image folder held in memory and the
 same folder streamed by worker processes give bit-identical reruns, resume exactly after SIGTERM or SIGKILL, do not
 depend on the number of workers, and train under torchrun."""
+import os
 import signal
 import sys
 
@@ -64,10 +65,14 @@ def test_the_same_command_twice_and_a_run_stopped_and_resumed_give_the_same_numb
 def test_the_number_of_loader_workers_does_not_change_a_single_number(tmp_path, spawn, datasets):
     folder = workdir_for(tmp_path, datasets, "folder streamed", **{"data.workers": 0, "training.num_epochs": 2})
     assert spawn.run(folder, *TINY).returncode == 0
-    for workers in (2, 4):
+    for workers in (2, 4, 64):
         again = spawn.run(folder, "--reproduce=1", f"--config.data.workers={workers}")
         assert again.returncode == 0, again.stdout + again.stderr
         assert "run 1 reproduced: all" in again.stdout
+    # More workers than cores only compete (each of the three loaders starts its own): capped, with a note.
+    cores = len(os.sched_getaffinity(0))
+    assert (f"note: data.workers=64 is more than the {cores} cores this process may use; {cores} worker processes "
+            f"decode") in again.stderr
 
 
 def test_torchrun_streams_a_folder_with_each_rank_reading_its_share(tmp_path, spawn, datasets):

@@ -95,3 +95,24 @@ def test_reproduce_and_verify_never_load_the_checkpoints_in_a_runs_folder(workdi
     assert run_in_process(workdir, "--reproduce=1").returncode == 0
     assert run_in_process(workdir, "--verify", "1").returncode == 0
     assert not marker.exists()
+
+
+def test_resume_refuses_the_checkpoints_of_another_run_and_leaves_the_run_as_it_was(workdir, monkeypatch):
+    import shutil
+
+    db = workdir / "results" / "resultTable.db"
+    assert tiny_in_process(workdir).returncode == 0
+    interrupt_after_first_epoch(monkeypatch)
+    assert tiny_in_process(workdir, "--config.training.learning_rate=0.02").returncode == 130
+    before = query(db, "SELECT E.status, L.failure FROM Experiments E JOIN TemplateLaunch L USING (run_id) "
+                       "WHERE run_id=2")
+    own = {name: (workdir / "results" / "2" / name).read_bytes() for name in ("last.pt", "best.pt")}
+    for name in ("last.pt", "best.pt"):  # cp results/1/*.pt results/2/
+        shutil.copy(workdir / "results" / "1" / name, workdir / "results" / "2" / name)
+    assert_refused(run_in_process(workdir, "--resume=2"), "results/2/last.pt was written by another run",
+                   "nothing was changed")
+    assert query(db, "SELECT E.status, L.failure FROM Experiments E JOIN TemplateLaunch L USING (run_id) "
+                     "WHERE run_id=2") == before == [("failed", "interrupted")]
+    for name, content in own.items():  # its own checkpoints back: it resumes
+        (workdir / "results" / "2" / name).write_bytes(content)
+    assert run_in_process(workdir, "--resume=2", "--verbose=0").returncode == 0

@@ -224,3 +224,36 @@ def test_a_storage_that_is_not_postgresql_or_cannot_be_reached_is_refused(workdi
     assert_refused(tiny_in_process(workdir, "--search-storage=postgresql://a@b/c"),
                    "--search-storage only applies to --search")
     assert not (workdir / "results").exists()
+
+
+@pytest.mark.slow
+def test_a_study_of_code_that_crashes_retries_each_trial_once_and_ends(workdir, monkeypatch):
+    import dataclasses
+
+    import main
+
+    def crashing(config, run, device, world, **flags):
+        raise RuntimeError("a bug in the experiment")
+
+    db = workdir / "results" / "resultTable.db"
+    real = main.experiments["experiment1"]
+    monkeypatch.setitem(main.experiments, "experiment1", dataclasses.replace(real, function=crashing))
+    done = tiny_in_process(workdir, "--search=5", *SPACE)
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines()[-1] == (
+        "error: trials 0, 1 crashed one after another (tracebacks above); fix the code, then the same command "
+        "continues the study")
+    assert done.stderr.count("RuntimeError: a bug in the experiment") == 4  # each trial's run, and its one retry
+    assert done.stdout.count("crashed (its traceback is above): trying it once more") == 2
+    assert query(db, "SELECT COUNT(*), SUM(status='failed') FROM Experiments") == [(4, 4)]
+
+    # One crashed trial alone ends a study of one: crashed trials count towards N.
+    alone = tiny_in_process(workdir, "--search=1", "--config.training.learning_rate=log:1e-3..1e-1")
+    assert alone.returncode == 1 and "no trial completed" in alone.stdout
+
+    # With the code fixed, the same command continues the study: the crashed trials stay counted, never retried.
+    monkeypatch.setitem(main.experiments, "experiment1", real)
+    fixed = tiny_in_process(workdir, "--search=5", *SPACE)
+    assert fixed.returncode == 0, fixed.stderr
+    assert "2 of 5 trials complete" in fixed.stdout.splitlines()[0]
+    assert query(db, "SELECT COUNT(*) FROM Experiments WHERE status='finished'") == [(3,)]

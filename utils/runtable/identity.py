@@ -74,6 +74,11 @@ class RunIdentity:
         """The values of deepboard's unique columns (experiment, config_hash, cli, comment) for this identity."""
         return self.experiment, self.config_hash, self.cli, self.comment
 
+    @property
+    def owner(self):
+        """What a run's checkpoints record as whose they are: the hash of its unique columns (no other run has it)."""
+        return hashlib.sha256(json.dumps(self.key()).encode()).hexdigest()
+
 
 def group_hash(experiment, config_text, cli, comment, where_keys):
     """The hash that runs differing only in their seed (or in where their files lie) share."""

@@ -87,7 +87,7 @@ class RunTable:
         if debug:
             shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True, exist_ok=True)
-        return Run(self.path, run_id, folder, measures=identity.measures)
+        return Run(self.path, run_id, folder, measures=identity.measures, owner=identity.owner)
 
     def claim(self, identity, *, config_path, command, commit, diff, max_crashes=2):
         """A Claim of `identity` for a sweep's worker, decided in one write transaction.
@@ -124,7 +124,8 @@ class RunTable:
                 resumed = False
         folder = self.folder(run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        return Claim(Run(self.path, run_id, folder, resumed=resumed, measures=identity.measures), "claimed", run_id,
+        return Claim(Run(self.path, run_id, folder, resumed=resumed, measures=identity.measures, owner=identity.owner),
+                     "claimed", run_id,
                      threads)
 
     def latest_run(self, identity):
@@ -186,7 +187,8 @@ class RunTable:
             _record_process(db, run_id)
         folder = self.folder(run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        return Run(self.path, run_id, folder, resumed=True, measures=row.identity.measures), row.identity
+        return (Run(self.path, run_id, folder, resumed=True, measures=row.identity.measures,
+                    owner=row.identity.owner), row.identity)
 
     def keys_new_to(self, experiment, keys):
         """Those of the dotted `keys` that every recorded run of `experiment` lacks; empty once one run has them all.

@@ -27,11 +27,12 @@ class Run:
     finished, nothing can change it.
     """
 
-    def __init__(self, table_path, run_id, folder, resumed=False, measures=LEGACY):
+    def __init__(self, table_path, run_id, folder, resumed=False, measures=LEGACY, owner=None):
         self.id = run_id
         self.folder = Path(folder)
         self.resumed = resumed  # continuing a failed run: the experiment restores its last epoch checkpoint
         self.measures = measures  # what it measures, which way is better, what selects the best epoch
+        self.owner = owner  # whose its checkpoints are (RunIdentity.owner): a resume refuses another run's
         self.status = "running"
         self._path = table_path
         self._buffer = []
@@ -246,8 +247,8 @@ class _Heartbeat:
 class Replica(Run):
     """The run as torchrun's ranks other than 0 see it: the same ID and folder, recording nothing (rank 0 records)."""
 
-    def __init__(self, run_id, folder, resumed=False, measures=LEGACY):
-        super().__init__(None, run_id, folder, resumed, measures)
+    def __init__(self, run_id, folder, resumed=False, measures=LEGACY, owner=None):
+        super().__init__(None, run_id, folder, resumed, measures, owner)
 
     def __enter__(self):
         return self

@@ -97,6 +97,20 @@ def connect(path, readonly=False):
         db.close()
 
 
+# deepboard 0.3's tables and the columns of each that it and the template read and write: a file lacking one (edited
+# by hand, or by another tool) is refused whole, before anything reads or writes it.
+DEEPBOARD_TABLES = {
+    "Experiments": ("run_id", "experiment", "config", "config_hash", "cli", "command", "comment", "note", "tag", "color",
+                    "start", "status", "commit_hash", "diff", "hidden"),
+    "Results": ("id_", "run_id", "metric", "value", "is_hparam"),
+    "Logs": ("id_", "run_id", "epoch", "step", "split", "label", "value", "wall_time", "run_rep"),
+    "ConfigFile": ("run_id", "file_content"),
+    "Images": ("id_", "run_id", "step", "epoch", "run_rep", "img_type", "tag", "image"),
+    "Fragments": ("id_", "run_id", "step", "epoch", "run_rep", "fragment_type", "tag", "fragment"),
+    "ResultDisplay": ("Name", "display_order", "alias", "is_hparam"),
+}
+
+
 def check_version(db, path):
     try:
         row = db.execute("SELECT value FROM Meta WHERE key='deepboard_version'").fetchone()
@@ -107,6 +121,13 @@ def check_version(db, path):
     if version is None or not version.startswith(SUPPORTED_VERSION_PREFIX):
         raise UserError(f"{path} was made by deepboard {version or '< 0.3'}, this template reads "
                         f"{SUPPORTED_VERSION_PREFIX}x tables; move it away to start a new table, nothing was changed")
+    for table, columns in DEEPBOARD_TABLES.items():
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        missing = [column for column in columns if column not in present]
+        if missing:
+            what = f"its table {table}" if not present else f"the column {missing[0]} of its table {table}"
+            raise UserError(f"{path} is a deepboard table without {what}; restore it from a copy, or move it away to "
+                            f"start a new table, nothing was changed")
 
 
 def side_columns(db):
