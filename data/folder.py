@@ -23,6 +23,9 @@ from utils.errors import UserError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # PIL's modes of 16-bit grey images: scaled to 8 bits, not clipped
+IMAGE_SHARE = 16  # one image may take at most this share of data.memory_limit_mb decoded...
+MIN_IMAGE_BUDGET_MB = 64  # ...and at least this much whatever the limit (a streamed folder may set it to 0)
 SPLITS = ("train", "test")
 
 
@@ -81,7 +84,8 @@ class ImageFolder:
             if cached.get("listing") == listing:
                 self._scans[where, listing] = cached["scan"], None
             else:
-                self._scans[where, listing] = _scan(root, groups, read_cache(_files_cache(cache_path)))
+                self._scans[where, listing] = _scan(root, groups, read_cache(_files_cache(cache_path)),
+                                                    image_budget(cfg))
         scan, files = self._scans[where, listing]
         if files is not None and read_cache(cache_path).get("listing") != listing:  # scanned here, not kept yet
             write_cache(_files_cache(cache_path), files)
@@ -166,25 +170,39 @@ def _images_in(folder):
     descriptor = os.open(folder, os.O_RDONLY)
     try:  # names relative to the open folder: the kernel does not walk the whole path again for each file
         names = sorted(name for name in os.listdir(descriptor) if name.lower().endswith(EXTENSIONS))
-        images = [(name, os.stat(name, dir_fd=descriptor)) for name in names]
+        images = []
+        for name in names:
+            try:
+                images.append((name, os.stat(name, dir_fd=descriptor)))
+            except OSError as e:  # a dangling link, a link loop
+                raise UserError(f"cannot read image file {folder / name} ({e.strerror or type(e).__name__}); "
+                                f"remove or replace it") from None
     finally:
         os.close(descriptor)
-    return [(name, stat) for name, stat in images if S_ISREG(stat.st_mode)]
+    return [(name, stat) for name, stat in images if S_ISREG(stat.st_mode)]  # never a fifo, a device, a folder
 
 
 def _files_cache(cache_path):
     return cache_path.with_suffix(".files.json") if cache_path is not None else None
 
 
-def _scan(root, groups, known):
+def image_budget(cfg) -> int:
+    """The most bytes one image may take decoded (4 a pixel, as PIL holds it): an image past it is refused before it
+    is decoded, since a small compressed file can stand for gigabytes of pixels."""
+    return max(cfg.get("memory_limit_mb", 4096) / IMAGE_SHARE, MIN_IMAGE_BUDGET_MB) * 2**20
+
+
+def _scan(root, groups, known, budget):
     """(the folder's summary, {file key: what was measured}): every file not in `known` (by path, size and mtime)
-    is hashed, decoded and measured."""
+    is hashed, decoded and measured, unless its pixels would take more than `budget` bytes."""
     digest = hashlib.sha256()
     files, sizes, classes, counts = {}, {}, [], {split: 0 for split in SPLITS}
     sums, sumsq, pixels, grey, bad = None, None, 0, True, None
     for relative, stat in ((prefix + name, stat) for prefix, images in groups for name, stat in images):
         key = f"{relative}:{stat.st_size}:{stat.st_mtime_ns}"
-        entry = known.get(key) or _measure(root / relative)
+        entry = known.get(key)
+        if entry is None or (entry.get("too_large") and entry["width"] * entry["height"] * 4 <= budget):
+            entry = _measure(root / relative, budget)
         files[key] = entry
         split, label, _ = relative.split("/", 2)
         counts[split] += 1
@@ -193,6 +211,12 @@ def _scan(root, groups, known):
         digest.update(f"{relative}:{entry['sha256']}\n".encode())
         if "error" in entry:
             bad = bad or (relative, entry["error"])
+            continue
+        if entry["width"] * entry["height"] * 4 > budget:
+            bad = bad or (relative, f"{entry['width']}x{entry['height']} pixels would take "
+                                    f"{entry['width'] * entry['height'] * 4 / 2**20:,.0f} MiB decoded, more than the "
+                                    f"{budget / 2**20:,.0f} MiB one image may take (a {IMAGE_SHARE}th of "
+                                    f"data.memory_limit_mb, at least {MIN_IMAGE_BUDGET_MB} MiB); it was not decoded")
             continue
         sizes.setdefault(f"{entry['width']}x{entry['height']}", relative)
         grey = grey and entry["grey"]
@@ -215,16 +239,23 @@ def _add(total, values):
     return [a + b for a, b in zip(total, values)]
 
 
-def _measure(path):
-    """{sha256, width, height, grey, sums, sumsq} of one image file, or {sha256, error} if it cannot be decoded."""
+def _measure(path, budget):
+    """{sha256, width, height, grey, sums, sumsq} of one image file, {sha256, width, height, too_large} if its pixels
+    would take more than `budget` bytes, or {sha256, error} if it cannot be decoded."""
     import numpy as np
     from PIL import Image
 
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as e:  # a dangling link, a link loop, a special file
+        raise UserError(f"cannot read image file {path} ({e.strerror or type(e).__name__}); remove or replace "
+                        f"it") from None
     entry = {"sha256": hashlib.sha256(data).hexdigest()}
     try:
         with Image.open(io.BytesIO(data)) as image:
-            image.load()
+            if image.width * image.height * 4 > budget:  # the header alone: nothing decoded yet
+                return {**entry, "width": image.width, "height": image.height, "too_large": True}
+            image = _eight_bit(image)
             grey = image.mode in GREY_MODES
             pixels = np.asarray(image.convert("L" if grey else "RGB"), dtype=np.float64).reshape(
                 image.height * image.width, -1)
@@ -241,11 +272,22 @@ def decode(path, mode, size):
     from PIL import Image
 
     with Image.open(path) as image:
-        image = image.convert(mode)
+        image = _eight_bit(image).convert(mode)
         if size is not None and (image.height, image.width) != tuple(size):
             image = image.resize((size[1], size[0]), Image.BILINEAR)
         array = np.array(image, dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _eight_bit(image):
+    """`image` decoded, a 16-bit grey one scaled to 8 bits (PIL's own conversion would clip it at 255)."""
+    import numpy as np
+    from PIL import Image
+
+    image.load()
+    if image.mode not in SIXTEEN_BIT_MODES:
+        return image
+    return Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8), "L")
 
 
 def decoded_arrays(files, fingerprint, cache_dir, workers, world):

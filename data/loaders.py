@@ -265,7 +265,11 @@ def make_loaders(config, device, seed, world=None, cache_dir=None):
         return (batches(data.train_images[train_index], data.train_labels[train_index], train_plan),
                 batches(data.train_images[val_index], data.train_labels[val_index], val_plan),
                 batches(data.test_images, data.test_labels, test_plan), info)
-    workers = capped_workers(cfg.get("workers") or 0)
+    asked = cfg.get("workers") or 0
+    workers = capped_workers(asked)
+    if workers < asked and (world is None or world.is_main):
+        print(f"note: data.workers={asked} is more than the {workers} cores this process may use; {workers} worker "
+              f"processes decode", file=sys.stderr)
 
     def streamed(entries, plan):
         return Streamed(data, entries, plan, channels_last, workers, device)
@@ -293,10 +297,7 @@ def check_config(config, world_size=1):
         require(config, f"data.{key}", int, low=1)
     require(config, "data.split_seed", int)
     require(config, "data.augment_shift", int, low=0)
-    workers = require(config, "data.workers", int, low=0, optional=True)
-    if workers and capped_workers(workers) < workers:
-        print(f"note: data.workers={workers} is more than the {capped_workers(workers)} cores this process may use; "
-              f"{capped_workers(workers)} worker processes decode", file=sys.stderr)
+    require(config, "data.workers", int, low=0, optional=True)
     require(config, "data.memory_limit_mb", float, low=0, optional=True)
     check_batch_size(cfg["batch_size"], world_size)
     info = describe_data(config)

@@ -84,6 +84,8 @@ def generate(model, prompt, length: int, seed: int, temperature: float = 1.0) ->
     written = []
     for _ in range(length):
         logits = model(tokens[:, -model.block_size:])[0, -1].float().cpu() / temperature
+        # A model that diverged (a learning rate far too high) gives NaN: it writes noise, as it would, not a crash.
+        logits = torch.nan_to_num(logits, nan=0.0, posinf=1e4, neginf=-1e4)
         token = torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=generator)
         written.append(int(token))
         tokens = torch.cat([tokens, token.to(device).view(1, 1)], dim=1)

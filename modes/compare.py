@@ -211,8 +211,9 @@ def sentence(name, n_runs, comparison, needs_seeds=None, better=None):
                 f"(run{'s' if len(short['runs']) != 1 else ''} {runs}) and each group needs 2; add seeds with {add}")
     diff, p = comparison["diff"], comparison["p_value"]
     if p is None:
+        over = "seeds" if comparison["test"] == "paired t" else "runs"
         return (f"{name}: {diff:+.3g}, no test possible ({comparison['no_test']}; "
-                f"{comparison['test']} over {comparison['n']} {'seeds' if comparison['test'] == 'paired t' else 'runs'})")
+                f"{comparison['test']} over {comparison['n']} {over})")
     low, high = comparison["ci95"]
     numbers = (f"95% CI {low:+.3g} to {high:+.3g}, p={p:.2g}, {comparison['test']} over "
                f"{comparison['n']} {'seeds' if comparison['test'] == 'paired t' else 'runs'}")

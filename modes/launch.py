@@ -117,8 +117,8 @@ class Project:
         if world_size > 1:  # BatchNorm sees each rank's shard: the numbers differ from a single process
             flags["world_size"] = world_size
         data = self.data_fingerprint(description.experiment, config) if with_data else None
-        return RunIdentity(description.experiment, dump_config(config), flags, description.comment, self.rules.where_keys,
-                           data, measures=measures)
+        return RunIdentity(description.experiment, dump_config(config), flags, description.comment,
+                           self.rules.where_keys, data, measures=measures)
 
     def data_fingerprint(self, experiment, config):
         """The fingerprint of the data `config` points at, as the experiment declares it (None for one that

@@ -12,6 +12,7 @@ pruner stops trials that fall behind, epoch by epoch.
 import fcntl
 import hashlib
 import json
+import math
 import sys
 import time
 from contextlib import contextmanager
@@ -113,6 +114,11 @@ def run_study(launch, count, fixed, dimensions):
                 return 1
         elif len(values) < len(runs):
             study.tell(trial, state=optuna.trial.TrialState.FAIL)  # run elsewhere and gone: it does not count
+        elif any(value is None or math.isnan(value) for value in values):  # diverged: Optuna takes no NaN
+            trial.set_user_attr("diverged", True)
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            crashed.clear()
+            print(f"[trial {trial.number}] {metric} is NaN (training diverged): counted as a failed trial", flush=True)
         else:
             crashed.clear()
             study.tell(trial, sum(values) / len(values))
@@ -216,13 +222,14 @@ def study_name(launch, fixed, dimensions):
 
 
 def complete_trials(study):
-    """The trials that count towards N: complete ones, pruned ones (they ended as the pruner decided) and those whose
-    code crashed twice (a study of failing code ends); not those a killed worker left."""
+    """The trials that count towards N: complete ones, pruned ones (they ended as the pruner decided), those whose
+    code crashed twice (a study of failing code ends) and those whose training diverged (NaN); not those a killed
+    worker left."""
     import optuna
 
     return [trial for trial in study.trials
             if trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-            or trial.user_attrs.get("crashed")]
+            or trial.user_attrs.get("crashed") or trial.user_attrs.get("diverged")]
 
 
 def judge_of(trial):

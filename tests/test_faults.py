@@ -85,7 +85,7 @@ def test_a_kill_at_any_instant_of_a_run_resumes_to_exactly_the_uninterrupted_run
         assert killed.returncode == -9, (instant, killed.stderr)
         db = folder / "results" / "resultTable.db"
         assert query(db, "SELECT status FROM Experiments WHERE run_id=1") == [("running",)]
-        resumed = run_in_process(folder, "--resume=1", "--verbose=0")  # the kill was real; resuming needs no new process
+        resumed = run_in_process(folder, "--resume=1", "--verbose=0")  # the kill was real; resuming needs no process
         assert resumed.returncode == 0, (instant, resumed.stderr)
         assert recorded_numbers(db, 1) == reference, instant  # every point once, every result, bit for bit
         assert not list((folder / "results" / "1").glob("*.tmp")), instant

@@ -54,7 +54,7 @@ def test_the_same_folder_elsewhere_is_the_same_run_and_one_changed_image_is_anot
 
     # A refused duplicate of a scanned folder reads the scan from beside the table: no image is read again.
     monkeypatch.setattr(data.folder.FOLDER, "_scans", {})
-    monkeypatch.setattr(data.folder, "_measure", lambda path: pytest.fail(f"{path} was read again"))
+    monkeypatch.setattr(data.folder, "_measure", lambda path, budget: pytest.fail(f"{path} was read again"))
     assert_refused(folder_run(workdir, images), "run 1")
     monkeypatch.undo()
 
@@ -123,3 +123,46 @@ def test_seeds_compare_verify_and_sweep_work_on_a_streamed_folder(workdir, image
     verified = run_in_process(workdir, "--verify", "1", "3")
     assert verified.returncode == 0, verified.stdout + verified.stderr
     assert "all 2 replayed runs match their record" in verified.stdout
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_links_that_lead_nowhere_or_to_a_special_file_are_one_line_naming_the_file(workdir, images, tmp_path,
+                                                                                   streamed):
+    where = ("--config.data.memory_limit_mb=0",) if streamed else ()
+    for name, make in (("dangling.png", lambda path: path.symlink_to(tmp_path / "gone.png")),
+                       ("loop.png", lambda path: path.symlink_to(path)),
+                       ("memory.png", lambda path: path.symlink_to("/proc/self/mem"))):
+        root = tmp_path / name / "digits"
+        shutil.copytree(images, root)
+        make(root / "train" / "digit3" / name)
+        assert_refused(folder_run(workdir, root, *where), f"cannot read image file {root / 'train' / 'digit3' / name}",
+                       "remove or replace it")
+    assert not (workdir / "results" / "resultTable.db").exists()
+
+
+def test_an_image_whose_pixels_outgrow_the_memory_limit_is_refused_before_it_is_decoded(workdir, images, tmp_path,
+                                                                                        monkeypatch):
+    root = tmp_path / "bomb" / "digits"
+    shutil.copytree(images, root)
+    Image.new("L", (4200, 4200)).save(root / "train" / "digit3" / "huge.png")  # 70 KB on disk, 17.6 million pixels
+    decoded = []
+    real = data.folder._eight_bit
+    monkeypatch.setattr(data.folder, "_eight_bit", lambda image: decoded.append(image.size) or real(image))
+    assert_refused(folder_run(workdir, root, "--config.data.memory_limit_mb=64"), "huge.png",
+                   "4200x4200 pixels would take 67 MiB decoded, more than the 64 MiB one image may take",
+                   "it was not decoded")
+    assert (4200, 4200) not in decoded
+    assert not (workdir / "results" / "resultTable.db").exists()
+
+
+def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped(tmp_path):
+    import numpy as np
+
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    assert Image.open(path).mode in data.folder.SIXTEEN_BIT_MODES
+    pixels = data.folder.decode(path, "L", None)[0]
+    assert np.array_equal(pixels, (ramp >> 8).astype(np.uint8))  # every level kept, none saturated
+    measured = data.folder._measure(path, budget=2**30)
+    assert measured["sums"][0] == float((ramp >> 8).sum()) and measured["grey"]

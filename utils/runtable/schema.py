@@ -100,8 +100,8 @@ def connect(path, readonly=False):
 # deepboard 0.3's tables and the columns of each that it and the template read and write: a file lacking one (edited
 # by hand, or by another tool) is refused whole, before anything reads or writes it.
 DEEPBOARD_TABLES = {
-    "Experiments": ("run_id", "experiment", "config", "config_hash", "cli", "command", "comment", "note", "tag", "color",
-                    "start", "status", "commit_hash", "diff", "hidden"),
+    "Experiments": ("run_id", "experiment", "config", "config_hash", "cli", "command", "comment", "note", "tag",
+                    "color", "start", "status", "commit_hash", "diff", "hidden"),
     "Results": ("id_", "run_id", "metric", "value", "is_hparam"),
     "Logs": ("id_", "run_id", "epoch", "step", "split", "label", "value", "wall_time", "run_rep"),
     "ConfigFile": ("run_id", "file_content"),
