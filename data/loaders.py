@@ -308,6 +308,14 @@ def check_config(config, world_size=1):
     return info
 
 
+def smallest_training_batch(config, info, world_size=1) -> int:
+    """The fewest images one process trains on in one step: its share of the last, partial batch of a pass (a last
+    batch too small to give every process an image is dropped, see Plan.batches)."""
+    cfg = config["data"]
+    last = (info.num_train - cfg["val_size"]) % cfg["batch_size"] or cfg["batch_size"]
+    return (last if last >= world_size else cfg["batch_size"]) // world_size
+
+
 def steps_per_epoch(config, info):
     """How many optimizer steps one pass over the training split of `info`'s dataset takes."""
     cfg = config["data"]

@@ -17,7 +17,7 @@ def check_config(config: dict, world_size: int = 1):
     utils.config.require(config, "logging.log_every", int, low=1)
     utils.config.require(config, "training.label_smoothing", float, low=0, high=1)
     info = data.loaders.check_config(config, world_size)
-    models.cnn.check_config(config, info)
+    models.cnn.check_config(config, info, data.loaders.smallest_training_batch(config, info, world_size))
     training.optim.check_config(config, steps_per_epoch=data.loaders.steps_per_epoch(config, info))
     utils.device.check_config(config)
 

@@ -3,6 +3,7 @@ import torch
 from torch import nn
 
 from utils.config import require
+from utils.cores import check_fits_in_memory
 from utils.errors import UserError
 
 
@@ -40,6 +41,17 @@ class CNN(nn.Module):
         return self.classifier(self.features(x))
 
 
+def norm_map_pixels(config, info) -> int:
+    """The fewest values per image and channel a BatchNorm of the CNN normalises: the map of its last block."""
+    cfg, sides = config["model"], []
+    for side in (info.height, info.width):
+        for _ in cfg["channels"]:
+            convolved = side - cfg["kernel_size"] + 1
+            normalised, side = (convolved // 2 if cfg.get("pool_first", False) else convolved), convolved // 2
+        sides.append(normalised)
+    return sides[0] * sides[1]
+
+
 def feature_size(image_size, num_blocks, kernel_size):
     """Side of the feature map after `num_blocks` conv blocks (valid convolution, then 2x2 pooling)."""
     for _ in range(num_blocks):
@@ -47,8 +59,9 @@ def feature_size(image_size, num_blocks, kernel_size):
     return image_size
 
 
-def check_config(config, info):
-    """Refuse a network that the images `info` describes cannot go through."""
+def check_config(config, info, smallest_batch=None):
+    """Refuse a network that the images `info` describes cannot go through, that this machine's memory cannot train,
+    or whose last BatchNorm would see a single value in a training step of `smallest_batch` images."""
     require(config, "model.channels", list, low=1)
     require(config, "model.kernel_size", int, low=1)
     require(config, "model.hidden", int, low=1)
@@ -61,6 +74,23 @@ def check_config(config, info):
         raise UserError(f"model.channels {cfg['channels']} with model.kernel_size {cfg['kernel_size']} shrink the "
                         f"{info.height}x{info.width} images to nothing; use fewer channels entries or a smaller "
                         f"kernel_size")
+    check_fits_in_memory(parameter_count(config, info), f"the CNN of model.channels {cfg['channels']} and "
+                                                        f"model.hidden {cfg['hidden']}")
+    if smallest_batch is not None and smallest_batch * norm_map_pixels(config, info) == 1:
+        raise UserError(f"data.batch_size {config['data']['batch_size']} leaves a last training batch of one image "
+                        f"per process, and the CNN's last BatchNorm sees 1x1 maps: it cannot normalise a single "
+                        f"value; change data.batch_size or data.val_size by one")
+
+
+def parameter_count(config, info) -> int:
+    """How many parameters the CNN of `config['model']` has for the images `info` describes (without building it)."""
+    cfg, count, in_channels = config["model"], 0, info.channels
+    for out_channels in cfg["channels"]:
+        count += in_channels * out_channels * cfg["kernel_size"] ** 2 + 2 * out_channels  # conv, BatchNorm
+        in_channels = out_channels
+    height, width = (feature_size(side, len(cfg["channels"]), cfg["kernel_size"]) for side in (info.height, info.width))
+    features = in_channels * height * width
+    return count + (features + 1) * cfg["hidden"] + (cfg["hidden"] + 1) * info.num_classes
 
 
 def make_model(config, info, device):

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.config import require
+from utils.cores import check_fits_in_memory
 from utils.errors import UserError
 
 
@@ -93,13 +94,19 @@ def generate(model, prompt, length: int, seed: int, temperature: float = 1.0) ->
 
 
 def check_config(config: dict):
-    """Refuse a transformer that cannot be built: a width its heads do not divide, a negative dropout."""
+    """Refuse a transformer that cannot be built or trained here: a width its heads do not divide, a negative dropout,
+    more parameters than this machine's memory holds."""
     require(config, "model.n_layer", int, low=1)
     n_head = require(config, "model.n_head", int, low=1)
     n_embd = require(config, "model.n_embd", int, low=1)
     require(config, "model.dropout", float, low=0, below=1)
     if n_embd % n_head:
         raise UserError(f"model.n_embd {n_embd} must divide evenly among model.n_head {n_head} heads")
+    n_layer, block = config["model"]["n_layer"], config["data"]["block_size"]
+    # Each block: attention's 4 n_embd^2 and the MLP's 8 n_embd^2 weights (the biases and norms are few); the token
+    # table (tied to the output layer) at most 2^16 characters, the positions block_size.
+    check_fits_in_memory(n_layer * 12 * n_embd ** 2 + (2**16 + block) * n_embd,
+                         f"the transformer of model.n_layer {n_layer} and model.n_embd {n_embd}")
 
 
 def make_model(config: dict, info, device) -> CharTransformer:

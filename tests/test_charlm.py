@@ -385,3 +385,56 @@ def test_a_model_that_diverged_still_writes_its_sample_and_ends_its_run(text_wor
     assert results_of(db, 1)["test_loss"] is None  # NaN, which the table stores as NULL
     [(sample,)] = query(db, "SELECT fragment FROM Fragments WHERE run_id=1 AND tag='sample'")
     assert len(sample) == 40
+
+
+def test_images_and_figures_reach_deepboard_and_a_resume_keeps_only_those_before_its_checkpoint(text_workdir,
+                                                                                               monkeypatch):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from deepboard.resultTable import ResultTable
+    from PIL import Image
+
+    import utils.epochs
+
+    def with_pictures(config, run, device, world, verbose=1):
+        """charlm, with a picture of the whole run."""
+        run.log_image("inputs", Image.new("L", (8, 8), color=128))
+        return main.charlm.function(config, run, device, world, verbose=verbose)
+
+    end = utils.epochs.Epochs.end
+
+    def end_with_a_figure(self, epoch, **metrics):  # as an epoch loop logs a figure before its epoch ends
+        figure, axes = plt.subplots()
+        axes.plot([1, 2, epoch])
+        self.run.log_figure("schedule", figure, step=epoch, epoch=epoch)
+        plt.close(figure)
+        end(self, epoch, **metrics)
+
+    monkeypatch.setitem(main.experiments, "charlm", dataclasses.replace(main.charlm, function=with_pictures))
+    monkeypatch.setattr(utils.epochs.Epochs, "end", end_with_a_figure)
+    db = text_workdir / "results" / "resultTable.db"
+    interrupt_after_first_epoch(monkeypatch)
+    assert charlm_in_process(text_workdir).returncode == 130
+    # A figure of epoch 2 written before a crash stopped it: the resume point (epoch 1) discards it.
+    with sqlite3.connect(db) as connection:
+        connection.execute("INSERT INTO Images (run_id, step, epoch, run_rep, img_type, tag, image) "
+                           "VALUES (1, 2, 2, 0, 'PLOT', 'schedule', x'00')")
+    resumed = run_in_process(text_workdir, "--resume=1", "--verbose=0")
+    assert resumed.returncode == 0, resumed.stderr
+    # Each epoch's figure once, the whole run's image once (replaced when the resumed run logged it again).
+    rows = query(db, "SELECT img_type, tag, epoch FROM Images WHERE run_id=1 ORDER BY img_type, tag, epoch")
+    assert rows == [("IMAGE", "inputs", 0), ("PLOT", "schedule", 1), ("PLOT", "schedule", 2)], rows
+    writer = ResultTable(str(db)).load_run(1)
+    [image] = writer.get_images(tag="inputs")  # deepboard decodes them: PIL images
+    assert image["image"].size == (8, 8)
+    figures = writer.get_figures(tag="schedule")
+    assert [figure["epoch"] for figure in figures] == [1, 2]
+    assert all(figure["image"].format == "PNG" for figure in figures)
+
+
+def test_a_transformer_too_large_for_this_machines_memory_is_refused_in_one_line(text_workdir):
+    assert_refused(charlm_in_process(text_workdir, "--config.model.n_embd=10000000", "--config.model.n_head=1"),
+                   "the transformer of model.n_layer 1 and model.n_embd 10000000 has", "make it smaller")
+    assert not (text_workdir / "results").exists()

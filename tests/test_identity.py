@@ -121,6 +121,20 @@ def test_a_variant_holds_only_its_changes_and_means_the_same_as_the_full_file(wo
     assert_refused(run_in_process(workdir, "--config=configs/orphan.yml", "--print-config"),
                    "extends", "gone.yml, which does not exist")
 
+    # A variant in a sub-folder of configs/ extends the configs above it; nothing outside configs/ is pulled in.
+    (configs / "variants").mkdir()
+    (configs / "variants" / "deeper.yml").write_text("extends: ../variant.yml\n")
+    assert load_config(configs / "variants" / "deeper.yml") == full
+    (workdir / "secret.yml").write_text("token: 1234\n")
+    for target in ("../secret.yml", "/etc/passwd", str(workdir / "secret.yml"), "notes.txt"):
+        (configs / "thief.yml").write_text(f"extends: {target}\n")
+        (configs / "notes.txt").write_text("training: {}\n")
+        assert_refused(run_in_process(workdir, "--config=configs/thief.yml", "--print-config"),
+                       "is not a .yml or .yaml file in", "a config extends another config of the same project")
+    # The checkout's own configs may be extended from anywhere: a variant of the baseline kept elsewhere.
+    (workdir / "mine.yml").write_text(f"extends: {REPO / 'configs' / 'config.yml'}\nseed: 7\n")
+    assert load_config(workdir / "mine.yml")["seed"] == 7
+
 
 def test_the_shipped_fast_config_is_a_variant_of_the_baseline():
     fast = load_config(REPO / "configs" / "fast.yml")

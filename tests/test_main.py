@@ -136,3 +136,22 @@ def test_a_config_that_would_pull_in_too_much_is_refused_before_anything_is_reco
                           ("huge", "a config holds parameters")):
         assert_refused(run_in_process(workdir, "--experiment=experiment1", f"--config=configs/{name}.yml"), message)
     assert not (workdir / "results").exists()
+
+
+def test_a_last_batch_of_one_image_that_batchnorm_cannot_normalise_is_refused_and_a_neighbour_trains(workdir):
+    # 512 training images; three blocks of kernel 3, pooled first: the last BatchNorm sees 1x1 maps.
+    net = ("--config.model.channels=[4,8,8]", "--config.model.kernel_size=3", "--config.model.pool_first=true",
+           "--config.training.num_epochs=1", "--config.training.schedule=constant")
+    assert_refused(tiny_in_process(workdir, *net, "--config.data.batch_size=511"),
+                   "data.batch_size 511 leaves a last training batch of one image", "BatchNorm")
+    assert not (workdir / "results").exists()
+    done = tiny_in_process(workdir, *net, "--config.data.batch_size=510")  # a last batch of two: it trains
+    assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("override", ["--config.model.hidden=100000000000000000000",
+                                      "--config.model.channels=[4,100000000000]"])
+def test_a_network_too_large_for_this_machines_memory_is_refused_before_the_run_is_registered(workdir, override):
+    assert_refused(tiny_in_process(workdir, override), "parameters: training them takes", "GiB of memory",
+                   "make it smaller")
+    assert not (workdir / "results").exists()

@@ -14,6 +14,7 @@ import yaml
 from utils.errors import UserError
 
 OVERRIDE_PREFIX = "--config."
+PROJECT_CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # this checkout's configs: any config extends them
 EXTENDS = "extends"  # the key of a variant config that names its base file
 
 
@@ -58,13 +59,20 @@ def bounded(value, what):
     return value
 
 
-def load_config(path, _chain=()):
+def load_config(path, _chain=(), _root=None):
     """The config dict of the YAML file at `path`, merged onto the file it `extends:` (a chain of them works).
 
     A variant holds only what it changes: `extends: config.yml` (a path relative to the variant's own folder) and the
-    keys it sets; sections merge key by key, any other value replaces the base's.
+    keys it sets; sections merge key by key, any other value replaces the base's. What a variant extends is a .yml or
+    .yaml file in the configs of the file launched (see configs_root): the merged content is recorded with the run,
+    so a chain must not pull in any other file the process can read.
     """
     path = Path(path)
+    root = _root or configs_root(path)
+    if _chain and (path.suffix.lower() not in (".yml", ".yaml")
+                   or not any(path.resolve().is_relative_to(folder) for folder in (root, PROJECT_CONFIGS))):
+        raise UserError(f"config file {_chain[-1]} extends {path}, which is not a .yml or .yaml file in {root} or "
+                        f"{PROJECT_CONFIGS}; a config extends another config of the same project")
     if not path.is_file():
         if _chain:
             raise UserError(f"config file {_chain[-1]} extends {path}, which does not exist; fix its extends: line")
@@ -89,7 +97,14 @@ def load_config(path, _chain=()):
         return config
     if not isinstance(base, str):
         raise UserError(f"config file {path}: {EXTENDS}: names one YAML file, got {base!r}")
-    return merge(load_config(path.parent / base, (*_chain, path.resolve())), config)
+    return merge(load_config(path.parent / base, (*_chain, path.resolve()), root), config)
+
+
+def configs_root(path):
+    """The folder whose configs the config at `path` may extend: its nearest parent folder named configs (the
+    project's configs/, whatever sub-folder it is in), else its own folder."""
+    folder = Path(path).resolve().parent
+    return next((parent for parent in (folder, *folder.parents) if parent.name == "configs"), folder)
 
 
 def merge(base, changes):
