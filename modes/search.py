@@ -13,7 +13,9 @@ import fcntl
 import hashlib
 import json
 import math
+import shutil
 import sys
+import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +26,7 @@ from modes.launch import torchrun_world_size
 from modes.run import start_run
 from modes.sweep import POLL_S, seeds_of, start_workers, worker_output
 from utils.config import flatten, override_text, search_dimension
-from utils.errors import Pruned, UserError
+from utils.errors import Pruned, UserError, disk_full, is_disk_full
 from utils.runtable import liveness
 from utils.runtable.identity import SEED_KEY
 from utils.runtable.readers import read_run
@@ -54,6 +56,15 @@ def search(launch):
 
 def run_study(launch, count, fixed, dimensions):
     """Exit code of this worker's part of the study: trials until `count` are complete, then the summary."""
+    try:
+        return _run_study(launch, count, fixed, dimensions)
+    except OSError as e:  # Optuna's journal writer meets a full disk: one line, the journal stays readable
+        if is_disk_full(e):
+            raise disk_full(launch.project.table.results_dir, "the search journal", None) from None
+        raise
+
+
+def _run_study(launch, count, fixed, dimensions):
     import optuna
 
     measures = launch.measures()  # the experiment's declared selection, or --watch's metric
@@ -250,6 +261,8 @@ def study_storage(url, results_dir):
 
     if url is None:
         results_dir.mkdir(parents=True, exist_ok=True)
+        with _file_locked(results_dir / "search.lock"):  # no worker appends while the journal is checked
+            repair_journal(results_dir / STUDIES_FILE)
         backend = optuna.storages.journal.JournalFileBackend(str(results_dir / STUDIES_FILE))
         return optuna.storages.JournalStorage(backend), lambda: _file_locked(results_dir / "search.lock")
     if not url.startswith(("postgresql://", "postgresql+psycopg://")):
@@ -259,6 +272,43 @@ def study_storage(url, results_dir):
     except Exception as e:  # a server that cannot be reached or refuses the login: say so in one line
         raise UserError(f"cannot open the study storage {url}: {str(e).strip().splitlines()[0]}") from None
     return storage, lambda: _advisory_locked(storage)
+
+
+def whole_records(path):
+    """(bytes of the journal's leading whole records, the line number of the first that is not one or None): Optuna
+    writes one JSON record a line, and a full disk or a kill can leave the last one cut short."""
+    good, data = 0, path.read_bytes()
+    for number, line in enumerate(data.splitlines(keepends=True), start=1):
+        try:
+            json.loads(line)
+        except ValueError:
+            return good, number
+        if not line.endswith(b"\n"):
+            return good, number
+        good += len(line)
+    return good, None
+
+
+def repair_journal(path):
+    """Cut the journal back to its whole records when only its last line is damaged (what a full disk or a kill while
+    Optuna appends leaves), keeping the damaged file beside it; a damaged record before others is refused in one
+    line, since cutting there would lose the records after it."""
+    if not path.exists():
+        return
+    good, bad = whole_records(path)
+    if bad is None:
+        return
+    lines = path.read_bytes().count(b"\n") + (not path.read_bytes().endswith(b"\n"))
+    if bad < lines:
+        raise UserError(f"{path} has a damaged record at line {bad} of {lines}; move it away to start the studies "
+                        f"afresh (their runs stay in the table, and the finished ones are reused, not trained again)")
+    kept = path.with_name(path.name + ".damaged")
+    shutil.copyfile(path, kept)
+    with open(path, "r+b") as journal:
+        journal.truncate(good)
+    print(f"note: the last line of {path} was not a whole record (a full disk or a kill while it was written): the "
+          f"studies continue from the {bad - 1} whole records before it; the damaged file is kept as {kept.name}",
+          file=sys.stderr)
 
 
 def next_trial(launch, study, count, distributions, lock, seed):
@@ -291,9 +341,28 @@ def fail_abandoned_trials(launch, study):
         runs = trial.user_attrs.get("runs", [])
         gone = (host is None or liveness.is_gone(liveness.Process(host, pid, token))
                 or (runs and not any(launch.project.table.status(run_id) == "running" for run_id in runs)))
-        if gone:
+        if not gone:
+            continue
+        value = finished_value(launch, runs)
+        if value is not None:  # its runs finished, the journal lost what came after (a cut line): told, not failed
+            study.tell(trial.number, value)
+            print(f"trial {trial.number}: its runs finished but the study had not heard of it; their value is told",
+                  flush=True)
+        else:
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             print(f"trial {trial.number} was left running by a worker that is gone: marked failed", flush=True)
+
+
+def finished_value(launch, runs):
+    """The trial's value when every run it needs (one per seed) finished, as the table records them; else None."""
+    wanted = launch.args.seeds or 1
+    if len(runs) != wanted or any(launch.project.table.status(run_id) != "finished" for run_id in runs):
+        return None
+    metric = launch.measures().selected_result
+    values = [read_run(launch.project.table.path, run_id).results.get(metric) for run_id in runs]
+    if any(value is None or math.isnan(value) for value in values):
+        return None
+    return sum(values) / len(values)
 
 
 @contextmanager
@@ -366,9 +435,23 @@ def read_studies(results_folder):
     path = Path(results_folder) / STUDIES_FILE
     if not path.exists():
         return {}
-    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-    return {summary.study_name: optuna.load_study(study_name=summary.study_name, storage=storage)
-            for summary in optuna.get_all_study_summaries(storage)}
+    good, bad = whole_records(path)
+    if bad is None:
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+        return {summary.study_name: optuna.load_study(study_name=summary.study_name, storage=storage)
+                for summary in optuna.get_all_study_summaries(storage)}
+    # Its whole records, read from a copy into memory: reading never changes the journal.
+    print(f"note: {path} has a damaged record at line {bad}; showing the {bad - 1} whole records before it",
+          file=sys.stderr)
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / STUDIES_FILE
+        copy.write_bytes(path.read_bytes()[:good])
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(copy)))
+        memory = optuna.storages.InMemoryStorage()
+        for summary in optuna.get_all_study_summaries(storage):
+            optuna.copy_study(from_study_name=summary.study_name, from_storage=storage, to_storage=memory)
+    return {summary.study_name: optuna.load_study(study_name=summary.study_name, storage=memory)
+            for summary in optuna.get_all_study_summaries(memory)}
 
 
 def _mixed(seed, position):

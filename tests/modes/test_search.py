@@ -257,3 +257,43 @@ def test_a_study_of_code_that_crashes_retries_each_trial_once_and_ends(workdir, 
     assert fixed.returncode == 0, fixed.stderr
     assert "2 of 5 trials complete" in fixed.stdout.splitlines()[0]
     assert query(db, "SELECT COUNT(*) FROM Experiments WHERE status='finished'") == [(3,)]
+
+
+@pytest.mark.slow
+def test_a_journal_cut_short_is_continued_from_its_whole_records_and_a_garbled_one_is_refused(workdir):
+    from modes.search import read_studies
+
+    db, journal = workdir / "results" / "resultTable.db", workdir / "results" / "search.journal"
+    assert tiny_in_process(workdir, "--search=3", *SPACE).returncode == 0
+    whole = journal.read_bytes()
+    last = whole.rstrip(b"\n").rsplit(b"\n", 1)[1]
+    journal.write_bytes(whole[:len(whole) - len(last) // 2 - 1])  # a kill half-way through the last record
+    again = tiny_in_process(workdir, "--search=3", *SPACE)
+    assert again.returncode == 0, again.stderr
+    assert "was not a whole record" in again.stderr and (journal.parent / "search.journal.damaged").exists()
+    assert "its runs finished but the study had not heard of it; their value is told" in again.stdout
+    assert "marked failed" not in again.stdout  # no finished trial is failed by the rerun
+    assert query(db, "SELECT COUNT(*), SUM(status='finished') FROM Experiments") == [(3, 3)]
+    [study] = read_studies(journal.parent).values()
+    assert sorted(trial.state.name for trial in study.trials) == ["COMPLETE"] * 3
+
+    # A garbled record with others after it: cutting there would lose them, so the search says what to do.
+    lines = journal.read_bytes().splitlines(keepends=True)
+    garbled = b"".join([*lines[:2], b'{"op_code": 4, "not json\n', *lines[2:]])
+    journal.write_bytes(garbled)
+    assert_refused(tiny_in_process(workdir, "--search=3", *SPACE), f"{journal} has a damaged record at line 3",
+                   "move it away")
+    assert journal.read_bytes() == garbled
+    assert len(read_studies(journal.parent)) <= 1 and journal.read_bytes() == garbled  # reading changes nothing
+
+
+def test_a_full_disk_while_the_journal_is_written_stops_the_search_in_one_line(workdir, monkeypatch):
+    import errno
+
+    import optuna
+
+    def full(self, logs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(optuna.storages.journal.JournalFileBackend, "append_logs", full)
+    assert_refused(tiny_in_process(workdir, "--search=2", *SPACE), "is full", "the search journal")
