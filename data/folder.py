@@ -13,6 +13,7 @@ paths give the same batches, bit for bit (data/loaders.py).
 import hashlib
 import io
 import os
+import sys
 from pathlib import Path
 from stat import S_ISREG
 
@@ -299,6 +300,11 @@ def decoded_arrays(files, fingerprint, cache_dir, workers, world):
     def decoded():
         return {split: decode_all(getattr(files, split), files.mode, files.size, workers) for split in SPLITS}
 
+    def write(path, tensors):
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+        torch.save({**tensors, "sha256": _tensors_hash(tensors)}, tmp)
+        tmp.replace(path)
+
     if cache_dir is None:
         tensors = decoded()
     else:
@@ -306,14 +312,44 @@ def decoded_arrays(files, fingerprint, cache_dir, workers, world):
         path = Path(cache_dir) / "data_cache" / name
         if (world is None or world.is_main) and not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{name}.{os.getpid()}.tmp")
-            torch.save(decoded(), tmp)
-            tmp.replace(path)
+            write(path, decoded())
         if world is not None:
             world.barrier()  # rank 0 has written the cache
-        tensors = torch.load(path, weights_only=True)
+        tensors = _checked_cache(path, files)
+        if tensors is None:  # edited, damaged or older than its checksum: decoded again, and kept
+            print(f"note: {path} does not hold what it claims (edited, damaged or from an older template): the "
+                  f"images are decoded again", file=sys.stderr)
+            tensors = decoded()
+            if world is None or world.is_main:
+                write(path, tensors)
     info = files.info
     return Arrays(*tensors["train"], *tensors["test"], info.classes, info.mean, info.std, info)
+
+
+def _tensors_hash(tensors):
+    """The sha256 of a decoded copy's images and labels, split by split."""
+    digest = hashlib.sha256()
+    for split in SPLITS:
+        for tensor in tensors[split]:
+            digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def _checked_cache(path, files):
+    """The decoded copy at `path` if it is what it claims: its checksum, and every label as the folder says, in
+    order; None otherwise (a copy edited by hand would train under the real folder's fingerprint)."""
+    import torch
+
+    try:
+        tensors = torch.load(path, weights_only=True)
+    except Exception:  # cut short, or not a tensor file at all: decode again
+        return None
+    if not isinstance(tensors, dict) or tensors.get("sha256") is None or any(split not in tensors for split in SPLITS):
+        return None
+    for split in SPLITS:
+        if tensors[split][1].tolist() != [label for _, label in getattr(files, split)]:
+            return None
+    return tensors if _tensors_hash(tensors) == tensors["sha256"] else None
 
 
 FOLDER = ImageFolder()

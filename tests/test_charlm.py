@@ -319,6 +319,7 @@ def test_torchrun_with_two_processes_records_one_run_on_the_whole_text_with_iden
     assert evaluate(model, val, task)["loss"] == pytest.approx(results["best_val_loss"], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_a_missing_text_is_downloaded_md5_checked_and_offline_it_is_one_line(text_workdir, text_root, tmp_path,
                                                                              monkeypatch):
     import hashlib
@@ -387,6 +388,7 @@ def test_a_model_that_diverged_still_writes_its_sample_and_ends_its_run(text_wor
     assert len(sample) == 40
 
 
+@pytest.mark.slow
 def test_images_and_figures_reach_deepboard_and_a_resume_keeps_only_those_before_its_checkpoint(text_workdir,
                                                                                                monkeypatch):
     import matplotlib

@@ -125,6 +125,7 @@ def test_seeds_compare_verify_and_sweep_work_on_a_streamed_folder(workdir, image
     assert "all 2 replayed runs match their record" in verified.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("streamed", [False, True])
 def test_links_that_lead_nowhere_or_to_a_special_file_are_one_line_naming_the_file(workdir, images, tmp_path,
                                                                                    streamed):
@@ -166,3 +167,22 @@ def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped(tmp_path):
     assert np.array_equal(pixels, (ramp >> 8).astype(np.uint8))  # every level kept, none saturated
     measured = data.folder._measure(path, budget=2**30)
     assert measured["sums"][0] == float((ramp >> 8).sum()) and measured["grey"]
+
+
+@pytest.mark.slow
+def test_a_decoded_copy_edited_by_hand_is_decoded_again_never_trained_on(workdir, images):
+    import torch
+
+    assert folder_run(workdir, images).returncode == 0
+    [cache] = (workdir / "results" / "data_cache").glob("folder-*.pt")
+    original = torch.load(cache, weights_only=True)
+    edits = {"every label set to 0": lambda t: {**t, "train": (t["train"][0], torch.zeros_like(t["train"][1]))},
+             "one pixel changed": lambda t: {**t, "test": (t["test"][0].clone().index_put_(
+                 (torch.tensor([0]),), torch.tensor(255, dtype=torch.uint8)), t["test"][1])}}
+    for what, edit in edits.items():
+        torch.save(edit(original), cache)
+        again = run_in_process(workdir, "--reproduce=1", "--verbose=0")
+        assert again.returncode == 0 and "run 1 reproduced: all" in again.stdout, (what, again.stdout)
+        assert "does not hold what it claims" in again.stderr, what
+        restored = torch.load(cache, weights_only=True)
+        assert restored["sha256"] == original["sha256"], what  # decoded again, and kept as it should be
