@@ -275,18 +275,20 @@ def study_storage(url, results_dir):
 
 
 def whole_records(path):
-    """(bytes of the journal's leading whole records, the line number of the first that is not one or None): Optuna
-    writes one JSON record a line, and a full disk or a kill can leave the last one cut short."""
-    good, data = 0, path.read_bytes()
-    for number, line in enumerate(data.splitlines(keepends=True), start=1):
+    """(bytes of the journal's leading whole records, the line number of the first that is not one or None, how many
+    lines it has): Optuna writes one JSON record a line, and a full disk or a kill can leave the last one cut short."""
+    good, bad, lines = 0, None, path.read_bytes().splitlines(keepends=True)
+    for number, line in enumerate(lines, start=1):
         try:
             json.loads(line)
         except ValueError:
-            return good, number
-        if not line.endswith(b"\n"):
-            return good, number
+            bad = number
+        if bad is None and not line.endswith(b"\n"):
+            bad = number
+        if bad is not None:
+            break
         good += len(line)
-    return good, None
+    return good, bad, len(lines)
 
 
 def repair_journal(path):
@@ -295,10 +297,9 @@ def repair_journal(path):
     line, since cutting there would lose the records after it."""
     if not path.exists():
         return
-    good, bad = whole_records(path)
+    good, bad, lines = whole_records(path)
     if bad is None:
         return
-    lines = path.read_bytes().count(b"\n") + (not path.read_bytes().endswith(b"\n"))
     if bad < lines:
         raise UserError(f"{path} has a damaged record at line {bad} of {lines}; move it away to start the studies "
                         f"afresh (their runs stay in the table, and the finished ones are reused, not trained again)")
@@ -435,7 +436,7 @@ def read_studies(results_folder):
     path = Path(results_folder) / STUDIES_FILE
     if not path.exists():
         return {}
-    good, bad = whole_records(path)
+    good, bad, _ = whole_records(path)
     if bad is None:
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
         return {summary.study_name: optuna.load_study(study_name=summary.study_name, storage=storage)
