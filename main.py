@@ -11,6 +11,19 @@ import signal
 import sys
 from pathlib import Path
 
+STOPPED_BEFORE_A_RUN = "interrupted before a run started: nothing was recorded"
+
+
+def _leave_while_loading(signum, frame):
+    """Ctrl-C or SIGTERM while the modules below load: nothing has started, so leave at once, in one line."""
+    print(STOPPED_BEFORE_A_RUN, file=sys.stderr, flush=True)
+    os._exit(130 if signum == signal.SIGINT else 143)
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, _leave_while_loading)
+    signal.signal(signal.SIGTERM, _leave_while_loading)
+
 from modes.launch import (Launch, Parser, Project, choose_mode, chosen_table, group_defaults, locate_config,
                           read_command_line)
 from utils.errors import Terminated, UserError, one_line
@@ -135,8 +148,8 @@ def make_project(parser=None):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    signal.signal(signal.SIGTERM, _raise_terminated)
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C interrupts even where SIGINT was ignored
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)  # Ctrl-C interrupts even where SIGINT was ignored
     parser = make_parser()
     args, overrides = read_command_line(parser, argv)
     args.config = locate_config(args.config, CODE_DIR)
@@ -146,8 +159,12 @@ def main(argv=None):
     return getattr(importlib.import_module(module), function)(launch)
 
 
-def _raise_terminated(signum, frame):
-    raise Terminated()
+def _stop(signum, frame):
+    """The first Ctrl-C or SIGTERM unwinds like an exception (a run is marked failed, with all it logged); those
+    after it are ignored, so that the unwinding and the interpreter's exit finish without a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
 def cli(argv=None):
@@ -158,7 +175,7 @@ def cli(argv=None):
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Terminated) as e:
-        print("interrupted before a run started: nothing was recorded", file=sys.stderr)
+        print(STOPPED_BEFORE_A_RUN, file=sys.stderr)
         return 143 if isinstance(e, Terminated) else 130  # the shell's codes for SIGTERM and Ctrl-C
     except BrokenPipeError:  # the reader of the output left (`| head`): stop quietly, as Unix tools do
         _discard_stdout()

@@ -27,6 +27,9 @@ GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
 SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # PIL's modes of 16-bit grey images: scaled to 8 bits, not clipped
 IMAGE_SHARE = 16  # one image may take at most this share of data.memory_limit_mb decoded...
 MIN_IMAGE_BUDGET_MB = 64  # ...and at least this much whatever the limit (a streamed folder may set it to 0)
+# How _measure reads an image, kept in the scan caches: a cache measured another way is measured again. 2: 16-bit
+# images are scaled to 8 bits (1, unmarked, clipped them, so their sums were wrong).
+MEASURED = 2
 SPLITS = ("train", "test")
 
 
@@ -80,17 +83,21 @@ class ImageFolder:
         listing, groups = _listing(root)
         where = hashlib.sha256(str(root.resolve()).encode()).hexdigest()[:16]
         cache_path = Path(cache_dir) / f"data_folder_{where}.json" if cache_dir is not None else None
+        def current(cached):
+            return cached.get("listing") == listing and cached.get("measured") == MEASURED
+
         if (where, listing) not in self._scans:
             cached = read_cache(cache_path)
-            if cached.get("listing") == listing:
+            if current(cached):
                 self._scans[where, listing] = cached["scan"], None
             else:
-                self._scans[where, listing] = _scan(root, groups, read_cache(_files_cache(cache_path)),
-                                                    image_budget(cfg))
+                known = read_cache(_files_cache(cache_path))
+                known = known["files"] if known.get("measured") == MEASURED else {}
+                self._scans[where, listing] = _scan(root, groups, known, image_budget(cfg))
         scan, files = self._scans[where, listing]
-        if files is not None and read_cache(cache_path).get("listing") != listing:  # scanned here, not kept yet
-            write_cache(_files_cache(cache_path), files)
-            write_cache(cache_path, {"listing": listing, "scan": scan})
+        if files is not None and not current(read_cache(cache_path)):  # scanned here, not kept yet
+            write_cache(_files_cache(cache_path), {"measured": MEASURED, "files": files})
+            write_cache(cache_path, {"listing": listing, "scan": scan, "measured": MEASURED})
         return self._check(scan, cfg, root), groups
 
     @staticmethod

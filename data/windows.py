@@ -35,7 +35,9 @@ class TokenWindows(Planned):
         for index, shift, _ in self.plan.batches():
             index = index.to(self.tokens.device)
             if self.starts is None:
-                starts = index * self.block_size + shift.to(self.tokens.device)
+                starts = index * self.block_size  # a window of one character is never shifted
+                if shift is not None:
+                    starts = starts + shift.to(self.tokens.device)
             else:
                 starts = self.starts[index]
             chunk = self.tokens[starts[:, None] + self._span]

@@ -29,7 +29,7 @@ from utils.config import flatten, override_text, search_dimension
 from utils.errors import Pruned, UserError, disk_full, is_disk_full
 from utils.runtable import liveness
 from utils.runtable.identity import SEED_KEY
-from utils.runtable.readers import read_run
+from utils.runtable.readers import read_run, run_owners
 from utils.stats import summarise
 
 STUDIES_FILE = "search.journal"
@@ -75,6 +75,8 @@ def _run_study(launch, count, fixed, dimensions):
     direction = "maximize" if measures.higher_is_better(measures.select) else "minimize"
     study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True,
                                 pruner=optuna.pruners.MedianPruner() if launch.args.prune else None)
+    refuse_foreign_trials(study, launch.project.table.path, launch.args.search_storage
+                          or launch.project.table.results_dir / STUDIES_FILE)
     seed = launch.config(fixed).get(SEED_KEY, 0)
     distributions = {d.key: distribution(d) for d in dimensions}
     print(f"search: study {name}, {len(complete_trials(study))} of {count} trials complete; {metric} is "
@@ -91,7 +93,7 @@ def _run_study(launch, count, fixed, dimensions):
         label = " ".join(f"{d.key}={d.text(trial.params[d.key])}" for d in dimensions)
         print(f"[trial {trial.number}] {label}", flush=True)
         runs = [launch.description(combination, seed) for seed in seeds_of(launch, combination)]
-        values, run_ids, state = [], [], "complete"
+        values, run_ids, owners, state = [], [], [], "complete"
         for number, description in enumerate(runs):
             texts = {"search": json.dumps({"study": name, "trial": trial.number, "params": trial.params})}
             judge = judge_of(trial) if launch.args.prune and number == 0 else None
@@ -99,6 +101,7 @@ def _run_study(launch, count, fixed, dimensions):
             if outcome.state == "crashed" and outcome.ran:  # the sweeps' rule: once more, with the same code
                 print(f"  run {outcome.run_id} crashed (its traceback is above): trying it once more", flush=True)
                 run_ids.append(outcome.run_id)
+                owners.append(launch.project.identity(description).owner)
                 outcome = run_of_trial(launch, description, texts=texts, judge=judge)
             if outcome.state == "stopped":
                 study.tell(trial, state=optuna.trial.TrialState.FAIL)
@@ -106,7 +109,9 @@ def _run_study(launch, count, fixed, dimensions):
                 return outcome.code
             if outcome.run_id is not None:
                 run_ids.append(outcome.run_id)
+                owners.append(launch.project.identity(description).owner)
                 trial.set_user_attr("runs", run_ids)
+                trial.set_user_attr("owners", owners)  # whose they are: a journal copied elsewhere is told apart
             if outcome.results is None:
                 state = outcome.state if outcome.state in ("pruned", "crashed") else "unfinished"
                 break
@@ -241,6 +246,30 @@ def complete_trials(study):
     return [trial for trial in study.trials
             if trial.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
             or trial.user_attrs.get("crashed") or trial.user_attrs.get("diverged")]
+
+
+def foreign_trials(study, table_path):
+    """{trial number: a run ID it names that the table at `table_path` lacks, or holds as another run}: the trials of
+    a journal copied from another results folder. Trials recorded before runs' owners were kept are checked by ID."""
+    named = [(trial.number, run_id, owner) for trial in study.trials
+             for run_id, owner in zip(trial.user_attrs.get("runs", []),
+                                      trial.user_attrs.get("owners") or [None] * len(trial.user_attrs.get("runs", [])))]
+    in_table = run_owners(table_path, sorted({run_id for _, run_id, _ in named}))
+    foreign = {}
+    for number, run_id, owner in named:
+        if in_table[run_id] is None or owner not in (None, in_table[run_id]):
+            foreign.setdefault(number, run_id)
+    return foreign
+
+
+def refuse_foreign_trials(study, table_path, storage):
+    """Refuse, in one line, a study whose trials name runs this table does not hold: they are another table's."""
+    foreign = foreign_trials(study, table_path)
+    if foreign:
+        number, run_id = next(iter(foreign.items()))
+        raise UserError(f"the study {study.study_name} in {storage} is not this table's: its trial {number} names run "
+                        f"{run_id}, which {table_path} does not hold (a journal copied from another results folder); "
+                        f"move it away, or search beside the table it came from")
 
 
 def judge_of(trial):
@@ -429,13 +458,28 @@ def print_summary(launch, study, dimensions, fixed, measures, direction):
           + " --seeds=5\n  python main.py --compare --experiment=" + launch.args.experiment)
 
 
-def read_studies(results_folder):
-    """{study name: Study} of the searches recorded beside a run table ({} when none), loaded without writing."""
-    import optuna
-
-    path = Path(results_folder) / STUDIES_FILE
+def read_studies(table_path):
+    """{study name: Study} of the searches recorded beside the run table at `table_path` ({} when none), loaded
+    without writing; a study whose trials name runs the table does not hold (copied from elsewhere) is left out."""
+    path = Path(table_path).parent / STUDIES_FILE
     if not path.exists():
         return {}
+    studies = {}
+    for name, study in _journal_studies(path).items():
+        foreign = foreign_trials(study, table_path)
+        if foreign:
+            number, run_id = next(iter(foreign.items()))
+            print(f"note: the study {name} in {path} is not shown: its trial {number} names run {run_id}, which "
+                  f"{table_path} does not hold (a journal copied from another results folder)", file=sys.stderr)
+        else:
+            studies[name] = study
+    return studies
+
+
+def _journal_studies(path):
+    """{study name: Study} of the journal at `path`, up to its last whole record, read without writing."""
+    import optuna
+
     good, bad, _ = whole_records(path)
     if bad is None:
         storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))

@@ -17,6 +17,7 @@ from pathlib import Path
 MAIN = Path(__file__).resolve().parent.parent / "main.py"
 TINY = ["--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0"]
 SLOW = ["--experiment=experiment1", "--config=configs/slow.yml", "--verbose=0"]
+SEARCH = ["--config.training.learning_rate=log:1e-3..1e-1"]
 
 
 def main_py(*args):
@@ -103,6 +104,16 @@ def scenario(workdir, out):
     (results / "filler").unlink()
     report["relaunch"] = main_py(*SLOW)
     report["relaunch_files"] = snapshot(results, out, "relaunch")
+
+    # A search while the disk is full: Optuna's journal writer meets it, then the study continues with space again.
+    report["search"] = main_py(*TINY, "--search=2", *SEARCH)
+    fill(results, 0)
+    report["search_full"] = main_py(*TINY, "--search=4", *SEARCH)
+    report["search_full_journal"] = (results / "search.journal").read_bytes().decode(errors="replace")
+    report["search_full_files"] = snapshot(results, out, "search_full")
+    (results / "filler").unlink()
+    report["search_after"] = main_py(*TINY, "--search=4", *SEARCH)
+    report["search_after_files"] = snapshot(results, out, "search_after")
     (out / "report.json").write_text(json.dumps(report, indent=2))
 
 

@@ -205,7 +205,7 @@ def test_a_full_disk_stops_the_run_with_one_line_and_loses_nothing(full_disk_rep
                 query(db, "SELECT epoch, step, split, label, value FROM Logs WHERE run_id=? ORDER BY id_", run_id),
                 query(db, "SELECT metric, value FROM Results WHERE run_id=? ORDER BY id_", run_id))
 
-    for name in ("before", "checkpoint", "full", "after", "midrun", "relaunch"):
+    for name in ("before", "checkpoint", "full", "after", "midrun", "relaunch", "search_full", "search_after"):
         assert query(out / f"{name}.db", "PRAGMA integrity_check") == [("ok",)], name
         assert not [f for f in report[f"{name}_files"] if f.endswith((".tmp", "-journal"))], name
         assert rows(name, 1) == rows("before", 1), name  # a finished run is never touched
@@ -240,3 +240,13 @@ def test_a_full_disk_stops_the_run_with_one_line_and_loses_nothing(full_disk_rep
     assert query(out / "relaunch.db", "SELECT run_id, status, hidden FROM Experiments WHERE run_id >= 4") == [
         (4, "failed", 1), (5, "finished", 0)]
     assert rows("relaunch", 4)[1] == points
+
+    # A search on a full disk stops with one line, its journal still whole records; with space it continues.
+    assert report["search"]["returncode"] == 0, report["search"]["stderr"]
+    assert report["search_full"]["returncode"] == 2 and "is full" in one_line(report["search_full"])
+    assert all(json.loads(line) for line in report["search_full_journal"].splitlines()[:-1])
+    after = report["search_after"]
+    assert after["returncode"] == 0, after["stderr"]
+    assert "2 of 4 trials complete" in after["stdout"].splitlines()[0]
+    assert query(out / "search_after.db", "SELECT COUNT(*), SUM(status='finished') FROM Experiments "
+                 "WHERE run_id > 5") == [(4, 4)]

@@ -1,7 +1,10 @@
 """main.py's front door: every refusal is one clear line on stderr, exit code 2, no traceback, nothing written."""
 import os
+import re
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -114,6 +117,32 @@ def test_a_signal_before_a_run_starts_exits_with_the_shells_code_and_records_not
         assert done.returncode == code
         assert done.stderr.strip() == "interrupted before a run started: nothing was recorded"
     assert not (workdir / "results").exists()
+
+
+@pytest.mark.slow  # real processes, stopped at moments spread over their start-up
+@pytest.mark.parametrize("signum, code, what", [(signal.SIGINT, 130, "interrupted"),
+                                                (signal.SIGTERM, 143, "terminated")])
+def test_a_signal_sent_again_and_again_during_start_up_ends_in_one_line_and_the_shells_code(workdir, spawn, signum,
+                                                                                           code, what):
+    for delay in (0.3, 0.6, 1.0, 1.6, 2.4, 3.5):  # loading the modules, parsing, torch's import, the first steps
+        process = spawn(workdir, "--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0",
+                        "--config.training.num_epochs=30", f"--comment=stopped after {delay} s")
+        time.sleep(delay)
+        for _ in range(4):  # as a user keeps pressing Ctrl-C: to the whole process group, as a terminal sends it
+            try:
+                os.killpg(process.pid, signum)
+            except ProcessLookupError:
+                break
+            time.sleep(0.02)
+        _, stderr = process.communicate(timeout=120)
+        lines = [line for line in stderr.strip().splitlines() if not line.startswith("recording in ")]
+        assert process.returncode == code and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+        assert len(lines) == 1 and (lines[0] == "interrupted before a run started: nothing was recorded" or re.fullmatch(
+            rf"{what}: run \d+ is marked failed, with all it logged; continue it with python main.py --resume=\d+",
+            lines[0])), stderr
+    db = workdir / "results" / "resultTable.db"
+    if db.exists():  # a run that had started is failed, with a reason, never left running
+        assert {status for (status,) in query(db, "SELECT status FROM Experiments")} <= {"failed"}
 
 
 def test_a_bare_off_in_a_yaml_file_is_answered_with_what_to_write(workdir):

@@ -26,7 +26,8 @@ def check_config(config, steps_per_epoch=None):
     else:
         require(config, "training.beta2", float, low=0, below=1, optional=True)
     if cfg["schedule"] == "onecycle":
-        require(config, "training.warmup_fraction", float, low=0, high=1)
+        # below 1: OneCycleLR divides by the steps left after the warm-up too
+        require(config, "training.warmup_fraction", float, low=0, below=1)
     total_steps = cfg["num_epochs"] * steps_per_epoch if steps_per_epoch else None
     # OneCycleLR divides by its warm-up's length in steps (less one): it must be more than one step.
     if cfg["schedule"] == "onecycle" and total_steps and cfg["warmup_fraction"] * total_steps <= 1:

@@ -169,6 +169,34 @@ def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped(tmp_path):
     assert measured["sums"][0] == float((ramp >> 8).sum()) and measured["grey"]
 
 
+def test_a_scan_cache_measured_before_16_bit_images_were_scaled_is_measured_again(tmp_path, images):
+    import json
+
+    import numpy as np
+
+    root = shutil.copytree(images, tmp_path / "deep")
+    [first] = sorted((root / "train").glob("*/*.png"))[:1]
+    ramp = (np.arange(28 * 28, dtype=np.uint32).reshape(28, 28) * 80).astype(np.uint16)
+    Image.fromarray(ramp).save(first)
+    cfg, cache = {"path": str(root), "memory_limit_mb": 4096}, tmp_path / "results"
+    cache.mkdir()
+    scaled = data.folder.ImageFolder().scan(cfg, cache)["sums"]
+    # The caches as the template wrote them when it clipped 16-bit images: no mark, the image's sums saturated.
+    [summary] = cache.glob("data_folder_*[0-9a-f].json")
+    files = json.loads(summary.with_suffix(".files.json").read_text())["files"]
+    key = next(key for key in files if key.startswith(str(first.relative_to(root))))
+    clipped = float(np.minimum(ramp, 255).sum())
+    old_sums = [scaled[0] - files[key]["sums"][0] + clipped]
+    files[key]["sums"] = [clipped]
+    summary.with_suffix(".files.json").write_text(json.dumps(files))
+    old = json.loads(summary.read_text())
+    old.pop("measured")
+    old["scan"]["sums"] = old_sums
+    summary.write_text(json.dumps(old))
+    assert data.folder.ImageFolder().scan(cfg, cache)["sums"] == scaled  # measured again, as the images now read
+    assert json.loads(summary.read_text())["measured"] == data.folder.MEASURED
+
+
 @pytest.mark.slow
 def test_a_decoded_copy_edited_by_hand_is_decoded_again_never_trained_on(workdir, images):
     import torch

@@ -274,7 +274,7 @@ def test_a_journal_cut_short_is_continued_from_its_whole_records_and_a_garbled_o
     assert "its runs finished but the study had not heard of it; their value is told" in again.stdout
     assert "marked failed" not in again.stdout  # no finished trial is failed by the rerun
     assert query(db, "SELECT COUNT(*), SUM(status='finished') FROM Experiments") == [(3, 3)]
-    [study] = read_studies(journal.parent).values()
+    [study] = read_studies(db).values()
     assert sorted(trial.state.name for trial in study.trials) == ["COMPLETE"] * 3
 
     # A garbled record with others after it: cutting there would lose them, so the search says what to do.
@@ -284,7 +284,7 @@ def test_a_journal_cut_short_is_continued_from_its_whole_records_and_a_garbled_o
     assert_refused(tiny_in_process(workdir, "--search=3", *SPACE), f"{journal} has a damaged record at line 3",
                    "move it away")
     assert journal.read_bytes() == garbled
-    assert len(read_studies(journal.parent)) <= 1 and journal.read_bytes() == garbled  # reading changes nothing
+    assert len(read_studies(db)) <= 1 and journal.read_bytes() == garbled  # reading changes nothing
 
 
 def test_a_full_disk_while_the_journal_is_written_stops_the_search_in_one_line(workdir, monkeypatch):
@@ -297,3 +297,26 @@ def test_a_full_disk_while_the_journal_is_written_stops_the_search_in_one_line(w
 
     monkeypatch.setattr(optuna.storages.journal.JournalFileBackend, "append_logs", full)
     assert_refused(tiny_in_process(workdir, "--search=2", *SPACE), "is full", "the search journal")
+
+
+@pytest.mark.slow
+def test_a_journal_copied_from_another_table_is_not_read_as_this_tables_runs(workdir):
+    from modes.search import read_studies
+
+    other, db = workdir / "elsewhere" / "resultTable.db", workdir / "results" / "resultTable.db"
+    tiny = ("--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0")
+    assert run_in_process(workdir, *tiny, "--search=2", *SPACE, table=other).returncode == 0
+    db.parent.mkdir(exist_ok=True)
+    shutil.copy(other.parent / "search.journal", db.parent / "search.journal")
+    refusal = "is not this table's: its trial 0 names run 1, which"
+    assert_refused(tiny_in_process(workdir, "--search=2", *SPACE), refusal, "does not hold", "move it away")
+
+    # Runs 1 and 2 here are other runs than the ones the journal's trials name: still not this table's.
+    assert tiny_in_process(workdir, "--comment=mine").returncode == 0
+    assert tiny_in_process(workdir, "--comment=mine too").returncode == 0
+    before = query(db, "SELECT run_id, status, comment FROM Experiments")
+    assert_refused(tiny_in_process(workdir, "--search=2", *SPACE), refusal, "move it away")
+    assert query(db, "SELECT run_id, status, comment FROM Experiments") == before
+    assert read_studies(db) == {}  # the notebook does not show them as this table's
+    [study] = read_studies(other).values()  # beside its own table, it is read as before
+    assert sorted(trial.user_attrs["runs"] for trial in study.trials) == [[1], [2]]

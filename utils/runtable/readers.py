@@ -95,6 +95,20 @@ def read_row_of(path, run_id):
         return read_row(db, path, run_id)
 
 
+def run_owners(path, run_ids):
+    """{run ID: RunIdentity.owner, or None when the table has no such run of main.py's} for `run_ids`."""
+    if not Path(path).exists():
+        return dict.fromkeys(run_ids)
+    owners = {}
+    with _open(path) as db:
+        for run_id in run_ids:
+            try:
+                owners[run_id] = read_row(db, path, run_id).identity.owner
+            except UserError:  # no such run, or one another program wrote
+                owners[run_id] = None
+    return owners
+
+
 def read_run(path, run_id):
     """The RecordedRun of `run_id` in the table at `path`, or a UserError if there is no such run."""
     with _open(path) as db:
