@@ -10,7 +10,7 @@ A text corpus (data/text.py) has the same three, describing a TextInfo and loadi
 
 `cfg` is the config's `data` section; `cache_dir` is the run table's folder, where a dataset may keep what it
 measured or decoded once. A dataset of your own in code needs only a function that returns `Arrays`;
-register it below as "name": "data.my_module:my_function" (see the README's "Your own data").
+register it below as "name": "data.my_module:my_function" (see docs/data.md: a dataset of your own in code).
 """
 import difflib
 import hashlib

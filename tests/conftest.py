@@ -1,4 +1,5 @@
 """Fixtures shared by the tests; the helpers they use live in helpers.py."""
+import json
 import os
 import signal
 import subprocess
@@ -15,6 +16,21 @@ from helpers import (MAIN, copy_template, env_recording_in, make_mnist_folder, t
 # A test names the table it records in (the helpers: its working folder's results/). One that forgets fails here,
 # instead of writing into the checkout's own results/ (a user's real runs).
 os.environ["RESULT_TABLE"] = "/dev/null/no-table-chosen-by-this-test/resultTable.db"
+
+
+FAULT_CENSUS = "FAULT_CENSUS"  # a file to write {fault class: test cases} to when collecting (docs/faults.md)
+
+
+def pytest_collection_modifyitems(config, items):
+    """With FAULT_CENSUS set, write how many test cases each fault class (@pytest.mark.fault) has: the counts the
+    reliability table of docs/faults.md states, computed by pytest's own collection."""
+    target = os.environ.get(FAULT_CENSUS)
+    if target:
+        census = {}
+        for item in items:
+            for mark in item.iter_markers("fault"):
+                census[mark.args[0]] = census.get(mark.args[0], 0) + 1
+        Path(target).write_text(json.dumps(census, indent=1, sort_keys=True))
 
 
 @pytest.fixture(scope="session")

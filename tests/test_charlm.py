@@ -277,6 +277,7 @@ def train_points(db, run_id):
                                run_id)
 
 
+@pytest.mark.fault("kills")
 @pytest.mark.slow
 @pytest.mark.parametrize("signal_number, code, status", [(signal.SIGTERM, 143, "failed"),
                                                          (signal.SIGKILL, -9, "running")])
@@ -360,6 +361,7 @@ def test_a_missing_text_is_downloaded_md5_checked_and_offline_it_is_one_line(tex
     server.shutdown()
 
 
+@pytest.mark.fault("data files")
 def test_a_download_from_a_server_that_never_answers_times_out_in_one_line(text_workdir, tmp_path, monkeypatch):
     import socket
 
@@ -379,6 +381,7 @@ def test_a_download_from_a_server_that_never_answers_times_out_in_one_line(text_
     assert not (tmp_path / "fresh").exists()
 
 
+@pytest.mark.fault("searches")
 def test_a_model_that_diverged_still_writes_its_sample_and_ends_its_run(text_workdir):
     db = text_workdir / "results" / "resultTable.db"
     done = charlm_in_process(text_workdir, "--config.training.learning_rate=1e6")  # its weights become NaN
@@ -436,6 +439,7 @@ def test_images_and_figures_reach_deepboard_and_a_resume_keeps_only_those_before
     assert all(figure["image"].format == "PNG" for figure in figures)
 
 
+@pytest.mark.fault("valid configs")
 def test_a_transformer_too_large_for_this_machines_memory_is_refused_in_one_line(text_workdir):
     assert_refused(charlm_in_process(text_workdir, "--config.model.n_embd=10000000", "--config.model.n_head=1"),
                    "the transformer of model.n_layer 1 and model.n_embd 10000000 has", "make it smaller")

@@ -25,6 +25,7 @@ def table_rows(db):
             query(db, "SELECT run_id, metric, value, is_hparam FROM Results ORDER BY id_"))
 
 
+@pytest.mark.fault("readers")
 @pytest.mark.slow
 def test_a_script_that_reads_every_run_and_then_crashes_changes_nothing(workdir):
     assert tiny_in_process(workdir, "--seeds=2").returncode == 0
@@ -72,6 +73,7 @@ raise KeyError("a crash after reading")
 INSTANTS = ("mid-epoch-flush", "points-written", "best-written", "mid-checkpoint", "epoch-closed", "before-results")
 
 
+@pytest.mark.fault("kills")
 @pytest.mark.slow
 def test_a_kill_at_any_instant_of_a_run_resumes_to_exactly_the_uninterrupted_run(tmp_path, tiny):
     assert run_in_process(tiny.folder, *tiny.args).returncode == 0
@@ -98,6 +100,7 @@ def interrupted_run(workdir, monkeypatch):
     return workdir / "results" / "resultTable.db"
 
 
+@pytest.mark.fault("dead hosts")
 def test_a_run_on_another_host_blocks_its_config_until_its_heartbeat_is_older_than_the_lease(workdir, monkeypatch):
     db = interrupted_run(workdir, monkeypatch)
     # Run 1 as a cluster node would leave it: still "running" there, its last heartbeat a minute ago.
@@ -130,6 +133,7 @@ def test_a_running_run_beats_its_heartbeat(workdir, monkeypatch):
     assert len(beats) == 2 and beats[0] < beats[1] and time.time() - beats[1] < 5
 
 
+@pytest.mark.fault("dead hosts")
 def test_a_dead_process_of_this_host_is_seen_at_once_whatever_its_heartbeat(workdir, monkeypatch):
     db = interrupted_run(workdir, monkeypatch)
     query(db, "UPDATE Experiments SET status='running' WHERE run_id=1")
@@ -141,6 +145,7 @@ def test_a_dead_process_of_this_host_is_seen_at_once_whatever_its_heartbeat(work
         (1, "failed", 1), (2, "finished", 0)]
 
 
+@pytest.mark.fault("readers")
 def test_a_finished_run_stays_finished_whoever_writes(workdir):
     assert tiny_in_process(workdir).returncode == 0
     db = workdir / "results" / "resultTable.db"
@@ -195,6 +200,7 @@ def one_line(result):
     return lines[0]
 
 
+@pytest.mark.fault("full disk")
 @pytest.mark.slow
 def test_a_full_disk_stops_the_run_with_one_line_and_loses_nothing(full_disk_report):
     report, out = full_disk_report

@@ -166,6 +166,7 @@ SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=list(Heal
                 phases=[Phase.explicit, Phase.generate])
 
 
+@pytest.mark.fault("generated inputs")
 @settings(max_examples=FAST, **SETTINGS)
 @given(args=command_lines)
 def test_generated_command_lines_end_in_a_run_or_one_line(launches, args):
@@ -173,12 +174,14 @@ def test_generated_command_lines_end_in_a_run_or_one_line(launches, args):
     launch_ends_cleanly(launches, args)
 
 
+@pytest.mark.fault("generated inputs")
 @settings(max_examples=FAST // 2, **SETTINGS)
 @given(files=config_files())
 def test_generated_config_files_end_in_a_run_or_one_line(launches, files):
     launch_ends_cleanly(launches, _launch_config(launches, files))
 
 
+@pytest.mark.fault("generated inputs")
 @pytest.mark.slow
 @settings(max_examples=FULL, **SETTINGS)
 @given(args=command_lines)
@@ -187,6 +190,7 @@ def test_thousands_of_command_lines_end_in_a_run_or_one_line(launches, args):
     launch_ends_cleanly(launches, args)
 
 
+@pytest.mark.fault("generated inputs")
 @pytest.mark.slow
 @settings(max_examples=FULL // 2, **SETTINGS)
 @given(files=config_files())
@@ -196,16 +200,19 @@ def test_thousands_of_config_files_end_in_a_run_or_one_line(launches, files):
 
 # Inputs the generators once found crashing the front door, kept as plain tests.
 
+@pytest.mark.fault("generated inputs")
 def test_bytes_that_are_not_utf8_in_an_argument_are_one_line(launches):
     launch_ends_cleanly(launches, ["--experiment=experiment1", "--config=configs/tiny.yml", "--comment=caf\udce9"])
     assert "not UTF-8 text" in run_in_process(launches, "--config.training.optimizer=\ud800").stderr
 
 
+@pytest.mark.fault("generated inputs")
 def test_a_control_character_in_an_unknown_flag_stays_on_one_line(launches):
     result = run_in_process(launches, "--experiment=experiment1", "--config=configs/tiny.yml", "--Xw\x0cH")
     assert result.stderr == "error: unknown flag --Xw\\x0cH (see python main.py --help)\n"
 
 
+@pytest.mark.fault("generated inputs")
 @pytest.mark.parametrize("text, fragment", [
     ("extends: tiny.yml\nunknown_key: 1\ndata: 5\n", "config key 'data' must be a section"),
     ("seed: 1\nmodel: {}\n", "the config has no 'data.path'"),

@@ -93,6 +93,7 @@ def test_an_unknown_flag_named_like_a_config_key_suggests_its_override(workdir):
     assert_refused(tiny_in_process(workdir, "--wath=loss"), "did you mean --watch?")
 
 
+@pytest.mark.fault("signals and pipes")
 @pytest.mark.slow
 def test_output_cut_short_by_a_closed_pipe_ends_quietly(tmp_path):
     read, write = os.pipe()
@@ -105,6 +106,7 @@ def test_output_cut_short_by_a_closed_pipe_ends_quietly(tmp_path):
     assert done.returncode == 0 and done.stderr == ""
 
 
+@pytest.mark.fault("signals and pipes")
 def test_a_signal_before_a_run_starts_exits_with_the_shells_code_and_records_nothing(workdir, monkeypatch):
     import modes.launch
 
@@ -119,6 +121,7 @@ def test_a_signal_before_a_run_starts_exits_with_the_shells_code_and_records_not
     assert not (workdir / "results").exists()
 
 
+@pytest.mark.fault("signals and pipes")
 @pytest.mark.slow  # real processes, stopped at moments spread over their start-up
 @pytest.mark.parametrize("signum, code, what", [(signal.SIGINT, 130, "interrupted"),
                                                 (signal.SIGTERM, 143, "terminated")])
@@ -145,6 +148,7 @@ def test_a_signal_sent_again_and_again_during_start_up_ends_in_one_line_and_the_
         assert {status for (status,) in query(db, "SELECT status FROM Experiments")} <= {"failed"}
 
 
+@pytest.mark.fault("valid configs")
 def test_a_bare_off_in_a_yaml_file_is_answered_with_what_to_write(workdir):
     config = workdir / "configs" / "tiny.yml"
     config.write_text(config.read_text().replace("autocast: auto", "autocast: off"))
@@ -153,6 +157,7 @@ def test_a_bare_off_in_a_yaml_file_is_answered_with_what_to_write(workdir):
     assert tiny_in_process(workdir).returncode == 0
 
 
+@pytest.mark.fault("configs that pull in too much")
 def test_a_config_that_would_pull_in_too_much_is_refused_before_anything_is_recorded(workdir):
     levels = ["a: &a [x, x, x, x, x, x, x, x, x, x]"]
     levels += [f"{name}: &{name} [*{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, *{prev}, "
@@ -167,6 +172,7 @@ def test_a_config_that_would_pull_in_too_much_is_refused_before_anything_is_reco
     assert not (workdir / "results").exists()
 
 
+@pytest.mark.fault("valid configs")
 def test_a_last_batch_of_one_image_that_batchnorm_cannot_normalise_is_refused_and_a_neighbour_trains(workdir):
     # 512 training images; three blocks of kernel 3, pooled first: the last BatchNorm sees 1x1 maps.
     net = ("--config.model.channels=[4,8,8]", "--config.model.kernel_size=3", "--config.model.pool_first=true",
@@ -178,6 +184,7 @@ def test_a_last_batch_of_one_image_that_batchnorm_cannot_normalise_is_refused_an
     assert done.returncode == 0, done.stderr
 
 
+@pytest.mark.fault("valid configs")
 @pytest.mark.parametrize("override", ["--config.model.hidden=100000000000000000000",
                                       "--config.model.channels=[4,100000000000]"])
 def test_a_network_too_large_for_this_machines_memory_is_refused_before_the_run_is_registered(workdir, override):

@@ -62,6 +62,7 @@ STOPS = {
 }
 
 
+@pytest.mark.fault("kills")
 @pytest.mark.parametrize("name", STOPS)
 def test_a_signal_after_the_first_epoch_keeps_every_point_and_resume_gives_exactly_the_uninterrupted_run(
         slow_workdir, spawn, uninterrupted, name):
@@ -83,6 +84,7 @@ def test_a_signal_after_the_first_epoch_keeps_every_point_and_resume_gives_exact
     assert len(curves) == len({(split, label, step) for split, label, _, step, _ in curves})  # no point twice
 
 
+@pytest.mark.fault("launches at once")
 def test_a_second_debug_run_is_refused_while_the_first_runs_and_replaces_it_once_it_is_killed(
         slow_workdir, spawn, uninterrupted):
     db = slow_workdir / "results" / "resultTable.db"
@@ -119,6 +121,7 @@ def test_a_bug_in_experiment_code_shows_its_traceback_and_fails_the_run_keeping_
         (1, "failed", 1), (2, "failed", 0)]
 
 
+@pytest.mark.fault("launches at once")
 def test_identical_launches_at_once_run_exactly_once(workdir, spawn):
     processes = [spawn(workdir, *TINY) for _ in range(3)]
     outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
@@ -128,6 +131,7 @@ def test_identical_launches_at_once_run_exactly_once(workdir, spawn):
     assert query(db, "SELECT run_id, status FROM Experiments") == [(1, "finished")]
 
 
+@pytest.mark.fault("launches at once")
 def test_six_different_launches_at_once_are_all_recorded(workdir, spawn):
     # One thread each: six runs share two cores, as a sweep's workers would.
     processes = [spawn(workdir, *TINY, f"--config.seed={seed}", "--config.training.threads=1") for seed in range(6)]
@@ -138,6 +142,7 @@ def test_six_different_launches_at_once_are_all_recorded(workdir, spawn):
     assert query(db, "SELECT COUNT(DISTINCT run_id) FROM Logs WHERE label='accuracy' AND split='val'") == [(6,)]
 
 
+@pytest.mark.fault("run tables")
 def test_a_read_only_results_folder_is_refused_before_training_and_left_alone(workdir, tmp_path):
     require(private_mounts_work(tmp_path), "a read-only folder for root needs a read-only bind mount in a private "
             "mount namespace (root and unshare): tried here, and it does not work")

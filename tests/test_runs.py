@@ -119,6 +119,7 @@ def test_the_table_opens_in_deepboard(workdir):
         sys.excepthook = hook  # deepboard's writer chained the hook: keep it out of the other tests
 
 
+@pytest.mark.fault("run tables")
 def test_a_file_that_is_not_a_run_table_is_refused_and_left_alone(workdir):
     (workdir / "results").mkdir()
     db = workdir / "results" / "resultTable.db"
@@ -127,6 +128,7 @@ def test_a_file_that_is_not_a_run_table_is_refused_and_left_alone(workdir):
     assert db.read_text() == "not a database"
 
 
+@pytest.mark.fault("run tables")
 def test_a_table_from_another_deepboard_version_is_refused_and_left_alone(workdir):
     assert tiny_in_process(workdir, "--debug").returncode == 0
     db = workdir / "results" / "resultTable.db"
@@ -173,6 +175,7 @@ def test_deepboard_shows_the_hparam_columns_in_which_runs_differ(workdir):
     assert "seed" in shown() and "training.learning_rate" not in shown()  # a column shown once is the user's
 
 
+@pytest.mark.fault("run tables")
 @pytest.mark.parametrize("damage, message", [
     ("DROP TABLE Fragments", "without its table Fragments"),
     ("ALTER TABLE Logs DROP COLUMN wall_time", "without the column wall_time of its table Logs"),

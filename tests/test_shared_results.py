@@ -37,6 +37,7 @@ def test_a_results_folder_copied_elsewhere_lists_compares_resumes_reproduces_and
     assert not (workdir / "results").exists()
 
 
+@pytest.mark.fault("run tables")
 def test_runs_another_program_wrote_are_listed_compared_or_skipped_with_a_line(workdir):
     assert tiny_in_process(workdir, "--seeds=2").returncode == 0
     db = workdir / "results" / "resultTable.db"

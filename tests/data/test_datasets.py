@@ -54,6 +54,7 @@ def test_cifar10_is_extracted_from_its_archive_and_the_same_data_either_way(work
                    "run 1")  # the same content: the same run
 
 
+@pytest.mark.fault("data files")
 @pytest.mark.parametrize("member", ["../escaped", "/tmp/absolute-escape", "cifar-10-batches-py/../../escaped"])
 def test_an_archive_member_that_would_land_outside_is_refused_and_nothing_is_extracted(workdir, tmp_path, member):
     root = tmp_path / "data"
@@ -70,6 +71,7 @@ def test_an_archive_member_that_would_land_outside_is_refused_and_nothing_is_ext
     assert not (workdir / "results").exists()
 
 
+@pytest.mark.fault("data files")
 def test_a_cifar_batch_that_would_run_code_is_refused_and_runs_nothing(workdir, tmp_path):
     root = make_cifar_folder(tmp_path / "cifar")
     marker = tmp_path / "code-ran"

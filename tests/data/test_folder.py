@@ -93,6 +93,7 @@ def broken(root, case):
     raise ValueError(case)
 
 
+@pytest.mark.fault("image folders")
 @pytest.mark.parametrize("case", ["no test folder", "no train folder", "empty class", "classes differ",
                                   "undecodable file", "a truncated jpeg"])
 def test_what_a_folder_gets_wrong_is_refused_in_one_line_with_no_row_and_no_folder(workdir, images, tmp_path, case):
@@ -125,6 +126,7 @@ def test_seeds_compare_verify_and_sweep_work_on_a_streamed_folder(workdir, image
     assert "all 2 replayed runs match their record" in verified.stdout
 
 
+@pytest.mark.fault("image folders")
 @pytest.mark.slow
 @pytest.mark.parametrize("streamed", [False, True])
 def test_links_that_lead_nowhere_or_to_a_special_file_are_one_line_naming_the_file(workdir, images, tmp_path,
@@ -141,6 +143,7 @@ def test_links_that_lead_nowhere_or_to_a_special_file_are_one_line_naming_the_fi
     assert not (workdir / "results" / "resultTable.db").exists()
 
 
+@pytest.mark.fault("image folders")
 def test_an_image_whose_pixels_outgrow_the_memory_limit_is_refused_before_it_is_decoded(workdir, images, tmp_path,
                                                                                         monkeypatch):
     root = tmp_path / "bomb" / "digits"
@@ -156,6 +159,7 @@ def test_an_image_whose_pixels_outgrow_the_memory_limit_is_refused_before_it_is_
     assert not (workdir / "results" / "resultTable.db").exists()
 
 
+@pytest.mark.fault("image folders")
 def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped(tmp_path):
     import numpy as np
 
@@ -169,6 +173,7 @@ def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped(tmp_path):
     assert measured["sums"][0] == float((ramp >> 8).sum()) and measured["grey"]
 
 
+@pytest.mark.fault("image folders")
 def test_a_scan_cache_measured_before_16_bit_images_were_scaled_is_measured_again(tmp_path, images):
     import json
 
@@ -197,6 +202,7 @@ def test_a_scan_cache_measured_before_16_bit_images_were_scaled_is_measured_agai
     assert json.loads(summary.read_text())["measured"] == data.folder.MEASURED
 
 
+@pytest.mark.fault("image folders")
 @pytest.mark.slow
 def test_a_decoded_copy_edited_by_hand_is_decoded_again_never_trained_on(workdir, images):
     import torch

@@ -40,6 +40,7 @@ def test_missing_files_name_the_folder_and_the_four_files(tmp_path):
         assert name in message
 
 
+@pytest.mark.fault("data files")
 def test_a_corrupt_file_is_refused(tmp_path):
     path = tmp_path / "bad-idx"
     write_idx(path, np.zeros((4, 28, 28)), gz=False)
@@ -97,6 +98,7 @@ def test_the_header_gives_the_training_set_size_and_an_impossible_split_is_refus
     assert not (workdir / "results").exists()
 
 
+@pytest.mark.fault("data files")
 @pytest.mark.parametrize("name", ["train-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"])
 def test_a_data_file_cut_short_is_one_line_before_anything_is_recorded(workdir, mnist_root, tmp_path, name):
     import shutil
@@ -110,6 +112,7 @@ def test_a_data_file_cut_short_is_one_line_before_anything_is_recorded(workdir, 
     assert not (workdir / "results" / "resultTable.db").exists()
 
 
+@pytest.mark.fault("data files")
 def test_a_download_that_fails_offline_is_one_line_and_leaves_no_empty_folder(workdir, tmp_path, monkeypatch):
     import urllib.error
 

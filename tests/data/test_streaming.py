@@ -37,6 +37,7 @@ def workdir_for(folder, datasets, kind, **changes):
     return folder
 
 
+@pytest.mark.fault("kills")
 @pytest.mark.parametrize("kind", KINDS)
 def test_the_same_command_twice_and_a_run_stopped_and_resumed_give_the_same_numbers(tmp_path, spawn, datasets,
                                                                                     kind):

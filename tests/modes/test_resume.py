@@ -1,4 +1,6 @@
 """--resume=RUNID through the front door, in process: a stopped run continues; anything else is refused."""
+import pytest
+
 from helpers import assert_refused, interrupt_after_first_epoch, query, run_in_process, tiny_in_process
 from utils.runtable.liveness import this_process
 
@@ -43,6 +45,7 @@ class _Planted:
         return open, (str(self.marker), "w")
 
 
+@pytest.mark.fault("checkpoints")
 def test_resume_refuses_a_planted_damaged_or_old_checkpoint_and_nothing_in_it_runs(workdir, monkeypatch):
     import numpy as np
     import torch
@@ -85,6 +88,7 @@ def test_resume_refuses_a_planted_damaged_or_old_checkpoint_and_nothing_in_it_ru
     assert query(db, "SELECT status FROM Experiments") == [("finished",)]
 
 
+@pytest.mark.fault("checkpoints")
 def test_reproduce_and_verify_never_load_the_checkpoints_in_a_runs_folder(workdir):
     import torch
 
@@ -97,6 +101,7 @@ def test_reproduce_and_verify_never_load_the_checkpoints_in_a_runs_folder(workdi
     assert not marker.exists()
 
 
+@pytest.mark.fault("checkpoints")
 def test_resume_refuses_the_checkpoints_of_another_run_and_leaves_the_run_as_it_was(workdir, monkeypatch):
     import shutil
 

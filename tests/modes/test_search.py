@@ -131,6 +131,7 @@ def study_trials(folder):
     return [(t.number, t.state.name, tuple(sorted(t.params.items()))) for t in study.trials]
 
 
+@pytest.mark.fault("killed workers")
 @pytest.mark.slow
 def test_workers_share_one_study_and_a_killed_worker_leaves_the_rest_to_the_others(tmp_path, spawn):
     import yaml
@@ -226,6 +227,7 @@ def test_a_storage_that_is_not_postgresql_or_cannot_be_reached_is_refused(workdi
     assert not (workdir / "results").exists()
 
 
+@pytest.mark.fault("searches")
 @pytest.mark.slow
 def test_a_study_of_code_that_crashes_retries_each_trial_once_and_ends(workdir, monkeypatch):
     import dataclasses
@@ -259,6 +261,7 @@ def test_a_study_of_code_that_crashes_retries_each_trial_once_and_ends(workdir, 
     assert query(db, "SELECT COUNT(*) FROM Experiments WHERE status='finished'") == [(3,)]
 
 
+@pytest.mark.fault("searches")
 @pytest.mark.slow
 def test_a_journal_cut_short_is_continued_from_its_whole_records_and_a_garbled_one_is_refused(workdir):
     from modes.search import read_studies
@@ -287,6 +290,7 @@ def test_a_journal_cut_short_is_continued_from_its_whole_records_and_a_garbled_o
     assert len(read_studies(db)) <= 1 and journal.read_bytes() == garbled  # reading changes nothing
 
 
+@pytest.mark.fault("full disk")
 def test_a_full_disk_while_the_journal_is_written_stops_the_search_in_one_line(workdir, monkeypatch):
     import errno
 
@@ -299,6 +303,7 @@ def test_a_full_disk_while_the_journal_is_written_stops_the_search_in_one_line(w
     assert_refused(tiny_in_process(workdir, "--search=2", *SPACE), "is full", "the search journal")
 
 
+@pytest.mark.fault("searches")
 @pytest.mark.slow
 def test_a_journal_copied_from_another_table_is_not_read_as_this_tables_runs(workdir):
     from modes.search import read_studies

@@ -69,6 +69,7 @@ def test_a_sweep_refuses_a_mistake_every_combination_would_repeat_before_the_fir
     assert not (workdir / "results").exists()
 
 
+@pytest.mark.fault("searches")
 def test_a_combination_whose_code_crashes_is_retried_once_then_reported_failed(workdir, monkeypatch):
     attempts = []
 
@@ -142,6 +143,7 @@ def test_three_workers_started_at_once_run_each_of_six_combinations_once(workdir
     assert len(started) == 6  # each combination was started by exactly one worker
 
 
+@pytest.mark.fault("killed workers")
 @pytest.mark.slow
 def test_when_a_worker_is_killed_the_survivor_resumes_its_combination_and_ends_the_sweep(slow_sweep, spawn):
     db = slow_sweep / "results" / "resultTable.db"
@@ -170,6 +172,7 @@ def test_when_a_worker_is_killed_the_survivor_resumes_its_combination_and_ends_t
     assert len(curves) == len({(split, label, step) for split, label, _, step, _ in curves})  # every point once
 
 
+@pytest.mark.fault("killed workers")
 @pytest.mark.slow
 def test_workers_option_runs_the_sweep_and_ctrl_c_stops_every_worker(workdir, slow_sweep, spawn):
     done = run_main(workdir, *TINY, "--sweep", "--config.seed=1,2,3", "--workers=2")

@@ -70,6 +70,7 @@ def test_resume_takes_only_a_failed_visible_run(table):
     assert run.resumed and identity.config_text == "seed: 1\n" and table.status(3) == "running"
 
 
+@pytest.mark.fault("readers")
 def test_a_finished_run_is_never_changed_by_a_later_crash_in_the_same_process(table):
     with start(table, comment="a") as first:
         first.log_scalar("val/accuracy", 0.5, step=1, epoch=1)

@@ -167,5 +167,5 @@ def network_filesystem_warning(path, mounts="/proc/mounts"):
     if kind is None or kind not in NETWORK_FILESYSTEMS:
         return None
     return (f"warning: {path} lies on a network filesystem ({kind}): the run table relies on working POSIX locks "
-            f"there; if they are broken, concurrent launches can corrupt it (see the README: results on a shared "
+            f"there; if they are broken, concurrent launches can corrupt it (see docs/faults.md: results on a shared "
             f"filesystem)")
