@@ -24,8 +24,8 @@ if __name__ == "__main__":
     signal.signal(signal.SIGINT, _leave_while_loading)
     signal.signal(signal.SIGTERM, _leave_while_loading)
 
-from modes.launch import (Launch, Parser, Project, choose_mode, chosen_table, group_defaults, locate_config,
-                          read_command_line)
+from modes.flags import Flag, Role, build_parser, mode_functions
+from modes.launch import Launch, Project, choose_mode, chosen_table, locate_config, read_command_line
 from utils.errors import Terminated, UserError, one_line
 from utils.runtable.identity import IdentityRules
 
@@ -34,103 +34,37 @@ from experiments.charlm import charlm
 from experiments.experiment1 import experiment1
 
 experiments = {"experiment1": experiment1, "charlm": charlm}
+
+# The flags handed to the experiment functions. Add yours here, with a default that keeps earlier runs as they were,
+# and name it in the flags of the @declare(...) of the experiments that take it: away from its default, a flag of
+# Role.IDENTITY is part of the run's identity; one of Role.OUTPUT only changes what is printed.
+EXPERIMENT_FLAGS = (
+    Flag("--watch", "validation metric that picks the best epoch and a search's best trial, one the experiment "
+         "declares (default: the experiment's own choice)", Role.IDENTITY, read_by_template=True,
+         options=dict(metavar="METRIC")),
+    Flag("--cpu", "train on the CPU even when a GPU is available", Role.IDENTITY, read_by_template=True,
+         options=dict(action="store_true")),
+    Flag("--verbose", "0: final result only, 1: progress and a line per epoch (default), 2: + setup, 3: + steps",
+         Role.OUTPUT, read_by_template=True, options=dict(type=int, choices=range(4), default=1)),
+)
 # ---------------------------------------------------------------------------------------------------------
 
 CODE_DIR = Path(__file__).resolve().parent
-# What makes two launches the same run, every rule in one place (IdentityRules says what each means). Add a key or
-# a flag of yours to the rule it belongs to: an output folder of yours is a where-key, a flag that only prints is
-# output-only.
+# What makes two launches the same run, every rule in one place (IdentityRules says what each means). Add a key of
+# yours to the rule it belongs to: an output folder of yours is a where-key.
 IDENTITY = IdentityRules(
     where_keys=("data.path", "data.download", "data.workers", "data.memory_limit_mb"),
     path_keys=("data.path",),
     implied={"data.name": "mnist"},
-    output_only=("verbose",),
 )
-# Each mode and the function that carries it out.
-MODES = {"run": "modes.run:run_new", "resume": "modes.resume:resume", "reproduce": "modes.reproduce:reproduce",
-         "verify": "modes.verify:verify", "sweep": "modes.sweep:sweep", "search": "modes.search:search",
-         "compare": "modes.compare:compare_mode",
-         "new_experiment": "modes.scaffold:scaffold", "list": "modes.info:list_experiments",
-         "print_config": "modes.info:print_config"}
-
-
-def add_experiment_flags(parser):
-    """Flags of the experiments: each experiment names those its function takes in the flags of its @declare(...).
-
-    Add yours here, with a default that keeps earlier runs as they were: a flag that differs from its default is
-    part of the run's identity, unless it is named in IDENTITY's output_only.
-    """
-    parser.add_argument("--watch", metavar="METRIC",
-                        help="validation metric that picks the best epoch and a search's best trial, one the "
-                             "experiment declares (default: the experiment's own choice)")
-    parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is available")
-    parser.add_argument("--verbose", type=int, choices=range(4), default=1,
-                        help="0: final result only, 1: progress and a line per epoch (default), 2: + setup, 3: + steps")
 
 
 def make_parser():
-    parser = Parser(description="Train an experiment and record it in this checkout's results/resultTable.db (or in "
-                                "the table the environment variable RESULT_TABLE names).",
-                    epilog="Any config key can be overridden: --config.training.num_epochs=5", allow_abbrev=False)
-    launch = parser.add_argument_group("launch")
-    launch.add_argument("--experiment", help=f"experiment to run (required): {', '.join(experiments)}")
-    launch.add_argument("--config", help="YAML file with the baseline parameters (required)")
-    launch.add_argument("--debug", action="store_true", help="record as run ID -1, replacing the last debug run")
-    launch.add_argument("--comment", default="", help="a note stored with the run; part of its identity")
-    add_experiment_flags(parser.add_argument_group("experiment flags"))
-    modes = parser.add_argument_group("other modes")
-    modes.add_argument("--resume", type=int, metavar="RUNID",
-                       help="continue failed run RUNID from its last epoch, with its recorded config and flags")
-    modes.add_argument("--trust-old-checkpoint", action="store_true",
-                       help="with --resume: convert the run's checkpoints written by an earlier version of the "
-                            "template (pickled NumPy state) to the safe format; only for files you trust")
-    modes.add_argument("--reproduce", type=int, metavar="RUNID",
-                       help="re-run recorded run RUNID as a debug run and compare every result and curve with it")
-    modes.add_argument("--verify", type=int, nargs="*", metavar="RUNID",
-                       help="replay the first steps of recorded runs (default: the newest finished run of every "
-                            "identity) and check that every logged value comes out the same")
-    modes.add_argument("--steps", type=int, metavar="N",
-                       help="with --verify: replay N steps (default: the first epoch)")
-    modes.add_argument("--tolerance", type=float, default=0.0,
-                       help="with --reproduce or --verify: largest difference still counted as equal (default 0)")
-    modes.add_argument("--sweep", action="store_true",
-                       help="split override values at commas and run every combination, skipping finished ones")
-    modes.add_argument("--seeds", metavar="N|A,B,...",
-                       help="run every configuration with N seeds (the config's seed and the next N-1) or these seeds")
-    modes.add_argument("--search", type=int, metavar="N",
-                       help="a study of N trials that Optuna proposes over the ranges (A..B, log:A..B) and choices "
-                            "(A,B,C) of the overrides; the same command continues it")
-    modes.add_argument("--search-space", metavar="FILE",
-                       help="with --search: a YAML file of more ranges and choices ('training.learning_rate: "
-                            "log:1e-4..1e-2')")
-    modes.add_argument("--search-storage", metavar="URL",
-                       help="with --search: keep the study in this PostgreSQL database (postgresql://USER@HOST/DB), "
-                            "so that workers on several machines share it (default: results/search.journal)")
-    modes.add_argument("--prune", action="store_true",
-                       help="with --search: stop trials whose validation, epoch by epoch, falls below the median of "
-                            "earlier trials (Optuna's median pruner)")
-    modes.add_argument("--workers", type=int, metavar="N",
-                       help="with --sweep, --seeds or --search: start N local workers that share the runs, and wait "
-                            "for them")
-    modes.add_argument("--compare", type=int, nargs="*", metavar="RUNID",
-                       help="groups of runs differing only in their seed: means, 95%% intervals and tests against a "
-                            "reference group (filter with run IDs, --experiment, --config and overrides)")
-    modes.add_argument("--against", type=int, metavar="RUNID",
-                       help="with --compare: the reference is this run's group (default: the baseline config's)")
-    modes.add_argument("--format", choices=("table", "markdown", "json"), default="table",
-                       help="with --compare: a table (default), Markdown for a lab book, or JSON")
-    modes.add_argument("--list", action="store_true", help="list the registered experiments and datasets and exit")
-    modes.add_argument("--print-config", action="store_true",
-                       help="print the merged config (--config and overrides) and exit")
-    modes.add_argument("--new-experiment", metavar="NAME",
-                       help="create experiments/NAME.py and NAME.md from experiment1 (or --from's) and register NAME "
-                            "here")
-    modes.add_argument("--from", dest="base", metavar="EXPERIMENT",
-                       help="with --new-experiment: the registered experiment to start from (default: experiment1)")
-    return parser
+    """The command line's parser: the template's launch and mode flags (modes/flags.py) and EXPERIMENT_FLAGS."""
+    return build_parser(EXPERIMENT_FLAGS, experiments)
 
 
-def make_project(parser=None):
+def make_project():
     """This checkout's Project: the registry, the experiment flags and their roles, the where-, implied and path
     keys, and the run table (this checkout's results/resultTable.db, or the one RESULT_TABLE names).
 
@@ -141,9 +75,7 @@ def make_project(parser=None):
         outcome = start_run(make_project(), RunDescription("experiment1", config, seed=1),
                             config_path="configs/config.yml")
     """
-    parser = parser or make_parser()
-    return Project(experiments, group_defaults(parser, "experiment flags"), IDENTITY, CODE_DIR,
-                   chosen_table(CODE_DIR, os.environ))
+    return Project(experiments, EXPERIMENT_FLAGS, IDENTITY, CODE_DIR, chosen_table(CODE_DIR, os.environ))
 
 
 def main(argv=None):
@@ -153,9 +85,9 @@ def main(argv=None):
     parser = make_parser()
     args, overrides = read_command_line(parser, argv)
     args.config = locate_config(args.config, CODE_DIR)
-    mode = choose_mode(args, overrides, parser, IDENTITY.output_only)
-    launch = Launch(args, overrides, argv, make_project(parser))
-    module, function = MODES[mode].split(":")  # imported only when chosen: a refusal stays fast
+    mode = choose_mode(args, parser.flags)
+    launch = Launch(args, overrides, argv, make_project())
+    module, function = mode_functions(parser.flags)[mode].split(":")  # imported only when chosen: refusals stay fast
     return getattr(importlib.import_module(module), function)(launch)
 
 

@@ -14,6 +14,7 @@ from utils.config import (OVERRIDE_PREFIX, apply_overrides, dump_config, flatten
                           load_config_text, override_text, parse_override, require, unset_implied, with_changed_keys,
                           without_keys)
 from experiments import Experiment, check_registry
+from modes.flags import Flag, Role, chosen_mode
 from utils.errors import UserError
 from utils.runtable.identity import SEED_KEY, IdentityRules, RunIdentity
 from utils.runtable.registry import RunTable
@@ -21,13 +22,6 @@ from utils.runtable.registry import RunTable
 TABLE_ENV = "RESULT_TABLE"  # the one way to record somewhere else than the checkout's results/resultTable.db
 # Flags the template itself uses while running an experiment: they need not be parameters of its function.
 WATCH_FLAG = "watch"  # the metric that selects the best epoch and trial; by default the experiment's own
-
-
-class Parser(argparse.ArgumentParser):
-    """argparse that reports a mistake as a UserError (one line, exit code 2) instead of printing usage."""
-
-    def error(self, message):
-        raise UserError(f"{message} (see python main.py --help)")
 
 
 @dataclass(frozen=True)
@@ -53,10 +47,25 @@ class RunDescription:
 class Project:
     """What main.py declares: the registry, the experiment flags, the rules of a run's identity."""
     experiments: dict  # the registry: name -> Experiment
-    flag_defaults: dict  # experiment flag -> its default
-    rules: IdentityRules  # what makes two launches the same run: where-keys, path keys, implied keys, flag roles
+    flags: tuple  # the experiment flags (Flag), handed to the experiment functions that declare them
+    rules: IdentityRules  # what makes two launches the same run: where-keys, path keys, implied keys
     code_dir: Path
     table_path: Path | None = None  # the run table; by default the checkout's results/resultTable.db
+
+    @cached_property
+    def flag_defaults(self) -> dict:
+        """{experiment flag: its default}."""
+        return {flag.dest: flag.default for flag in self.flags}
+
+    @cached_property
+    def output_only(self) -> tuple:
+        """The experiment flags that change only what is printed: never part of a run's identity."""
+        return tuple(flag.dest for flag in self.flags if flag.role == Role.OUTPUT)
+
+    @cached_property
+    def template_flags(self) -> tuple:
+        """The experiment flags the template reads itself: an experiment need not declare them."""
+        return tuple(flag.dest for flag in self.flags if flag.read_by_template)
 
     @cached_property
     def table(self):
@@ -98,7 +107,7 @@ class Project:
             raise UserError(f"{unknown[0]!r} is not an experiment flag; main.py declares "
                             f"{', '.join(self.flag_defaults)}")
         return {name: value for name, value in flags.items()
-                if name not in self.rules.output_only and value is not None
+                if name not in self.output_only and value is not None
                 and value != self.flag_default(experiment, name)}
 
     def measures(self, experiment, flags):
@@ -131,7 +140,7 @@ class Project:
     def experiment_flags(self, recorded_flags, output):
         """Every experiment flag's value for a run with `recorded_flags`; output-only ones from `output`."""
         values = {**self.flag_defaults, **{k: v for k, v in recorded_flags.items() if k in self.flag_defaults}}
-        values.update({name: output[name] for name in self.rules.output_only if name in output})
+        values.update({name: output[name] for name in self.output_only if name in output})
         return values
 
     def experiment_kwargs(self, experiment, flags):
@@ -142,7 +151,7 @@ class Project:
         """
         name = experiment.__name__
         for flag, value in flags.items():
-            if flag not in experiment.flags and flag not in self.rules.template_flags and value is not None \
+            if flag not in experiment.flags and flag not in self.template_flags and value is not None \
                     and value != self.flag_default(name, flag):
                 raise UserError(f"experiment {name} does not take --{flag.replace('_', '-')}; add {flag!r} to the "
                                 f"flags of its @declare(...) and a parameter {flag}={self.flag_defaults[flag]!r} "
@@ -260,46 +269,19 @@ class Launch:
 
     def output_flags(self):
         """{flag: value} of this command's output-only experiment flags (--verbose)."""
-        return {name: value for name, value in self.flags().items() if name in self.project.rules.output_only}
+        return {name: value for name, value in self.flags().items() if name in self.project.output_only}
 
     def warn_of_new_keys(self):
         self.project.warn_of_new_keys(self.args.experiment, self.args.config)
 
 
-def choose_mode(args, overrides, parser, output_only):
-    """The name of the mode this command asks for, after refusing combinations that make no sense."""
-    chosen = [mode for mode, on in (
-        ("resume", args.resume is not None), ("reproduce", args.reproduce is not None),
-        ("verify", args.verify is not None), ("compare", args.compare is not None), ("list", args.list),
-        ("print_config", args.print_config), ("new_experiment", args.new_experiment is not None),
-        ("search", args.search is not None), ("sweep", args.sweep or (args.seeds is not None and args.search is None)))
-        if on]
-    if len(chosen) > 1:
-        named = ["--seeds" if mode == "sweep" and not args.sweep else "--" + mode.replace("_", "-") for mode in chosen]
-        raise UserError(f"{' and '.join(named)} do different things; use one of them")
-    mode = chosen[0] if chosen else "run"
-    for flag, value, default, modes in (("--tolerance", args.tolerance, 0.0, ("reproduce", "verify")),
-                                        ("--steps", args.steps, None, ("verify",)),
-                                        ("--against", args.against, None, ("compare",)),
-                                        ("--format", args.format, "table", ("compare",)),
-                                        ("--workers", args.workers, None, ("sweep", "search")),
-                                        ("--search-space", args.search_space, None, ("search",)),
-                                        ("--prune", args.prune, False, ("search",)),
-                                        ("--search-storage", args.search_storage, None, ("search",)),
-                                        ("--trust-old-checkpoint", args.trust_old_checkpoint, False, ("resume",)),
-                                        ("--from", args.base, None, ("new_experiment",))):
-        if value != default and mode not in modes:
-            named = " or ".join("--sweep, --seeds" if m == "sweep" else f"--{m.replace('_', '-')}" for m in modes)
-            raise UserError(f"{flag} only applies to {named}")
+def choose_mode(args, flags):
+    """The name of the mode this command asks for (given the declared `flags`), after refusing combinations that
+    make no sense."""
+    mode, _ = chosen_mode(args, flags)
     if args.steps is not None and args.steps < 1:
         raise UserError(f"--steps=N replays N >= 1 steps, got {args.steps}")
-    if mode in ("resume", "reproduce", "verify"):  # the run's recorded experiment, config and flags are used
-        recorded = ("experiment", "config", "comment", "debug", *group_defaults(parser, "experiment flags"))
-        given = [f"--{name}" for name in recorded
-                 if name not in output_only and getattr(args, name) != parser.get_default(name)]
-        if given:  # overrides of where-keys (data.path) are allowed: the launch checks them
-            raise UserError(f"--{mode} takes the run's recorded experiment, config and flags; drop {', '.join(given)}")
-    elif mode == "print_config" and args.config is None:
+    if mode == "print_config" and args.config is None:
         raise UserError("--print-config needs --config=FILE (and any --config.* overrides)")
     elif mode in ("run", "sweep", "search"):
         missing = [f"--{name}" for name in ("experiment", "config") if getattr(args, name) is None]
@@ -385,18 +367,12 @@ def flag_hint(parser, args, arg):
     leaves = {key.rsplit(".", 1)[-1]: key for key in keys}
     wanted = name.replace("-", "_")
     named = [key for leaf, key in leaves.items() if wanted and (wanted == leaf or wanted in leaf.split("_"))]
-    known = [s for action in parser._actions for s in action.option_strings]
+    known = ["--help", *(flag.name for flag in parser.flags)]
     flags = difflib.get_close_matches(arg.split("=", 1)[0], known, n=1)
     similar = [leaves[leaf] for leaf in difflib.get_close_matches(wanted, leaves, n=1, cutoff=0.75)]
     if named or (similar and not flags):
         return f"did you mean {OVERRIDE_PREFIX}{(named or similar)[0]}={value or 'VALUE'}?"
     return f"did you mean {flags[0]}?" if flags else "see python main.py --help"
-
-
-def group_defaults(parser, title):
-    """{dest: default} of the flags in the argument group called `title`."""
-    [group] = [group for group in parser._action_groups if group.title == title]
-    return {action.dest: action.default for action in group._group_actions}
 
 
 def torchrun_world_size():

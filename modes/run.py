@@ -50,7 +50,7 @@ def start_run(project, description, *, shared=False, debug=False, config_path=""
     if command is None:
         command = project.command(description, config_path) if config_path else "(started from Python)"
     table, commit, diff = project.table, git_commit(project.code_dir), git_diff(project.code_dir)
-    output = {name: description.flags.get(name, project.flag_defaults[name]) for name in project.rules.output_only}
+    output = {name: description.flags.get(name, project.flag_defaults[name]) for name in project.output_only}
     if not shared:
         def register(world_size):
             identity = project.identity(description, world_size)
@@ -185,7 +185,7 @@ def execute(project, run, identity, output, world=None, announce=True, threads=N
             seed_everything(config.get("seed", 0), deterministic=training.get("deterministic", True))
             device = pick_device(force_cpu=flags.get("cpu", False), index=world.local_rank)
             run.log_hparams({**flatten_values(recorded),
-                             **{k: v for k, v in flags.items() if k not in project.rules.output_only},
+                             **{k: v for k, v in flags.items() if k not in project.output_only},
                              "threads": threads, "world_size": world.size})
             run.log_text("environment", json.dumps(environment(device, threads), indent=2))
             for tag, text in (texts or {}).items():  # what the caller records beside the run (a search's trial)

@@ -67,19 +67,17 @@ def test_a_key_set_to_null_is_not_set_and_a_yaml_gaining_a_key_warns_once(workdi
 
 
 def test_a_flag_added_to_main_reaches_the_experiment_and_counts_only_away_from_its_default(workdir, db, monkeypatch):
-    received = []
-    original_flags = main.add_experiment_flags
+    from modes.flags import Flag, Role
 
-    def add_flags(parser):
-        original_flags(parser)
-        parser.add_argument("--mixup", type=float, default=0.0)
+    received = []
 
     def experiment1(config, run, device, world, verbose=1, mixup=0.0):
         received.append(mixup)
         return main.experiment1(config, run, device, world, verbose=verbose)
 
     # experiment1's declaration (its check_config and data_fingerprint apply), taking the new flag too
-    monkeypatch.setattr(main, "add_experiment_flags", add_flags)
+    monkeypatch.setattr(main, "EXPERIMENT_FLAGS", (*main.EXPERIMENT_FLAGS, Flag(
+        "--mixup", "mixup's alpha (0: none)", Role.IDENTITY, options=dict(type=float, default=0.0))))
     monkeypatch.setitem(main.experiments, "experiment1",
                         dataclasses.replace(main.experiment1, function=experiment1, flags=("verbose", "mixup")))
 

@@ -207,5 +207,5 @@ def test_the_sweep_header_names_only_the_keys_that_vary(workdir, monkeypatch):
     parser = main.make_parser()
     args, overrides = read_command_line(parser, [*TINY, "--sweep", f"--config.data.path={workdir}",
                                                  "--config.training.learning_rate=0.05,0.02"])
-    assert sweep_header(Launch(args, overrides, [], main.make_project(parser))) == \
+    assert sweep_header(Launch(args, overrides, [], main.make_project())) == \
         "sweep: 2 combinations of training.learning_rate"

@@ -17,7 +17,8 @@ SEED_KEY = "seed"  # the config key that only picks the random draw: runs differ
 
 @dataclass(frozen=True)
 class IdentityRules:
-    """Every rule of what makes two launches the same run, together; main.py declares the project's (IDENTITY).
+    """Every rule of the config keys in what makes two launches the same run; main.py declares the project's
+    (IDENTITY). Which flags count is each flag's role, declared with the flag (modes/flags.py).
 
     where_keys: config keys that say where things are or how they are fetched, not what is computed: never part of
         a run's identity, and the only overrides --resume, --reproduce and --verify take.
@@ -25,16 +26,12 @@ class IdentityRules:
         is the checkout's data/), relative to the launch folder when typed on the command line.
     implied: config keys added after runs were recorded without them, and the value those runs had: a launch with
         the key at that value records it as not set (null), so it stays the same run as the earlier ones.
-    output_only: flags that change only what is printed: never part of a run's identity.
-    template_flags: the flags every experiment gets from the template, without declaring them.
     seed_key: the config key that only picks the random draw: runs that differ in it alone form a group (fixed: the
         groups of recorded runs were hashed without it).
     """
     where_keys: tuple = ()
     path_keys: tuple = ()
     implied: dict = field(default_factory=dict)
-    output_only: tuple = ()
-    template_flags: tuple = ("cpu", "verbose", "watch")
     seed_key: str = field(default=SEED_KEY, init=False)
 
 
