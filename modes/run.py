@@ -1,7 +1,8 @@
-"""Starting a run: `start_run` takes a RunDescription, registers the run, executes it and reports its Outcome.
+"""Starting a run: `start_run` takes a RunDescription, registers a new run, executes it and reports its Outcome;
+`claim_shared_run` does the same for a run other workers may start too (--seeds, --sweep, --search).
 
-The front door, --seeds, --sweep and --search all start their runs through `start_run`, and a notebook can too. Under
-it, `execute` is the one harness every mode runs experiments through (a new run, a resume, a reproduction, a replay):
+The front door and a notebook start their runs through `start_run`, the sweeps and searches through
+`claim_shared_run`. Under both, `execute` is the one harness every mode runs experiments through (a new run, a resume, a reproduction, a replay):
 it seeds, sets the threads, picks the device, records hparams and environment, and turns Ctrl-C and SIGTERM into a
 failed run with every point it logged.
 """
@@ -32,57 +33,60 @@ class Outcome:
     code: int = 0  # the exit code this run gives a command: 0, or 130/143 when stopped
 
 
-def start_run(project, description, *, shared=False, debug=False, config_path="", command=None, heading=None,
-              texts=None, judge=None):
-    """The Outcome of running `description`: registered in the table, executed, its results returned.
+def start_run(project, description, *, debug=False, config_path="", command=None, heading=None) -> Outcome:
+    """The Outcome of a new run of `description`: registered in the table, executed, its results returned.
 
-    By default it is a new run: an identical run already recorded is refused (a UserError naming it), and under
-    torchrun every rank trains and rank 0 records. `debug` records it as run -1 instead, replacing the last one.
-    `shared` is how --seeds, --sweep and --search start a run that other workers may start too: an identical finished
-    run is not run again (its results are returned), one running elsewhere is left to its process, a killed one is
-    resumed, and a crash of the code is reported (traceback on stderr) rather than raised.
-
-    config_path and command are recorded as where the run came from (by default, the command a user would type to
-    start it from config_path); a new run warns once of keys that config sets and no recorded run has. `heading` is
-    printed before the run starts, with its ID; `texts` are logged beside it; `judge(epoch, value, last)` sees each
-    epoch's watched validation value and may raise Pruned.
+    An identical run already recorded is refused (a UserError naming it); under torchrun every rank trains and rank
+    0 records. `debug` records it as run -1 instead, replacing the last one. config_path and command are recorded as
+    where the run came from (by default, the command a user would type to start it from config_path); a new run
+    warns once of keys that config sets and no recorded run has. `heading` is printed before it starts, with its ID.
     """
-    if command is None:
-        command = project.command(description, config_path) if config_path else "(started from Python)"
-    table, commit, diff = project.table, git_commit(project.code_dir), git_diff(project.code_dir)
-    output = {name: description.flags.get(name, project.flag_defaults[name]) for name in project.output_only}
-    if not shared:
-        def register(world_size):
-            identity = project.identity(description, world_size)
-            if not debug:
-                table.refuse_duplicate(identity)  # before any data or model is loaded
-            project.check_takes_flags(description)
-            project.check_config(identity)
-            if config_path:
-                project.warn_of_new_keys(description.experiment, config_path)
-            run = table.start_run(identity, config_path=config_path, command=command, commit=commit, diff=diff,
-                                  debug=debug)
-            if heading is not None:
-                print(f"{heading}: run {run.id}", flush=True)
-            return run, identity
+    command, commit, diff, output = _provenance(project, description, config_path, command)
+    table = project.table
 
-        results, code, run = run_registered(project, register, output, cpu=description.flags.get("cpu", False))
-        state = "finished" if results is not None else "stopped" if code in (130, 143) else "refused"
-        return Outcome(results, run.id if run is not None else None, state, True, code)
+    def register(world_size):
+        identity = project.identity(description, world_size)
+        if not debug:
+            table.refuse_duplicate(identity)  # before any data or model is loaded
+        project.check_takes_flags(description)
+        project.check_config(identity)
+        if config_path:
+            project.warn_of_new_keys(description.experiment, config_path)
+        run = table.start_run(identity, config_path=config_path, command=command, commit=commit, diff=diff,
+                              debug=debug)
+        if heading is not None:
+            print(f"{heading}: run {run.id}", flush=True)
+        return run, identity
 
+    results, code, run = run_registered(project, register, output, cpu=description.flags.get("cpu", False))
+    state = "finished" if results is not None else "stopped" if code in (130, 143) else "refused"
+    return Outcome(results, run.id if run is not None else None, state, True, code)
+
+
+def claim_shared_run(project, description, *, config_path="", command=None, heading=None, texts=None,
+                     judge=None) -> Outcome:
+    """The Outcome of a run of `description` that other workers may start too: how --seeds, --sweep and --search
+    start theirs.
+
+    An identical finished run is not run again (its results are returned, `ran` False), one running elsewhere is
+    left to its process, a killed one is resumed, and a crash of the code is reported (its traceback on stderr)
+    rather than raised. `texts` are logged beside the run; `judge(epoch, value, last)` is handed each epoch's watched
+    validation value and may raise Pruned (a search's pruner). config_path, command and heading as for start_run.
+    """
     if torchrun_world_size() > 1:
         raise UserError("runs that workers share run one after another in one process; launch without torchrun")
+    command, commit, diff, output = _provenance(project, description, config_path, command)
+    table = project.table
     identity = project.identity(description)
     latest = table.latest_run(identity)
     if latest is not None and latest[1] == "finished":  # read-only: a finished sweep costs no write lock
         return Outcome(read_run(table.path, latest[0]).results, latest[0], "finished", ran=False)
-    claim = table.claim(identity, config_path=config_path, command=command, commit=commit, diff=diff)
+    claim = table.claim(identity, config_path=config_path, command=command, commit=commit, diff=diff, judge=judge)
     if claim.run is None:
         results = read_run(table.path, claim.run_id).results if claim.state == "finished" else None
         return Outcome(results, claim.run_id, claim.state, ran=False)
     if heading is not None:
         print(f"{heading}: run {claim.run.id}{', resumed' if claim.run.resumed else ''}", flush=True)
-    claim.run.judge = judge
     try:
         results, code = execute(project, claim.run, identity, output, threads=claim.threads, texts=texts)
     except UserError:  # a mistake every run would repeat (a full disk): the caller stops
@@ -93,6 +97,14 @@ def start_run(project, description, *, shared=False, debug=False, config_path=""
         traceback.print_exc()
         return Outcome(None, claim.run.id, "crashed", ran=True)
     return Outcome(results, claim.run.id, "finished" if results is not None else "stopped", True, code)
+
+
+def _provenance(project, description, config_path, command):
+    """(the command recorded, git commit, git diff, the output-only flags) of a run about to start."""
+    if command is None:
+        command = project.command(description, config_path) if config_path else "(started from Python)"
+    output = {name: description.flags.get(name, project.flag_defaults[name]) for name in project.output_only}
+    return command, git_commit(project.code_dir), git_diff(project.code_dir), output
 
 
 def run_new(launch):

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from modes.launch import torchrun_world_size
-from modes.run import start_run
+from modes.run import claim_shared_run
 from modes.sweep import POLL_S, seeds_of, start_workers, worker_output
 from utils.config import flatten, override_text, search_dimension
 from utils.errors import Pruned, UserError, disk_full, is_disk_full
@@ -147,7 +147,7 @@ def _run_study(launch, count, fixed, dimensions):
 def run_of_trial(launch, description, texts, judge=None):
     """The Outcome of one run of a trial, started as workers share runs: a finished identical run is not trained
     again (its recorded value stands), and its epochs are judged by `judge(epoch, value, last)` (see judge_of)."""
-    outcome = start_run(launch.project, description, shared=True, config_path=launch.args.config, texts=texts,
+    outcome = claim_shared_run(launch.project, description, config_path=launch.args.config, texts=texts,
                         judge=judge)
     if not outcome.ran and outcome.state == "finished":
         print(f"  run {outcome.run_id} already finished with this config: its value is reused", flush=True)

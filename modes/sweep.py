@@ -20,7 +20,7 @@ import time
 from contextlib import contextmanager, nullcontext
 
 from modes.launch import torchrun_world_size
-from modes.run import format_value, start_run
+from modes.run import claim_shared_run, format_value
 from utils.config import sweep_values
 from utils.errors import Terminated, UserError
 from utils.runtable.identity import SEED_KEY
@@ -57,7 +57,7 @@ def work(launch, runs, key, worker):
         claimed, waiting = False, []
         for number, (label, description) in enumerate(runs, start=1):
             try:
-                outcome = start_run(launch.project, description, shared=True, config_path=launch.args.config,
+                outcome = claim_shared_run(launch.project, description, config_path=launch.args.config,
                                     heading=f"[{number}/{total}] {label}")
             except UserError:  # a mistake every run would repeat (a full disk): this worker stops
                 table.leave_sweep(key, worker)

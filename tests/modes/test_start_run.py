@@ -6,7 +6,7 @@ import pytest
 from helpers import assert_refused, query, table_of, tiny_in_process
 from main import make_project
 from modes.launch import RunDescription
-from modes.run import start_run
+from modes.run import claim_shared_run, start_run
 from utils.config import load_config
 from utils.errors import UserError
 
@@ -34,7 +34,7 @@ def test_a_run_started_from_python_is_the_run_its_command_starts(workdir, monkey
         start_run(make_project(), description, config_path="configs/tiny.yml")
 
     # Shared, as --seeds, --sweep and --search start runs: the finished run's results, nothing trained again.
-    again = start_run(make_project(), description, shared=True, config_path="configs/tiny.yml")
+    again = claim_shared_run(make_project(), description, config_path="configs/tiny.yml")
     assert (again.state, again.ran, again.run_id, again.results) == ("finished", False, 1, outcome.results)
     assert query(db, "SELECT COUNT(*) FROM Experiments") == [(1,)]
 

@@ -89,12 +89,13 @@ class RunTable:
         folder.mkdir(parents=True, exist_ok=True)
         return Run(self.path, run_id, folder, measures=identity.measures, owner=identity.owner)
 
-    def claim(self, identity, *, config_path, command, commit, diff, max_crashes=2):
+    def claim(self, identity, *, config_path, command, commit, diff, max_crashes=2, judge=None):
         """A Claim of `identity` for a sweep's worker, decided in one write transaction.
 
         A new run when the identity never ran (or only crashed fewer than `max_crashes` times with this code); the
         failed run itself, to resume, when it stopped for another reason (a kill, a signal, a full disk); no run when
-        it finished, runs in a live process, or crashed `max_crashes` times with this very code.
+        it finished, runs in a live process, or crashed `max_crashes` times with this very code. The run is handed
+        `judge` (see Run).
         """
         with self._write() as db:
             rows = db.execute(
@@ -124,7 +125,8 @@ class RunTable:
                 resumed = False
         folder = self.folder(run_id)
         folder.mkdir(parents=True, exist_ok=True)
-        return Claim(Run(self.path, run_id, folder, resumed=resumed, measures=identity.measures, owner=identity.owner),
+        return Claim(Run(self.path, run_id, folder, resumed=resumed, measures=identity.measures, owner=identity.owner,
+                         judge=judge),
                      "claimed", run_id,
                      threads)
 

@@ -27,7 +27,7 @@ class Run:
     finished, nothing can change it.
     """
 
-    def __init__(self, table_path, run_id, folder, resumed=False, measures=LEGACY, owner=None):
+    def __init__(self, table_path, run_id, folder, resumed=False, measures=LEGACY, owner=None, judge=None):
         self.id = run_id
         self.folder = Path(folder)
         self.resumed = resumed  # continuing a failed run: the experiment restores its last epoch checkpoint
@@ -38,9 +38,9 @@ class Run:
         self._buffer = []
         self._start = time.monotonic()
         self._heart = None
-        # With --prune, a search sets this to judge(epoch, watched validation value, last), which raises Pruned to
-        # stop the run (never after its last epoch: a run that trained to the end keeps its results).
-        self.judge = None
+        # With --prune, a search hands the run judge(epoch, watched validation value, last), which raises Pruned to
+        # stop it (never after its last epoch: a run that trained to the end keeps its results).
+        self._judge = judge
 
     def log_hparams(self, hparams):
         """Record hyperparameters (deepboard can show them as columns); lists and None are stored as text.
@@ -110,9 +110,9 @@ class Run:
             self.flush()
 
     def report(self, epoch, value, last):
-        """Hand a finished epoch's watched validation value to the search's judge, if any (see `judge`)."""
-        if self.judge is not None:
-            self.judge(epoch, value, last)
+        """Hand a finished epoch's watched validation value to the search's judge, if it was given one."""
+        if self._judge is not None:
+            self._judge(epoch, value, last)
 
     def flush(self):
         """Write the buffered scalars now."""
