@@ -23,8 +23,6 @@ from utils.cores import capped_workers
 from utils.errors import UserError
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm", ".pgm")
-GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")
-SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I")  # PIL's modes of 16-bit grey images: scaled to 8 bits, not clipped
 IMAGE_SHARE = 16  # one image may take at most this share of data.memory_limit_mb decoded...
 MIN_IMAGE_BUDGET_MB = 64  # ...and at least this much whatever the limit (a streamed folder may set it to 0)
 # How _measure reads an image, kept in the scan caches: a cache measured another way is measured again. 2: 16-bit
@@ -253,6 +251,8 @@ def _measure(path, budget):
     import numpy as np
     from PIL import Image
 
+    from data.decoding import GREY_MODES, eight_bit
+
     try:
         data = path.read_bytes()
     except OSError as e:  # a dangling link, a link loop, a special file
@@ -263,7 +263,7 @@ def _measure(path, budget):
         with Image.open(io.BytesIO(data)) as image:
             if image.width * image.height * 4 > budget:  # the header alone: nothing decoded yet
                 return {**entry, "width": image.width, "height": image.height, "too_large": True}
-            image = _eight_bit(image)
+            image = eight_bit(image)
             grey = image.mode in GREY_MODES
             pixels = np.asarray(image.convert("L" if grey else "RGB"), dtype=np.float64).reshape(
                 image.height * image.width, -1)
@@ -274,35 +274,11 @@ def _measure(path, budget):
     return entry
 
 
-def decode(path, mode, size):
-    """uint8 array [C, H, W] of the image at `path`, in `mode` ('L' or 'RGB'), resized to `size` (h, w) if given."""
-    import numpy as np
-    from PIL import Image
-
-    with Image.open(path) as image:
-        image = _eight_bit(image).convert(mode)
-        if size is not None and (image.height, image.width) != tuple(size):
-            image = image.resize((size[1], size[0]), Image.BILINEAR)
-        array = np.array(image, dtype=np.uint8)
-    return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
-
-
-def _eight_bit(image):
-    """`image` decoded, a 16-bit grey one scaled to 8 bits (PIL's own conversion would clip it at 255)."""
-    import numpy as np
-    from PIL import Image
-
-    image.load()
-    if image.mode not in SIXTEEN_BIT_MODES:
-        return image
-    return Image.fromarray((np.asarray(image).astype(np.uint32) >> 8).clip(0, 255).astype(np.uint8), "L")
-
-
 def decoded_arrays(files, fingerprint, cache_dir, workers, world):
     """Arrays of every image in `files`, decoded once and kept in a tensor file named by the folder's content."""
     import torch
 
-    from data.loaders import decode_all
+    from data.decoding import decode_all
 
     def decoded():
         return {split: decode_all(getattr(files, split), files.mode, files.size, workers) for split in SPLITS}

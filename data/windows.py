@@ -1,7 +1,7 @@
 """Batches of (inputs, targets) token windows from a text corpus, for next-token prediction.
 
 An epoch is one pass over the training text's windows: `data.block_size` characters each, in an order and at offsets
-that follow from the seed and the pass's number alone (data.loaders.IndexedPlans), so a resume, the torchrun ranks
+that follow from the seed and the pass's number alone (data.plans.SeededDraws), so a resume, the torchrun ranks
 and the batch's split among them never change what a window holds. Validation and test cover their whole split: every
 character but the first is predicted exactly once, from up to `block_size` characters before it (the last window is
 moved back to end with the split, its overlap masked), so the loss is over the whole split, not a sample of it.
@@ -10,7 +10,8 @@ import math
 
 import torch
 
-from data.loaders import IndexedPlans, Plan, Planned, check_batch_size
+from data.loaders import check_batch_size
+from data.plans import EpochPlan, PlannedBatches, SeededDraws
 from data.registry import dataset_name, describe_data, find_dataset
 from data.text import TextInfo
 from utils.config import require
@@ -19,8 +20,8 @@ from utils.errors import UserError
 IGNORED = -100  # a target that is not scored: the task's ignore_index (F.cross_entropy's default)
 
 
-class TokenWindows(Planned):
-    """Batches of (inputs [B, T], targets [B, T]) int64 token IDs cut from `tokens` at the windows a Plan draws.
+class TokenWindows(PlannedBatches):
+    """Batches of (inputs [B, T], targets [B, T]) int64 token IDs cut from `tokens` at the windows an EpochPlan draws.
 
     For training, window i starts at i * T plus the shift the plan draws for it; for evaluation, at `starts[i]`, with
     the targets before `first_scored[i]` masked.
@@ -51,14 +52,14 @@ def training_windows(tokens, block_size, batch_size, seed, world=None):
     """The training split's TokenWindows: len // block_size - 2 windows a pass, each moved by up to block_size // 2."""
     shift = block_size // 2
     count = len(tokens) // block_size - 2  # the last window, moved by the largest shift, still ends in the text
-    plan = Plan(count, batch_size, IndexedPlans(seed), shift, world)
+    plan = EpochPlan(count, batch_size, SeededDraws(seed), shift, world)
     return TokenWindows(tokens, plan, block_size)
 
 
 def evaluation_windows(tokens, block_size, batch_size, world=None):
     """TokenWindows that predict every token of `tokens` but the first exactly once (see the module docstring)."""
     starts, first_scored = covering_windows(len(tokens), block_size)
-    plan = Plan(len(starts), batch_size, world=world)
+    plan = EpochPlan(len(starts), batch_size, world=world)
     return TokenWindows(tokens, plan, block_size, torch.tensor(starts, device=tokens.device),
                         torch.tensor(first_scored, device=tokens.device))
 

@@ -14,7 +14,7 @@ class Epochs:
     """The bookkeeping around an experiment's epoch loop (see the module docstring)."""
 
     def __init__(self, run, model, optimizer, scheduler, loader, *, world, verbose: int = 1):
-        """`loader` is the training batches: their get_state() and set_state(state) (data.loaders.Resumable) are
+        """`loader` is the training batches: their get_state() and set_state(state) (data.plans.Resumable) are
         what a resume restores of the data's order."""
         self.run, self.model, self.world, self.verbose = run, model, world, verbose
         self.measures = run.measures

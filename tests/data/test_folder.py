@@ -5,6 +5,7 @@ import shutil
 import pytest
 from PIL import Image
 
+import data.decoding
 import data.folder
 from helpers import assert_refused, make_image_folder, query, run_in_process, tiny_in_process
 
@@ -150,8 +151,8 @@ def test_an_image_whose_pixels_outgrow_the_memory_limit_is_refused_before_it_is_
     shutil.copytree(images, root)
     Image.new("L", (4200, 4200)).save(root / "train" / "digit3" / "huge.png")  # 70 KB on disk, 17.6 million pixels
     decoded = []
-    real = data.folder._eight_bit
-    monkeypatch.setattr(data.folder, "_eight_bit", lambda image: decoded.append(image.size) or real(image))
+    real = data.decoding.eight_bit
+    monkeypatch.setattr(data.decoding, "eight_bit", lambda image: decoded.append(image.size) or real(image))
     assert_refused(folder_run(workdir, root, "--config.data.memory_limit_mb=64"), "huge.png",
                    "4200x4200 pixels would take 67 MiB decoded, more than the 64 MiB one image may take",
                    "it was not decoded")
@@ -166,8 +167,8 @@ def test_a_16_bit_image_is_scaled_to_8_bits_not_clipped(tmp_path):
     ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
     path = tmp_path / "deep.png"
     Image.fromarray(ramp).save(path)
-    assert Image.open(path).mode in data.folder.SIXTEEN_BIT_MODES
-    pixels = data.folder.decode(path, "L", None)[0]
+    assert Image.open(path).mode in data.decoding.SIXTEEN_BIT_MODES
+    pixels = data.decoding.decode(path, "L", None)[0]
     assert np.array_equal(pixels, (ramp >> 8).astype(np.uint8))  # every level kept, none saturated
     measured = data.folder._measure(path, budget=2**30)
     assert measured["sums"][0] == float((ramp >> 8).sum()) and measured["grey"]

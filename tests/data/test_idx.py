@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from data.idx import MNIST, read_header, read_idx
-from data.loaders import Batches, GeneratorPlans, Plan, shifted, split_train_val
+from data.decoding import shifted
+from data.loaders import Batches, split_train_val
+from data.plans import EpochPlan, GeneratorDraws
 from helpers import assert_refused, make_mnist_folder, synthetic_digits, tiny_in_process, write_idx
 from utils.errors import UserError
 
@@ -62,8 +64,8 @@ def test_batches_cover_every_sample_once_per_pass_in_a_seeded_order():
     labels = torch.arange(10)
 
     def batches(plans):
-        return Batches(images, labels, Plan(10, 4, plans), (0.5,), (0.5,))
-    order = lambda seed: torch.cat([y for _, y in batches(GeneratorPlans(seed))])
+        return Batches(images, labels, EpochPlan(10, 4, plans), (0.5,), (0.5,))
+    order = lambda seed: torch.cat([y for _, y in batches(GeneratorDraws(seed))])
     assert sorted(order(0).tolist()) == list(range(10))
     assert torch.equal(order(0), order(0)) and not torch.equal(order(0), order(1))
     assert len(batches(None)) == 3 and torch.equal(torch.cat([y for _, y in batches(None)]), labels)

@@ -1,7 +1,7 @@
 """How batches are drawn: the plans every loader follows, whatever the number of ranks or where a run resumes."""
 import torch
 
-from data.loaders import GeneratorPlans, IndexedPlans, Plan
+from data.plans import EpochPlan, GeneratorDraws, SeededDraws
 from utils.distributed import World
 
 
@@ -10,8 +10,8 @@ def passes(plan, count):
 
 
 def test_the_ranks_shares_together_are_the_single_process_batch():
-    single = passes(Plan(49, 8, IndexedPlans(3), shift=2), 2)
-    ranks = [passes(Plan(49, 8, IndexedPlans(3), shift=2, world=World(rank, 2)), 2) for rank in range(2)]
+    single = passes(EpochPlan(49, 8, SeededDraws(3), shift=2), 2)
+    ranks = [passes(EpochPlan(49, 8, SeededDraws(3), shift=2, world=World(rank, 2)), 2) for rank in range(2)]
     for epoch in range(2):
         assert len(single[epoch]) == 7 and len(ranks[0][epoch]) == len(ranks[1][epoch]) == 6  # 1 sample: no share
         for batch in range(6):
@@ -21,20 +21,20 @@ def test_the_ranks_shares_together_are_the_single_process_batch():
 
 
 def test_a_sample_sees_what_the_seed_the_pass_and_its_index_say_and_a_restored_state_continues_exactly():
-    plans = IndexedPlans(7)
-    first, second = passes(Plan(30, 4, plans, shift=2), 2)
+    plans = SeededDraws(7)
+    first, second = passes(EpochPlan(30, 4, plans, shift=2), 2)
     assert first != second  # every pass draws anew
-    restored = IndexedPlans(7)
+    restored = SeededDraws(7)
     restored.set_state(torch.tensor([1]))
-    assert passes(Plan(30, 4, restored, shift=2), 1)[0] == second
+    assert passes(EpochPlan(30, 4, restored, shift=2), 1)[0] == second
     by_sample = {}
     for index, dy, dx in (sample for batch in second for sample in zip(*batch)):
         by_sample[index] = (dy, dx)
     assert sorted(by_sample) == list(range(30))
     for batch_size in (3, 30):  # another batching of the same pass: each sample keeps its shift
-        other = IndexedPlans(7)
+        other = SeededDraws(7)
         other.set_state(torch.tensor([1]))
-        assert all(by_sample[i] == (dy, dx) for batch in passes(Plan(30, batch_size, other, shift=2), 1)[0]
+        assert all(by_sample[i] == (dy, dx) for batch in passes(EpochPlan(30, batch_size, other, shift=2), 1)[0]
                    for i, dy, dx in zip(*batch))
 
 
@@ -47,6 +47,6 @@ def test_generator_plans_draw_what_the_built_in_datasets_always_drew():
         size = min(8, 20 - start)
         dy, dx = (torch.randint(0, 5, (size,), generator=generator) for _ in "yx")
         expected.append((order[start:start + size].tolist(), dy.tolist(), dx.tolist()))
-    plans = GeneratorPlans(5)
-    assert passes(Plan(20, 8, plans, shift=2), 1)[0] == expected
+    plans = GeneratorDraws(5)
+    assert passes(EpochPlan(20, 8, plans, shift=2), 1)[0] == expected
     assert torch.equal(plans.get_state(), generator.get_state())
