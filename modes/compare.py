@@ -16,6 +16,7 @@ from utils.runtable.identity import SEED_KEY
 from utils.runtable.readers import (config_texts, finished_runs, pruned_runs, recorded_commands,
                                     recorded_config_paths)
 from utils.stats import compare, summarise
+from utils.tables import table_lines
 
 BASELINE_CONFIG = "configs/config.yml"  # the reference group: this config of the same experiment, as it is
 SIGNIFICANCE = 0.05
@@ -248,7 +249,7 @@ def render(groups, markdown=False):
                          "none" if comparison["p_value"] is None else f"{comparison['p_value']:.2g}",
                          comparison["test"]])
             rows.append(row)
-        out += _table(header, rows, markdown)
+        out += table_lines([header, *rows], indent="  ", markdown=markdown)
         if versus is not None:  # the validation metric decides; the test set's results are reported, held out
             n_runs = len(group["runs"])
             judged = [name for role in ("validation", "held out") for name in group["metrics"]
@@ -269,15 +270,6 @@ def _title(group):
     role = " (reference)" if group["reference"] else ""
     runs = ", ".join(str(run) for run in group["runs"])
     return f"{what}{role}: {len(group['runs'])} run{'s' if len(group['runs']) > 1 else ''} ({runs}), seeds {seeds}"
-
-
-def _table(header, rows, markdown):
-    if markdown:
-        return ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + [
-            "| " + " | ".join(row) + " |" for row in rows]
-    widths = [max(len(line[i]) for line in [header, *rows]) for i in range(len(header))]
-    return ["  " + "  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip()
-            for line in [header, *rows]]
 
 
 def _is_number(value):

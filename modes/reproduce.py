@@ -10,6 +10,7 @@ from modes.resume import check_world_size
 from modes.run import run_registered
 from utils.provenance import git_commit, git_diff
 from utils.runtable.readers import DEBUG_RUN_ID, read_run
+from utils.tables import table_lines
 
 TIMING_WORDS = ("time", "throughput")  # measurements of speed: the only values allowed to differ run to run
 ENVIRONMENT_KEYS = ("python", "torch", "torchvision", "deepboard", "numpy", "device_type", "device_name", "cuda",
@@ -77,9 +78,7 @@ def compare_runs(recorded, new, tolerance=0.0):
             verdict = _verdict([v for _, v in old], [v for _, v in now], tolerance)
         differing += verdict != "same"
         rows.append((f"{tag} ({len(old)} points)", _curve(old), _curve(now), verdict))
-    widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)) + "  " + row[3] for row in rows]
-    return [line.rstrip() for line in lines], differing
+    return table_lines(rows), differing
 
 
 def provenance_warnings(recorded, commit, diff, environment, data=None):

@@ -25,6 +25,7 @@ from utils.config import sweep_values
 from utils.errors import Terminated, UserError
 from utils.runtable.identity import SEED_KEY
 from utils.runtable.readers import read_run
+from utils.tables import table_lines
 
 POLL_S = 1.0  # how often a worker with nothing to claim looks again at the combinations others run
 
@@ -274,10 +275,9 @@ def combination_label(launch, combination, seed=None):
 
 
 def print_sweep_table(rows):
+    """Every combination of the sweep with its run ID, status and results."""
     names = sorted({name for *_, results in rows for name in results})
     header = ["combination", "run", "status", *names]
-    lines = [header] + [[label, str(run_id), status, *(format_value(results[n]) if n in results else "" for n in names)]
+    lines = [header] + [[label, run_id, status, *(format_value(results[n]) if n in results else "" for n in names)]
                         for label, run_id, status, results in rows]
-    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
-    for line in lines:
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+    print("\n".join(table_lines(lines)))
