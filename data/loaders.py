@@ -7,6 +7,7 @@ decodes only its share).
 """
 import math
 import sys
+from pathlib import Path
 
 import torch
 
@@ -60,7 +61,8 @@ def split_train_val(num_train, val_size, split_seed):
     return order[val_size:], order[:val_size]
 
 
-def make_loaders(config, device, seed, world=None, cache_dir=None):
+def make_loaders(config: dict, device: torch.device, seed: int, world=None,
+                 cache_dir: Path | None = None) -> tuple[PlannedBatches, PlannedBatches, PlannedBatches, DataInfo]:
     """(train, validation, test) batches of the dataset `config['data']` selects, and its DataInfo.
 
     The training batches are shuffled and shifted from `seed`; `cache_dir` (the run table's folder) keeps what a
@@ -104,7 +106,7 @@ def loader_workers(config, cache_dir=None):
     return capped_workers(cfg["workers"]) if streams(cfg, describe_data(config, cache_dir)) else 0
 
 
-def check_config(config, world_size=1):
+def check_config(config: dict, world_size: int = 1) -> DataInfo:
     """The DataInfo of the dataset, after refusing what it could not give: a validation split larger than the
     training set, a batch the torchrun processes cannot share evenly, a dataset's own mistakes (read cheaply)."""
     cfg = config["data"]
@@ -123,7 +125,7 @@ def check_config(config, world_size=1):
     return info
 
 
-def smallest_training_batch(config, info, world_size=1) -> int:
+def smallest_training_batch(config: dict, info: DataInfo, world_size: int = 1) -> int:
     """The fewest images one process trains on in one step: its share of the last, partial batch of a pass (a last
     batch too small to give every process an image is dropped, see EpochPlan.batches)."""
     cfg = config["data"]
@@ -131,7 +133,7 @@ def smallest_training_batch(config, info, world_size=1) -> int:
     return (last if last >= world_size else cfg["batch_size"]) // world_size
 
 
-def steps_per_epoch(config, info):
+def steps_per_epoch(config: dict, info: DataInfo) -> int:
     """How many optimizer steps one pass over the training split of `info`'s dataset takes."""
     cfg = config["data"]
     return math.ceil((info.num_train - cfg["val_size"]) / cfg["batch_size"])

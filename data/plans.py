@@ -10,7 +10,6 @@ rank on, so the ranks' shares together are exactly the batch a single process wo
 """
 import hashlib
 import math
-from typing import Protocol
 
 import torch
 
@@ -86,22 +85,9 @@ class EpochPlan:
             yield order[share], dy[share] if dy is not None else None, dx[share] if dx is not None else None
 
 
-class Resumable(Protocol):
-    """What the training batches give `utils.epochs.Epochs`: a pass over them, their number, and the state of their
-    draw, which last.pt keeps so that a resume continues with the pass an uninterrupted run would have drawn."""
-
-    def __iter__(self): ...
-
-    def __len__(self) -> int: ...
-
-    def get_state(self): ...
-
-    def set_state(self, state): ...
-
-
 class PlannedBatches:
-    """Batches that follow an EpochPlan: as many as it has, and its draws' state (what a resume restores) as theirs
-    (Resumable)."""
+    """Batches that follow an EpochPlan: as many as it has, and its draws' state (what a resume restores) as theirs (what
+    utils.epochs.Resumable asks of the training batches)."""
 
     def __init__(self, plan):
         self.plan = plan

@@ -78,7 +78,8 @@ def covering_windows(length, block_size):
     return starts, first_scored
 
 
-def make_text_loaders(config: dict, device, seed: int, world=None):
+def make_text_loaders(config: dict, device: torch.device, seed: int,
+                      world=None) -> tuple[TokenWindows, TokenWindows, TokenWindows, TextInfo]:
     """(train, validation, test) TokenWindows of the corpus `config['data']` names, and its TextInfo.
 
     The training windows are ordered and moved from `seed`; with `world` (torchrun), each rank gets its share of every

@@ -1,10 +1,17 @@
 """The baseline network: a small convolutional classifier, built for the images and classes the data reports."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from utils.config import require
 from utils.cores import check_fits_in_memory
 from utils.errors import UserError
+
+if TYPE_CHECKING:  # for the hints only: the data's description comes from data/
+    from data.registry import DataInfo
 
 
 class CNN(nn.Module):
@@ -41,7 +48,7 @@ class CNN(nn.Module):
         return self.classifier(self.features(x))
 
 
-def norm_map_pixels(config, info) -> int:
+def norm_map_pixels(config: dict, info: DataInfo) -> int:
     """The fewest values per image and channel a BatchNorm of the CNN normalises: the map of its last block."""
     cfg, sides = config["model"], []
     for side in (info.height, info.width):
@@ -59,7 +66,7 @@ def feature_size(image_size, num_blocks, kernel_size):
     return image_size
 
 
-def check_config(config, info, smallest_batch=None):
+def check_config(config: dict, info: DataInfo, smallest_batch: int | None = None) -> None:
     """Refuse a network that the images `info` describes cannot go through, that this machine's memory cannot train,
     or whose last BatchNorm would see a single value in a training step of `smallest_batch` images."""
     require(config, "model.channels", list, low=1)
@@ -82,7 +89,7 @@ def check_config(config, info, smallest_batch=None):
                         f"value; change data.batch_size or data.val_size by one")
 
 
-def parameter_count(config, info) -> int:
+def parameter_count(config: dict, info: DataInfo) -> int:
     """How many parameters the CNN of `config['model']` has for the images `info` describes (without building it)."""
     cfg, count, in_channels = config["model"], 0, info.channels
     for out_channels in cfg["channels"]:
@@ -93,7 +100,7 @@ def parameter_count(config, info) -> int:
     return count + (features + 1) * cfg["hidden"] + (cfg["hidden"] + 1) * info.num_classes
 
 
-def make_model(config, info, device):
+def make_model(config: dict, info: DataInfo, device: torch.device) -> CNN:
     """The CNN described by `config['model']` for the data `info` describes (a DataInfo), on `device`."""
     check_config(config, info)
     cfg = config["model"]

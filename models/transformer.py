@@ -3,6 +3,10 @@
 Pre-norm blocks of causal self-attention and an MLP, learned position embeddings, the output layer tied to the token
 embedding: the GPT-2 shape that nanoGPT trains, small enough for a CPU.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
 import math
 
 import torch
@@ -12,6 +16,9 @@ from torch import nn
 from utils.config import require
 from utils.cores import check_fits_in_memory
 from utils.errors import UserError
+
+if TYPE_CHECKING:  # for the hints only: the data's description comes from data/
+    from data.text import TextInfo
 
 
 class CausalSelfAttention(nn.Module):
@@ -75,7 +82,7 @@ def _init_weights(module):
 
 
 @torch.no_grad()
-def generate(model, prompt, length: int, seed: int, temperature: float = 1.0) -> list:
+def generate(model: nn.Module, prompt: list, length: int, seed: int, temperature: float = 1.0) -> list:
     """`length` token IDs sampled from `model` after the IDs of `prompt`, from a generator seeded by `seed` alone, so
     that the same weights always write the same text."""
     model.eval()
@@ -93,7 +100,7 @@ def generate(model, prompt, length: int, seed: int, temperature: float = 1.0) ->
     return written
 
 
-def check_config(config: dict):
+def check_config(config: dict) -> None:
     """Refuse a transformer that cannot be built or trained here: a width its heads do not divide, a negative dropout,
     more parameters than this machine's memory holds."""
     require(config, "model.n_layer", int, low=1)
@@ -109,7 +116,7 @@ def check_config(config: dict):
                          f"the transformer of model.n_layer {n_layer} and model.n_embd {n_embd}")
 
 
-def make_model(config: dict, info, device) -> CharTransformer:
+def make_model(config: dict, info: TextInfo, device: torch.device) -> CharTransformer:
     """The CharTransformer described by `config['model']` for the corpus `info` describes (a TextInfo), with the
     context of `data.block_size`, on `device`."""
     check_config(config)

@@ -5,15 +5,18 @@ device and leave what a batch means to the `task` (training/tasks.py): the loss,
 They know nothing of the run table: the caller hands `log_step` a callable and records what comes back.
 """
 import time
+from collections.abc import Callable, Iterable
 
 import torch
+from torch import nn
 from tqdm import tqdm
 
 from training.tasks import to_device
 
 
-def train_epoch(model, batches, optimizer, scheduler, task, *, first_step: int = 0, log_every: int = 1,
-                log_step=None, progress: str | None = None, autocast=None, world=None) -> dict:
+def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, scheduler, task, *,
+                first_step: int = 0, log_every: int = 1, log_step: Callable[[int, float], None] | None = None,
+                progress: str | None = None, autocast: torch.dtype | None = None, world=None) -> dict:
     """The task's metrics of one pass over `batches`, updating `model` at each batch, plus 'epoch_time' and
     'throughput' (what the task counts, per second).
 
@@ -63,7 +66,7 @@ def train_epoch(model, batches, optimizer, scheduler, task, *, first_step: int =
 
 
 @torch.no_grad()
-def evaluate(model, batches, task, autocast=None, world=None) -> dict:
+def evaluate(model: nn.Module, batches: Iterable, task, autocast: torch.dtype | None = None, world=None) -> dict:
     """The task's metrics of `model` over `batches` (for a classifier: accuracy, and cross-entropy without smoothing).
 
     With `world` (torchrun), each rank evaluates its shard and the sums are added up over the ranks.

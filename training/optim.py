@@ -9,7 +9,7 @@ OPTIMIZERS = ("sgd", "adamw")
 SCHEDULES = ("onecycle", "constant")
 
 
-def check_config(config, steps_per_epoch=None):
+def check_config(config: dict, steps_per_epoch: int | None = None) -> None:
     """Refuse an optimizer or schedule this module does not make, and (given the steps of an epoch) a onecycle
     schedule too short to warm up. Each key is required only where it is used: momentum by sgd, beta2 (optional)
     by adamw, warmup_fraction by onecycle."""
@@ -36,7 +36,7 @@ def check_config(config, steps_per_epoch=None):
                         f"raise warmup_fraction, or use training.schedule=constant")
 
 
-def make_optimizer(model, config: dict) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, config: dict) -> torch.optim.Optimizer:
     """The optimizer described by `config['training']`."""
     check_config(config)
     cfg = config["training"]
@@ -48,7 +48,8 @@ def make_optimizer(model, config: dict) -> torch.optim.Optimizer:
                              weight_decay=cfg["weight_decay"])
 
 
-def make_scheduler(optimizer, config: dict, steps_per_epoch: int):
+def make_scheduler(optimizer: torch.optim.Optimizer, config: dict,
+                   steps_per_epoch: int) -> torch.optim.lr_scheduler.LRScheduler:
     """The learning-rate schedule described by `config['training']`, stepped once per batch."""
     check_config(config)
     cfg = config["training"]

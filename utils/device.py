@@ -9,7 +9,7 @@ from utils.cores import usable_cores
 from utils.errors import UserError
 
 
-def pick_device(force_cpu=False, index=0):
+def pick_device(force_cpu: bool = False, index: int = 0) -> torch.device:
     """CUDA GPU `index` (a torchrun process's local rank) when there is one and `force_cpu` is false, else the CPU."""
     if not force_cpu and torch.cuda.is_available():
         return torch.device("cuda", index)
@@ -39,7 +39,7 @@ def check_config(config):
         raise UserError(f"training.autocast must be auto, bf16 or off, got {setting!r}")
 
 
-def autocast_dtype(setting, device):
+def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
     """The dtype to autocast to for `training.autocast` ('auto', 'bf16' or 'off') on `device`, or None for none.
 
     'auto' is bf16 on CUDA, where it is fast, and off on the CPU, where it is not.

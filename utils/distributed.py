@@ -28,7 +28,7 @@ class World:
     def distributed(self):
         return self.size > 1
 
-    def wrap(self, model, device):
+    def wrap(self, model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
         """`model` wrapped in DistributedDataParallel when there are several processes, else `model` itself."""
         if not self.distributed:
             return model

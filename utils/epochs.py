@@ -5,16 +5,38 @@ validation metric the run selects by, in its declared direction: `run.measures`)
 continue), reloads the best model before the test set, checks that every torchrun rank ends with the same weights, and
 records the results. The loop itself stays in the experiment.
 """
+from collections.abc import Iterator
+from typing import Protocol
+
+import torch
+from torch import nn
+
 from utils.checkpoint import (check_owner, load_checkpoint, load_training_state, remove_partial_files,
                               save_checkpoint, save_training_state)
+from utils.distributed import World
 from utils.measures import BEST_EPOCH, TEST_PREFIX
+from utils.runtable.run import Run
+
+
+class Resumable(Protocol):
+    """What the training batches give `utils.epochs.Epochs`: a pass over them, their number, and the state of their
+    draw, which last.pt keeps so that a resume continues with the pass an uninterrupted run would have drawn."""
+
+    def __iter__(self): ...
+
+    def __len__(self) -> int: ...
+
+    def get_state(self): ...
+
+    def set_state(self, state): ...
 
 
 class Epochs:
     """The bookkeeping around an experiment's epoch loop (see the module docstring)."""
 
-    def __init__(self, run, model, optimizer, scheduler, loader, *, world, verbose: int = 1):
-        """`loader` is the training batches: their get_state() and set_state(state) (data.plans.Resumable) are
+    def __init__(self, run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, loader: Resumable,
+                 *, world: World, verbose: int = 1):
+        """`loader` is the training batches: their get_state() and set_state(state) (Resumable) are
         what a resume restores of the data's order."""
         self.run, self.model, self.world, self.verbose = run, model, world, verbose
         self.measures = run.measures
@@ -26,24 +48,24 @@ class Epochs:
         if run.resumed:
             self._restore()
 
-    def remaining(self, num_epochs: int):
+    def remaining(self, num_epochs: int) -> Iterator[int]:
         """The epochs still to train, 1-based: all of them, or those after the last finished one on --resume."""
         self._total = num_epochs
         for epoch in range(self.done + 1, num_epochs + 1):
             self._epoch = epoch
             yield epoch
 
-    def log_step(self, step, loss):
+    def log_step(self, step: int, loss: float) -> None:
         """Record the mean training loss of the last logging window (train_epoch's `log_step`)."""
         self.run.log_scalar("train/step_loss", loss, step=step, epoch=self._epoch)
         if self.verbose >= 3:
             print(f"  step {step}: loss {loss:.4f}")
 
-    def progress(self, epoch):
+    def progress(self, epoch: int) -> str | None:
         """The progress bar's description for `epoch`, or None for no bar."""
         return f"epoch {epoch}/{self._total}" if self.verbose >= 1 else None
 
-    def end(self, epoch: int, *, step: int, train: dict, val: dict):
+    def end(self, epoch: int, *, step: int, train: dict, val: dict) -> None:
         """Close `epoch`, which ended at global `step`: log its `train` and `val` metrics, keep the checkpoints.
 
         The order of writes is what makes a kill at any instant harmless: the epoch's points reach the table first,
@@ -80,7 +102,7 @@ class Epochs:
         """The declared metrics among `metrics`, as 'loss 0.1234 accuracy 0.9876'."""
         return " ".join(f"{name} {metrics[name]:.4f}" for name in self.measures.better if name in metrics)
 
-    def best_model(self):
+    def best_model(self) -> nn.Module:
         """The model with the weights of the best epoch: what the test set may see (and a sample is drawn from)."""
         if self.world.distributed:
             weights = self.world.check_same_weights(self.model)  # every rank must end with the same bytes
@@ -102,7 +124,8 @@ class Epochs:
     def _owner(self):
         return {} if self.run.owner is None else {"owner": self.run.owner}
 
-    def model_device(self):
+    def model_device(self) -> torch.device:
+        """The device the model's weights are on."""
         return next(self.model.parameters()).device
 
     def _restore(self):

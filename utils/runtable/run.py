@@ -42,7 +42,7 @@ class Run:
         # stop it (never after its last epoch: a run that trained to the end keeps its results).
         self._judge = judge
 
-    def log_hparams(self, hparams):
+    def log_hparams(self, hparams: dict) -> None:
         """Record hyperparameters (deepboard can show them as columns); lists and None are stored as text.
 
         deepboard shows a column for every new hparam, and its main page then draws thousands of cells nobody reads
@@ -63,7 +63,7 @@ class Run:
             if self.id > 0:
                 show_columns_that_differ(db, self.id, rows)
 
-    def log_text(self, tag: str, text: str, step: int | None = None, epoch: int | None = None):
+    def log_text(self, tag: str, text: str, step: int | None = None, epoch: int | None = None) -> None:
         """Record a text under `tag` (deepboard shows it in the run's text fragments).
 
         Without `epoch`, it replaces the run's earlier text of that tag (what describes the whole run); with one, it
@@ -76,12 +76,12 @@ class Run:
             db.execute("INSERT INTO Fragments (run_id, step, epoch, run_rep, fragment_type, tag, fragment) "
                        "VALUES (?, ?, ?, 0, 'RAW', ?, ?)", (self.id, step or 0, epoch or 0, tag, text))
 
-    def log_image(self, tag: str, image, step: int | None = None, epoch: int | None = None):
+    def log_image(self, tag: str, image, step: int | None = None, epoch: int | None = None) -> None:
         """Record an image (PNG bytes, or a PIL image) under `tag`, as log_text records a text (deepboard shows it
         in the run's images)."""
         self._log_picture(tag, image, step, epoch, "IMAGE")
 
-    def log_figure(self, tag: str, figure, step: int | None = None, epoch: int | None = None):
+    def log_figure(self, tag: str, figure, step: int | None = None, epoch: int | None = None) -> None:
         """Record a matplotlib figure under `tag`, as a PNG, as log_text records a text (deepboard shows it in the
         run's figures)."""
         buffer = io.BytesIO()
@@ -101,7 +101,7 @@ class Run:
             db.execute("INSERT INTO Images (run_id, step, epoch, run_rep, img_type, tag, image) "
                        "VALUES (?, ?, ?, 0, ?, ?, ?)", (self.id, step or 0, epoch or 0, kind, tag, bytes(image)))
 
-    def log_scalar(self, tag, value, step, epoch):
+    def log_scalar(self, tag: str, value: float, step: int, epoch: int) -> None:
         """Record one point of the curve `tag` ('split/name', e.g. 'val/accuracy'); written in batches."""
         self._check_open()
         split, _, label = tag.rpartition("/")
@@ -109,12 +109,12 @@ class Run:
         if len(self._buffer) >= FLUSH_EVERY:
             self.flush()
 
-    def report(self, epoch, value, last):
+    def report(self, epoch: int, value: float, last: bool) -> None:
         """Hand a finished epoch's watched validation value to the search's judge, if it was given one."""
         if self._judge is not None:
             self._judge(epoch, value, last)
 
-    def flush(self):
+    def flush(self) -> None:
         """Write the buffered scalars now."""
         if self._buffer:
             with self._writing(f"{len(self._buffer)} points", needed=POINT_BYTES * len(self._buffer)) as db:
@@ -129,7 +129,7 @@ class Run:
             for table in ("Logs", "Fragments", "Images"):
                 db.execute(f"DELETE FROM {table} WHERE run_id=? AND epoch>?", (self.id, epoch))
 
-    def finish(self, results):
+    def finish(self, results: dict) -> None:
         """Record the final results and mark the run finished; the run is read-only afterwards."""
         self.flush()
         with self._writing("the results", needed=POINT_BYTES * len(results)) as db:
