@@ -119,6 +119,42 @@ def test_the_numbers_the_pages_state_follow_from_the_code():
             PAGES["docs/reproducibility.md"]
 
 
+def test_the_flags_table_lists_every_declared_flag_with_its_role():
+    from modes.flags import Role
+
+    table = PAGES["docs/commands.md"].replace("\\|", "/")  # an escaped | inside a cell
+    rows = re.findall(r"^\| `(--[\w-]+)[^|]*\|[^|]*\|[^|]*\|\s*([^|]*?)\s*\|$", table, re.M)
+    shown = {name: identity for name, identity in rows if name != "--config.A.B"}
+    flags = main.make_parser().flags
+    assert set(shown) == {flag.name for flag in flags}
+    for flag in flags:
+        if flag.role == Role.OUTPUT:
+            assert shown[flag.name] == "no", flag.name
+        elif flag.role == Role.IDENTITY:
+            assert shown[flag.name].startswith(("yes", "its merged content")), flag.name
+
+
+def test_the_constants_the_pages_state_are_the_codes():
+    import data.files
+    import data.folder
+    import modes.search
+    from utils.runtable import liveness
+
+    where = ", ".join(f"`{key}`" for key in main.IDENTITY.where_keys[:-1]) + f" and `{main.IDENTITY.where_keys[-1]}`"
+    assert f"template's where-keys are {where}" in " ".join(PAGES["docs/configuration.md"].split())
+    faults = " ".join(PAGES["docs/faults.md"].split())
+    assert f"given up after {data.files.DOWNLOAD_TIMEOUT_S} s of silence" in faults
+    share = {16: "sixteenth"}[data.folder.IMAGE_SHARE]
+    assert f"one image may take a {share} of `data.memory_limit_mb` (at least {data.folder.MIN_IMAGE_BUDGET_MB} MiB)" \
+        in faults
+    assert f"`RUNTABLE_HEARTBEAT_S` seconds (default {liveness.DEFAULT_HEARTBEAT_S:g}," in faults
+    assert f"`RUNTABLE_LEASE_S` seconds (default {liveness.DEFAULT_LEASE_S:g})" in faults
+    assert f"the lease ({liveness.DEFAULT_LEASE_S / 60:g} minutes by default)" in faults
+    sweeps = " ".join(PAGES["docs/sweeps.md"].split())
+    assert f"{[None, 'one', 'two', 'three'][modes.search.CRASHES_IN_A_ROW]} such trials one after another stop the " \
+           f"study" in sweeps
+
+
 def slug(heading):
     """The anchor GitHub gives a Markdown heading."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
