@@ -155,6 +155,15 @@ def test_the_constants_the_pages_state_are_the_codes():
            f"study" in sweeps
 
 
+def test_the_defaults_the_pages_state_are_the_shipped_configs():
+    shipped = flatten_values(load_config(REPO / "configs" / "config.yml"))
+    stated = re.findall(r"`((?:data|model|training|logging)\.\w+)`(?:, `[\w.]+`)? \(`?(true|false|[\w.]+)`?[:)]",
+                        EVERYTHING)
+    assert len(stated) >= 5
+    for key, value in stated:
+        assert yaml.safe_load(value) == shipped[key], (key, value, shipped[key])
+
+
 def slug(heading):
     """The anchor GitHub gives a Markdown heading."""
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
