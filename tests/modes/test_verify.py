@@ -77,8 +77,9 @@ def test_a_code_change_that_keeps_behaviour_passes_and_one_that_alters_it_fails(
         return run_main(workdir, "--verify", main=main)
 
     def clipping(default):
-        return (("progress: str | None = None, autocast=None, world=None) -> dict:",
-                 f"progress: str | None = None, autocast=None, world=None, clip={default}) -> dict:"),
+        return (("progress: str | None = None, autocast: torch.dtype | None = None, world=None) -> dict:",
+                 f"progress: str | None = None, autocast: torch.dtype | None = None, world=None, "
+                 f"clip={default}) -> dict:"),
                 ("        optimizer.step()",
                  "        if clip is not None:\n"
                  "            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)\n"
