@@ -100,6 +100,23 @@ def test_the_listings_the_pages_show_are_what_main_py_prints(tmp_path):
     assert checked >= 2
 
 
+def shape(line):
+    """A pattern of `line` with its numbers free and its improvement mark optional: what any run prints."""
+    pattern = re.escape(re.sub(r"\d+(?:\.\d+)?", "NUMBER", line)).replace("NUMBER", r"[\d.]+")
+    return pattern.removesuffix(r"\ \*") + r"(\ \*)?" if line.endswith(" *") else pattern
+
+
+def test_a_runs_printed_lines_have_the_shape_the_pages_show(workdir):
+    [shown] = [lines for page, command, lines in shown_commands() if page == "docs/commands.md"
+               and command == "python main.py --experiment=experiment1 --config=configs/config.yml"
+               and lines and lines[0].startswith("run 1:")]
+    printed = tiny_in_process(workdir, "--verbose=1").stdout.splitlines()
+    epochs = [line for line in printed if line.startswith("epoch ")]
+    assert re.fullmatch(shape(shown[0]), printed[0].replace(str(workdir / "results"), "results")), printed[0]
+    assert epochs and all(re.fullmatch(shape(shown[1]), line) for line in epochs), (shown[1], epochs)
+    assert re.fullmatch(shape(shown[-1]), printed[-1]), (shown[-1], printed[-1])
+
+
 def test_the_numbers_the_pages_state_follow_from_the_code():
     fast = load_config(REPO / "configs" / "fast.yml")
     own = flatten_values({k: v for k, v in yaml.safe_load((REPO / "configs" / "fast.yml").read_text()).items()
