@@ -28,6 +28,7 @@ from modes.flags import Flag, Role, build_parser, mode_functions
 from modes.launch import Launch, Project, choose_mode, chosen_table, locate_config, read_command_line
 from utils.errors import Terminated, UserError, one_line
 from utils.runtable.identity import IdentityRules
+from utils.stopping import stop_behind, stop_on_signals
 
 # ---- Register your experiments here: `from experiments.NAME import NAME` and a "NAME": NAME entry. ----
 from experiments.charlm import charlm
@@ -80,8 +81,7 @@ def make_project():
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)  # Ctrl-C interrupts even where SIGINT was ignored
+    stop_on_signals()
     parser = make_parser()
     args, overrides = read_command_line(parser, argv)
     args.config = locate_config(args.config, CODE_DIR)
@@ -91,14 +91,6 @@ def main(argv=None):
     return getattr(importlib.import_module(module), function)(launch)
 
 
-def _stop(signum, frame):
-    """The first Ctrl-C or SIGTERM unwinds like an exception (a run is marked failed, with all it logged); those
-    after it are ignored, so that the unwinding and the interpreter's exit finish without a traceback."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
-
-
 def cli(argv=None):
     """main() as the shell sees it: a user's mistake is one line on stderr and exit code 2, never a traceback."""
     try:
@@ -106,12 +98,15 @@ def cli(argv=None):
     except UserError as e:
         print(f"error: {one_line(str(e))}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, Terminated) as e:
-        print(STOPPED_BEFORE_A_RUN, file=sys.stderr)
-        return 143 if isinstance(e, Terminated) else 130  # the shell's codes for SIGTERM and Ctrl-C
     except BrokenPipeError:  # the reader of the output left (`| head`): stop quietly, as Unix tools do
         _discard_stdout()
         return 0
+    except BaseException as error:
+        stop = stop_behind(error)  # a library may have turned the stop into an error of its own
+        if stop is None:
+            raise
+        print(STOPPED_BEFORE_A_RUN, file=sys.stderr)
+        return 143 if isinstance(stop, Terminated) else 130  # the shell's codes for SIGTERM and Ctrl-C
 
 
 def _discard_stdout():

@@ -18,6 +18,7 @@ from modes.flags import Flag, Role, chosen_mode
 from utils.errors import UserError
 from utils.runtable.identity import SEED_KEY, IdentityRules, RunIdentity
 from utils.runtable.registry import RunTable
+from utils.stopping import stops_held
 
 TABLE_ENV = "RESULT_TABLE"  # the one way to record somewhere else than the checkout's results/resultTable.db
 # Flags the template itself uses while running an experiment: they need not be parameters of its function.
@@ -174,7 +175,9 @@ class Project:
         require(config, SEED_KEY, int, low=0, high=2**32 - 1, optional=True)
         require(config, "training.threads", int, low=0, optional=True)
         require(config, "training.deterministic", bool, optional=True)
-        self.find_experiment(identity.experiment).check_config(config, world_size=identity.flags.get("world_size", 1))
+        with stops_held():  # it imports torch, which a Ctrl-C in the middle of its import can abort or leave broken
+            self.find_experiment(identity.experiment).check_config(config,
+                                                                   world_size=identity.flags.get("world_size", 1))
 
     def warn_of_new_keys(self, experiment, config_path):
         """Say once (until a run has them) that the YAML at `config_path` sets keys no recorded run of `experiment`

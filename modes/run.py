@@ -13,9 +13,10 @@ from dataclasses import dataclass
 
 from modes.launch import WATCH_FLAG, command_of, torchrun_world_size
 from utils.config import flatten_values, load_config_text, without_keys
-from utils.errors import DiskFull, Pruned, Terminated, UserError, as_seen_from_here
+from utils.errors import DiskFull, Pruned, UserError, as_seen_from_here
 from utils.provenance import git_commit, git_diff
 from utils.runtable.readers import read_run
+from utils.stopping import raise_if_stopped, stop_behind, stops_held
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,7 @@ def claim_shared_run(project, description, *, config_path="", command=None, head
     latest = table.latest_run(identity)
     if latest is not None and latest[1] == "finished":  # read-only: a finished sweep costs no write lock
         return Outcome(read_run(table.path, latest[0]).results, latest[0], "finished", ran=False)
+    raise_if_stopped()
     claim = table.claim(identity, config_path=config_path, command=command, commit=commit, diff=diff, judge=judge)
     if claim.run is None:
         results = read_run(table.path, claim.run_id).results if claim.state == "finished" else None
@@ -178,12 +180,13 @@ def execute(project, run, identity, output, world=None, announce=True, threads=N
     kwargs = project.experiment_kwargs(experiment, flags)
     try:
         with run:
-            # torch is imported only once a run really starts
-            from data.loaders import loader_workers
-            from utils.device import keep_freed_memory, pick_device, set_threads
-            from utils.distributed import World
-            from utils.provenance import environment
-            from utils.seed import seed_everything
+            with stops_held():  # torch is imported only once a run really starts, and whole
+                import torch._dynamo  # noqa: F401  (what torch.optim imports at the first optimizer: 1 s on a CPU)
+                from data.loaders import loader_workers
+                from utils.device import keep_freed_memory, pick_device, set_threads
+                from utils.distributed import World
+                from utils.provenance import environment
+                from utils.seed import seed_everything
 
             world = world or World()
             keep_freed_memory()
@@ -208,7 +211,10 @@ def execute(project, run, identity, output, world=None, announce=True, threads=N
     except DiskFull as full:  # the run is failed (or left for the next launch to mark): say how to continue it
         raise DiskFull(full.what, f"free some space, then continue run {run.id} with python main.py --resume={run.id}"
                        ) from None
-    except (KeyboardInterrupt, Terminated) as stop:
+    except BaseException as error:
+        stop = stop_behind(error)  # a library may have turned the stop into an error of its own
+        if stop is None:
+            raise
         what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
         if speaks:
             print(f"{what}: run {run.id} is marked failed, with all it logged; continue it with "

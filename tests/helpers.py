@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from data.registry import Arrays
+from utils.stopping import stop_on_signals
 
 REPO = Path(__file__).resolve().parent.parent
 MAIN = REPO / "main.py"
@@ -208,6 +209,7 @@ def run_in_process(cwd, *args, table=None):
             code = main.cli(list(args))
     finally:
         os.chdir(previous[0])
+        stop_on_signals()  # forgets a stop the run received, before the test's own handlers come back
         signal.signal(signal.SIGTERM, previous[1])
         signal.signal(signal.SIGINT, previous[2])
         if previous[3] is None:

@@ -117,7 +117,7 @@ def test_a_signal_before_a_run_starts_exits_with_the_shells_code_and_records_not
         monkeypatch.setattr(modes.launch.Launch, "__init__", stopped)
         done = tiny_in_process(workdir)
         assert done.returncode == code
-        assert done.stderr.strip() == "interrupted before a run started: nothing was recorded"
+        assert done.stderr.strip().splitlines()[-1] == "interrupted before a run started: nothing was recorded"
     assert not (workdir / "results").exists()
 
 
@@ -146,6 +146,51 @@ def test_a_signal_sent_again_and_again_during_start_up_ends_in_one_line_and_the_
     db = workdir / "results" / "resultTable.db"
     if db.exists():  # a run that had started is failed, with a reason, never left running
         assert {status for (status,) in query(db, "SELECT status FROM Experiments")} <= {"failed"}
+
+
+@pytest.mark.fault("signals and pipes")
+@pytest.mark.parametrize("library", ["swallows it", "turns it into its own error"])
+def test_a_ctrl_c_that_a_library_swallows_or_turns_into_its_own_error_still_stops_the_run(workdir, monkeypatch,
+                                                                                            library):
+    import training.optim
+
+    make_optimizer = training.optim.make_optimizer
+
+    def a_library_that_catches_everything(*args, **kwargs):
+        try:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C, landing in code that catches it, as torch's own import does
+        except BaseException:
+            if library != "swallows it":
+                raise ValueError("too many values to unpack (expected 2)") from None
+        return make_optimizer(*args, **kwargs)
+
+    monkeypatch.setattr(training.optim, "make_optimizer", a_library_that_catches_everything)
+    done = tiny_in_process(workdir)
+    assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == ("interrupted: run 1 is marked failed, with all it logged; "
+                                                    "continue it with python main.py --resume=1")
+    assert query(workdir / "results" / "resultTable.db", "SELECT e.status, l.failure FROM Experiments e JOIN "
+                 "TemplateLaunch l USING (run_id)") == [("failed", "interrupted")]  # resumable, not a crash
+
+
+@pytest.mark.fault("signals and pipes")
+def test_a_ctrl_c_while_torch_loads_is_held_until_it_has_loaded_and_nothing_is_recorded(workdir, monkeypatch):
+    import experiments.experiment1
+
+    loaded = []
+    check_config = experiments.experiment1.experiment1.check_config
+
+    def torch_loading(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)
+        loaded.append(True)  # reached: the signal did not raise in the middle
+        return check_config(*args, **kwargs)
+
+    monkeypatch.setattr(experiments.experiment1.experiment1, "check_config", torch_loading)
+    done = tiny_in_process(workdir)
+    assert loaded and done.returncode == 130
+    assert done.stderr.strip().splitlines()[-1] == "interrupted before a run started: nothing was recorded"
+    assert not (workdir / "results" / "resultTable.db").exists() or not query(
+        workdir / "results" / "resultTable.db", "SELECT run_id FROM Experiments")
 
 
 @pytest.mark.fault("valid configs")

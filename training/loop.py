@@ -12,6 +12,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.tasks import to_device
+from utils.stopping import raise_if_stopped
 
 
 def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, scheduler, task, *,
@@ -36,6 +37,7 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
     sums, seen, window = None, 0, 0
     bar = tqdm(batches, desc=progress, leave=False, dynamic_ncols=True, disable=True if progress is None else None)
     for step, batch in enumerate(bar, start=first_step + 1):
+        raise_if_stopped()  # a Ctrl-C that a library swallowed still stops the run at its next step
         batch = to_device(batch, device)
         with _autocast(device, autocast):
             output = task.forward(model, batch)
@@ -75,6 +77,7 @@ def evaluate(model: nn.Module, batches: Iterable, task, autocast: torch.dtype | 
     device = next(model.parameters()).device
     sums, seen = None, 0
     for batch in batches:
+        raise_if_stopped()
         batch = to_device(batch, device)
         with _autocast(device, autocast):
             output = task.forward(model, batch)

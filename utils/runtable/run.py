@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from utils.errors import DiskFull, Pruned, Terminated, disk_full, is_disk_full
+from utils.stopping import stop_behind
 from utils.measures import LEGACY
 from utils.runtable.liveness import heartbeat_interval
 from utils.runtable.schema import connect
@@ -170,7 +171,7 @@ class Run:
     def __exit__(self, exc_type, exc, tb):
         self._stop_heartbeat()
         if exc_type is not None:
-            self.fail(failure_reason(exc_type))
+            self.fail(failure_reason(exc))
         return False
 
     def _stop_heartbeat(self):
@@ -209,15 +210,16 @@ def show_columns_that_differ(db, run_id, rows):
             db.execute("DELETE FROM TemplateHiddenColumn WHERE name=?", (name,))
 
 
-def failure_reason(exc_type):
+def failure_reason(error):
     """Why a run stopped, as the table records it: a sweep retries a crash once, anything else is resumed."""
-    if issubclass(exc_type, KeyboardInterrupt):
+    stop = stop_behind(error)  # an error a library raised in place of Ctrl-C or SIGTERM is that stop, not a crash
+    if isinstance(stop, KeyboardInterrupt):
         return "interrupted"
-    if issubclass(exc_type, Terminated):
+    if isinstance(stop, Terminated):
         return "terminated"
-    if issubclass(exc_type, DiskFull):
+    if isinstance(error, DiskFull):
         return "disk full"
-    if issubclass(exc_type, Pruned):
+    if isinstance(error, Pruned):
         return "pruned"
     return "crash"
 
