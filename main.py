@@ -26,9 +26,9 @@ if __name__ == "__main__":
 
 from modes.flags import Flag, Role, build_parser, mode_functions
 from modes.launch import Launch, Project, choose_mode, chosen_table, locate_config, read_command_line
-from utils.errors import Terminated, UserError, one_line
+from utils.errors import UserError, one_line
 from utils.runtable.identity import IdentityRules
-from utils.stopping import stop_behind, stop_on_signals
+from utils.stopping import exit_code, stop_behind, stop_on_signals
 
 # ---- Register your experiments here: `from experiments.NAME import NAME` and a "NAME": NAME entry. ----
 from experiments.charlm import charlm
@@ -106,7 +106,7 @@ def cli(argv=None):
         if stop is None:
             raise
         print(STOPPED_BEFORE_A_RUN, file=sys.stderr)
-        return 143 if isinstance(stop, Terminated) else 130  # the shell's codes for SIGTERM and Ctrl-C
+        return exit_code(stop)
 
 
 def _discard_stdout():

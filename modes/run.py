@@ -16,7 +16,7 @@ from utils.config import flatten_values, load_config_text, without_keys
 from utils.errors import DiskFull, Pruned, UserError, as_seen_from_here
 from utils.provenance import git_commit, git_diff
 from utils.runtable.readers import read_run
-from utils.stopping import raise_if_stopped, stop_behind, stops_held
+from utils.stopping import exit_code, raise_if_stopped, stop_behind, stops_held
 
 
 @dataclass(frozen=True)
@@ -219,7 +219,7 @@ def execute(project, run, identity, output, world=None, announce=True, threads=N
         if speaks:
             print(f"{what}: run {run.id} is marked failed, with all it logged; continue it with "
                   f"python main.py --resume={run.id}", file=sys.stderr)
-        return None, 130 if isinstance(stop, KeyboardInterrupt) else 143
+        return None, exit_code(stop)
     if speaks:
         print(f"run {run.id} finished: " + ", ".join(f"{k} {format_value(v)}" for k, v in results.items()), flush=True)
     return results, 0

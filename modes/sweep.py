@@ -25,6 +25,7 @@ from utils.config import sweep_values
 from utils.errors import Terminated, UserError
 from utils.runtable.identity import SEED_KEY
 from utils.runtable.readers import read_run
+from utils.stopping import exit_code
 from utils.tables import table_lines
 
 POLL_S = 1.0  # how often a worker with nothing to claim looks again at the combinations others run
@@ -141,7 +142,7 @@ def start_workers(launch):
                 process.wait()
         print(f"stopped all {count} workers; their runs are failed and resumable: the same command continues the "
               f"sweep", file=sys.stderr)
-        return 130 if sent == signal.SIGINT else 143
+        return exit_code(stop)
     return max(codes, key=lambda code: (code != 0, code))
 
 

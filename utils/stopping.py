@@ -56,6 +56,11 @@ def raise_if_stopped() -> None:
         raise _error(_received[0])
 
 
+def exit_code(stop: BaseException) -> int:
+    """The shell's exit code for a stop: 130 for Ctrl-C (KeyboardInterrupt), 143 for SIGTERM (Terminated)."""
+    return 130 if isinstance(stop, KeyboardInterrupt) else 143
+
+
 def stop_behind(error: BaseException) -> BaseException | None:
     """The KeyboardInterrupt or Terminated that `error` stands for: itself if it is one, the signal's if a signal
     came before it (a library turned the stop into an error of its own), else None."""

@@ -11,10 +11,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from utils.errors import DiskFull, Pruned, Terminated, disk_full, is_disk_full
-from utils.stopping import stop_behind
 from utils.measures import LEGACY
 from utils.runtable.liveness import heartbeat_interval
 from utils.runtable.schema import connect
+from utils.stopping import stop_behind
 
 FLUSH_EVERY = 200  # scalars buffered before they are written (also written at every flush() and at the end)
 POINT_BYTES = 64  # about what one logged point takes in the table, to say how much a full disk lacked
