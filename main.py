@@ -28,7 +28,7 @@ from modes.flags import Flag, Role, build_parser, mode_functions
 from modes.launch import Launch, Project, choose_mode, chosen_table, locate_config, read_command_line
 from utils.errors import UserError, one_line
 from utils.runtable.identity import IdentityRules
-from utils.stopping import exit_code, stop_behind, stop_on_signals
+from utils.stopping import exit_code, ignore_stops, stop_behind, stop_on_signals
 
 # ---- Register your experiments here: `from experiments.NAME import NAME` and a "NAME": NAME entry. ----
 from experiments.charlm import charlm
@@ -54,9 +54,11 @@ CODE_DIR = Path(__file__).resolve().parent
 # What makes two launches the same run, every rule in one place (IdentityRules says what each means). Add a key of
 # yours to the rule it belongs to: an output folder of yours is a where-key.
 IDENTITY = IdentityRules(
-    where_keys=("data.path", "data.download", "data.workers", "data.memory_limit_mb"),
+    where_keys=("data.path", "data.download", "data.workers", "data.memory_limit_mb", "training.checkpoint_every"),
     path_keys=("data.path",),
-    implied={"data.name": "mnist"},
+    implied={"data.name": "mnist", "training.accumulate": 1, "training.compile": False,
+             "training.weight_decay_scope": "all", "training.fused": False},
+    renamed={"training.precision": "training.autocast"},
 )
 
 
@@ -92,21 +94,25 @@ def main(argv=None):
 
 
 def cli(argv=None):
-    """main() as the shell sees it: a user's mistake is one line on stderr and exit code 2, never a traceback."""
+    """main() as the shell sees it: a user's mistake is one line on stderr and exit code 2, never a traceback; a stop
+    is one line and the shell's code (130, 143), whenever the signal lands."""
     try:
-        return main(argv)
-    except UserError as e:
-        print(f"error: {one_line(str(e))}", file=sys.stderr)
-        return 2
-    except BrokenPipeError:  # the reader of the output left (`| head`): stop quietly, as Unix tools do
-        _discard_stdout()
-        return 0
-    except BaseException as error:
+        try:
+            return main(argv)
+        except UserError as e:
+            print(f"error: {one_line(str(e))}", file=sys.stderr)
+            return 2
+        except BrokenPipeError:  # the reader of the output left (`| head`): stop quietly, as Unix tools do
+            _discard_stdout()
+            return 0
+    except BaseException as error:  # also a stop that lands while a mistake is being reported
         stop = stop_behind(error)  # a library may have turned the stop into an error of its own
         if stop is None:
             raise
         print(STOPPED_BEFORE_A_RUN, file=sys.stderr)
         return exit_code(stop)
+    finally:
+        ignore_stops()  # the exit code is chosen: a signal during the interpreter's exit must not kill it
 
 
 def _discard_stdout():

@@ -18,8 +18,9 @@ def main(config_path, data, seed, force_cpu=False):
     from training.loop import evaluate, train_epoch
     from training.tasks import Classification
     from training.optim import make_optimizer, make_scheduler
+    from training.recipe import make_step_recipe
     from utils.config import load_config, without_keys
-    from utils.device import autocast_dtype, keep_freed_memory, pick_device, set_threads
+    from utils.device import keep_freed_memory, pick_device, set_threads
     from utils.seed import seed_everything
 
     config = without_keys(load_config(config_path), set())  # a key set to null is not set, as in a run
@@ -29,15 +30,15 @@ def main(config_path, data, seed, force_cpu=False):
     set_threads(training["threads"])
     seed_everything(seed, deterministic=training["deterministic"])
     device = pick_device(force_cpu)
-    autocast = autocast_dtype(training["autocast"], device)
+    recipe = make_step_recipe(config, device)
     train, _, test, info = make_loaders(config, device, seed=seed)
     model = make_model(config, info, device)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch=len(train))
     for epoch in range(training["num_epochs"]):
         train_epoch(model, train, optimizer, scheduler, Classification(label_smoothing=training["label_smoothing"]),
-                    first_step=epoch * len(train), autocast=autocast)
-    print(f"test_accuracy {evaluate(model, test, Classification(), autocast=autocast)['accuracy']:.4f}")
+                    recipe)
+    print(f"test_accuracy {evaluate(model, test, Classification(), autocast=recipe.autocast)['accuracy']:.4f}")
 
 
 if __name__ == "__main__":

@@ -6,7 +6,10 @@ batches it gives streamed, whatever the number of worker processes or torchrun r
 decodes only its share).
 """
 import math
+import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -44,7 +47,8 @@ class Streamed(PlannedBatches):
         dataset = ImageFiles(entries, files.mode, files.size, info.mean, info.std, plan.shift, channels_last)
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=PlanBatchSampler(plan), collate_fn=_as_is, num_workers=workers,
-            persistent_workers=workers > 0, pin_memory=device.type == "cuda", generator=unused_generator())
+            persistent_workers=workers > 0, pin_memory=device.type == "cuda", generator=unused_generator(),
+            worker_init_fn=_leave_stops_to_the_run)
 
     def __iter__(self):
         return iter(self.loader)
@@ -52,6 +56,23 @@ class Streamed(PlannedBatches):
 
 def _as_is(batch):
     return batch
+
+
+def _leave_stops_to_the_run(worker_id):
+    """A worker ignores Ctrl-C, and a SIGTERM that does not come from its run, which a terminal or a cluster sends to
+    the whole process group: the run decides when to stop (after the step it is in, writing its resume point) and
+    ends its workers itself, with a SIGTERM of its own at the latest. A worker killed by the group's signal would
+    fail the run's step in the middle."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(signal, "sigwaitinfo"):  # Linux; elsewhere a SIGTERM ends a worker as it always did
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # every thread of the worker: only this one sees it
+        threading.Thread(target=_end_on_the_runs_sigterm, args=(os.getppid(),), daemon=True).start()
+
+
+def _end_on_the_runs_sigterm(run):
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == run:
+            os._exit(0)
 
 
 def split_train_val(num_train, val_size, split_seed):

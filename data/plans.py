@@ -68,6 +68,7 @@ class EpochPlan:
     def __init__(self, n, batch_size, draws=None, shift=0, world=None):
         self.n, self.batch_size, self.draws, self.shift = n, batch_size, draws, shift
         self.rank, self.world_size = (world.rank, world.size) if world is not None else (0, 1)
+        self.skip = 0  # batches the next pass leaves out at its start: those a resumed run trained before its stop
 
     def __len__(self):
         return math.ceil(self.n / self.batch_size)
@@ -78,7 +79,8 @@ class EpochPlan:
             order, dy, dx = torch.arange(self.n), None, None
         else:
             order, dy, dx = self.draws.draw(self.n, self.batch_size, self.shift)
-        for start in range(0, self.n, self.batch_size):
+        skip, self.skip = self.skip, 0
+        for start in range(skip * self.batch_size, self.n, self.batch_size):
             share = slice(start + self.rank, min(start + self.batch_size, self.n), self.world_size)
             if self.draws is not None and min(self.batch_size, self.n - start) < self.world_size:
                 break  # a last batch too small to give every rank a sample: no rank trains on it
@@ -101,10 +103,13 @@ class PlannedBatches:
         return self.plan.n
 
     def get_state(self):
+        """The state the next pass is drawn from."""
         return self.plan.draws.get_state()
 
-    def set_state(self, state):
+    def set_state(self, state, skip=0):
+        """Draw the next pass from `state`, and start it after its first `skip` batches (a resume mid-pass)."""
         self.plan.draws.set_state(state)
+        self.plan.skip = skip
 
 
 class PlanBatchSampler:

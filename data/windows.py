@@ -112,6 +112,14 @@ def check_config(config: dict, world_size: int = 1) -> TextInfo:
     return info
 
 
+def smallest_training_batch(config: dict, info: TextInfo, world_size: int = 1) -> int:
+    """The fewest windows one process trains on in one step: its share of the last, partial batch of a pass (a last
+    batch too small to give every process a window is dropped, see EpochPlan.batches)."""
+    cfg = config["data"]
+    last = (info.num_train // cfg["block_size"] - 2) % cfg["batch_size"] or cfg["batch_size"]
+    return (last if last >= world_size else cfg["batch_size"]) // world_size
+
+
 def steps_per_epoch(config: dict, info: TextInfo) -> int:
     """How many optimizer steps one pass over the training windows takes."""
     cfg = config["data"]

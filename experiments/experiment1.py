@@ -12,14 +12,16 @@ def data_fingerprint(config: dict, cache_path) -> str:
 
 def check_config(config: dict, world_size: int = 1):
     """Refuse, before the run is registered, any value its pieces would refuse later: a mistake leaves no row."""
-    import data.loaders, models.cnn, training.optim, utils.config, utils.device  # noqa: E401
+    import data.loaders, models.cnn, training.optim, training.recipe, utils.config, utils.epochs  # noqa: E401
 
     utils.config.require(config, "logging.log_every", int, low=1)
     utils.config.require(config, "training.label_smoothing", float, low=0, high=1)
     info = data.loaders.check_config(config, world_size)
-    models.cnn.check_config(config, info, data.loaders.smallest_training_batch(config, info, world_size))
+    smallest_batch = data.loaders.smallest_training_batch(config, info, world_size)
+    training.recipe.check_config(config, smallest_batch)
+    models.cnn.check_config(config, info, smallest_batch // (config["training"].get("accumulate") or 1))
     training.optim.check_config(config, steps_per_epoch=data.loaders.steps_per_epoch(config, info))
-    utils.device.check_config(config)
+    utils.epochs.check_config(config)
 
 
 @declare(metrics={"loss": "lower", "accuracy": "higher"}, select="accuracy", check_config=check_config,
@@ -34,32 +36,31 @@ def experiment1(config, run, device, world, verbose=1):
     from models.cnn import make_model
     from training.loop import evaluate, train_epoch
     from training.optim import make_optimizer, make_scheduler
+    from training.recipe import make_step_recipe
     from training.tasks import Classification
-    from utils.device import autocast_dtype
     from utils.epochs import Epochs
 
     training = config["training"]
-    autocast = autocast_dtype(training["autocast"], device)
     train, val, test, info = make_loaders(config, device, seed=config["seed"], world=world,
                                           cache_dir=run.folder.parent)
-    model = world.wrap(make_model(config, info, device), device)
+    recipe = make_step_recipe(config, device)  # precision, clipping, accumulation, compile
+    model = recipe.compiled(world.wrap(make_model(config, info, device), device))
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch=len(train))
     task = Classification(label_smoothing=training["label_smoothing"])
-    # Resume, checkpoints, the order of writes and the final reload, the same for every experiment.
-    epochs = Epochs(run, model, optimizer, scheduler, train, world=world, verbose=verbose)
+    # Resume points, checkpoints, the order of writes and the final reload, the same for every experiment.
+    epochs = Epochs(run, model, optimizer, scheduler, train, world=world, verbose=verbose, scaler=recipe.scaler,
+                    patience=training.get("patience"), checkpoint_every=training.get("checkpoint_every"))
     if verbose >= 2:
-        print(f"run {run.id}: {sum(p.numel() for p in model.parameters()):,} parameters on {device}, "
-              f"{train.num_samples} train / {val.num_samples} validation / {test.num_samples} test images of "
-              f"{info.channels}x{info.height}x{info.width}, {info.num_classes} classes")
+        print(f"run {run.id}: {sum(p.numel() for p in model.parameters()):,} parameters on {device} in "
+              f"{recipe.precision}, {train.num_samples} train / {val.num_samples} validation / {test.num_samples} "
+              f"test images of {info.channels}x{info.height}x{info.width}, {info.num_classes} classes")
 
     for epoch in epochs.remaining(training["num_epochs"]):
-        train_metrics = train_epoch(
-            model, train, optimizer, scheduler, task, first_step=(epoch - 1) * len(train),
-            log_every=config["logging"]["log_every"], log_step=epochs.log_step, progress=epochs.progress(epoch),
-            autocast=autocast, world=world)
-        val_metrics = evaluate(model, val, task, autocast=autocast, world=world)
+        train_metrics = train_epoch(model, train, optimizer, scheduler, task, recipe, epochs.hooks(epoch),
+                                    log_every=config["logging"]["log_every"], world=world)
+        val_metrics = evaluate(model, val, task, autocast=recipe.autocast, world=world)
         epochs.end(epoch, step=epoch * len(train), train=train_metrics, val=val_metrics)
 
-    test_metrics = evaluate(epochs.best_model(), test, task, autocast=autocast, world=world)
+    test_metrics = evaluate(epochs.best_model(), test, task, autocast=recipe.autocast, world=world)
     return epochs.finish(test=test_metrics)

@@ -45,7 +45,8 @@ def compared_groups(launch):
     if left_out:
         print(f"note: {left_out_note(left_out)}", file=sys.stderr)
     against = launch.args.against
-    return comparison(path, groups, chosen, project.code_dir, project.rules.where_keys, against, project.rules.implied)
+    return comparison(path, groups, chosen, project.code_dir, project.rules.where_keys, against, project.rules.implied,
+                      project.rules.old_names)
 
 
 def grouped_runs(path, where_keys=()):
@@ -70,7 +71,7 @@ def runs_named(run_ids):
     return f"run{'s' if len(run_ids) > 1 else ''} {', '.join(map(str, run_ids))}"
 
 
-def comparison(path, groups, chosen=None, code_dir=None, where_keys=(), against=None, implied=None):
+def comparison(path, groups, chosen=None, code_dir=None, where_keys=(), against=None, implied=None, old_names=()):
     """The `chosen` groups (default: all) described, each against its experiment's reference group.
 
     A group's reference is the group of run `against`, else the group of its own config file as it is (no overrides,
@@ -84,7 +85,7 @@ def comparison(path, groups, chosen=None, code_dir=None, where_keys=(), against=
         experiment = groups[key][0].experiment
         own = sources.get(groups[key][0].run_id)
         references[key] = reference_group(groups, experiment, [own, BASELINE_CONFIG], code_dir, where_keys, against,
-                                          implied or {})
+                                          implied or {}, old_names)
         if references[key] is None:  # no run of its config as it is: the experiment's first group stands in
             references[key] = next(k for k, members in groups.items() if members[0].experiment == experiment)
             if (experiment, own) not in noted:
@@ -129,7 +130,7 @@ def choose_groups(launch, groups, left_out=()):
     return [key for key, members in groups.items() if args.experiment in (None, members[0].experiment)]
 
 
-def reference_group(groups, experiment, config_paths, code_dir, where_keys, against, implied):
+def reference_group(groups, experiment, config_paths, code_dir, where_keys, against, implied, old_names=()):
     """The key of the reference group for a group of `experiment`: --against's, or the group of the first of
     `config_paths` (as recorded: relative to the launch folder or the checkout) that has runs as it is; or None."""
     if against is not None:
@@ -149,7 +150,7 @@ def reference_group(groups, experiment, config_paths, code_dir, where_keys, agai
             config = unset_implied(load_config(file), implied)
         except UserError:  # the file changed shape since: it names no group
             continue
-        wanted = RunIdentity(experiment, dump_config(config), where_keys=where_keys).group_hash
+        wanted = RunIdentity(experiment, dump_config(config), where_keys=where_keys, old_names=old_names).group_hash
         key = next((key for key in groups if key[0] == wanted and groups[key][0].experiment == experiment), None)
         if key is not None:
             return key

@@ -59,7 +59,8 @@ LAUNCH_FLAGS = (
 )
 
 MODE_FLAGS = (
-    Flag("--resume", "continue failed run RUNID from its last epoch, with its recorded config and flags",
+    Flag("--resume", "continue failed run RUNID from its resume point (the step it stopped at), with its recorded "
+         "config and flags",
          starts="resume", runs="modes.resume:resume", takes_record=True, options=dict(type=int, metavar="RUNID")),
     Flag("--trust-old-checkpoint", "with --resume: convert the run's checkpoints written by an earlier version of the "
          "template (pickled NumPy state) to the safe format; only for files you trust", modes=("resume",),
@@ -72,8 +73,9 @@ MODE_FLAGS = (
          takes_record=True, options=dict(type=int, nargs="*", metavar="RUNID")),
     Flag("--steps", "with --verify: replay N steps (default: the first epoch)", modes=("verify",),
          options=dict(type=int, metavar="N")),
-    Flag("--tolerance", "with --reproduce or --verify: largest difference still counted as equal (default 0)",
-         modes=("reproduce", "verify"), options=dict(type=float, default=0.0)),
+    Flag("--tolerance", "with --reproduce or --verify: largest difference still counted as equal (default 0; for a "
+         "run recorded with training.deterministic: false, 0.01)", modes=("reproduce", "verify"),
+         options=dict(type=float)),
     Flag("--compare", "groups of runs differing only in their seed: means, 95%% intervals and tests against a "
          "reference group (filter with run IDs, --experiment, --config and overrides)", starts="compare",
          runs="modes.compare:compare_mode", options=dict(type=int, nargs="*", metavar="RUNID")),

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from utils.config import (OVERRIDE_PREFIX, apply_overrides, dump_config, flatten, flatten_values, load_config,
                           load_config_text, override_text, parse_override, require, unset_implied, with_changed_keys,
-                          without_keys)
+                          with_renamed_keys, without_keys)
 from experiments import Experiment, check_registry
 from modes.flags import Flag, Role, chosen_mode
 from utils.errors import UserError
@@ -74,9 +74,11 @@ class Project:
         note = f"recording in {self.table_path} ({TABLE_ENV}), not in this checkout's results/" if elsewhere else None
         return RunTable(self.table_path, note=note)
 
-    def located(self, config):
-        """`config` with its relative paths (path_keys) joined to the checkout: a run finds the same files wherever it
-        is launched from."""
+    def runnable(self, config):
+        """`config` (merged, or read back from a recorded run) as the code gets it: without the keys set to null,
+        renamed keys under their current names, and its relative paths (path_keys) joined to the checkout, so that a
+        run finds the same files wherever it is launched from."""
+        config = with_renamed_keys(without_keys(config, set()), self.rules.new_names)
         return located(config, self.rules.path_keys, self.code_dir)
 
     def __post_init__(self):
@@ -128,7 +130,7 @@ class Project:
             flags["world_size"] = world_size
         data = self.data_fingerprint(description.experiment, config) if with_data else None
         return RunIdentity(description.experiment, dump_config(config), flags, description.comment,
-                           self.rules.where_keys, data, measures=measures)
+                           self.rules.where_keys, data, measures=measures, old_names=self.rules.old_names)
 
     def data_fingerprint(self, experiment, config):
         """The fingerprint of the data `config` points at, as the experiment declares it (None for one that
@@ -136,7 +138,7 @@ class Project:
         fingerprint = self.find_experiment(experiment).data_fingerprint
         if fingerprint is None:
             return None
-        return fingerprint(self.located(without_keys(config, set())), self.table_path.parent / "data_fingerprints.json")
+        return fingerprint(self.runnable(config), self.table_path.parent / "data_fingerprints.json")
 
     def experiment_flags(self, recorded_flags, output):
         """Every experiment flag's value for a run with `recorded_flags`; output-only ones from `output`."""
@@ -170,7 +172,7 @@ class Project:
         It runs after the duplicate check (a duplicate is refused without importing torch) and before the run is
         registered, so a value the experiment's pieces would refuse leaves no failed row behind.
         """
-        config = self.located(without_keys(load_config_text(identity.config_text), set()))
+        config = self.runnable(load_config_text(identity.config_text))
         # What the template itself reads for every experiment: the seed (NumPy takes 0 to 2**32 - 1), the threads.
         require(config, SEED_KEY, int, low=0, high=2**32 - 1, optional=True)
         require(config, "training.threads", int, low=0, optional=True)
@@ -182,8 +184,8 @@ class Project:
     def warn_of_new_keys(self, experiment, config_path):
         """Say once (until a run has them) that the YAML at `config_path` sets keys no recorded run of `experiment`
         has."""
-        keys = flatten_values(without_keys(unset_implied(load_config(config_path), self.rules.implied),
-                                           set(self.rules.where_keys)))
+        config = without_keys(unset_implied(load_config(config_path), self.rules.implied), set(self.rules.where_keys))
+        keys = flatten_values(with_renamed_keys(config, self.rules.old_names))
         new = self.table.keys_new_to(experiment, keys)
         if new:
             print(f"warning: {config_path} sets {', '.join(new)}, which no recorded run of {experiment} "
@@ -222,6 +224,10 @@ class Launch:
         """`config` with `overrides` applied; a relative path (path_keys) typed on the command line is relative to
         where the command runs, so it is made absolute, unless the command runs in the checkout (where both agree,
         and the path is recorded as typed)."""
+        renamed, known = dict(self.project.rules.new_names), flatten(config)
+        for key, _ in overrides:
+            if key not in known and renamed.get(key) in known:  # the key of a config written before the rename
+                raise UserError(f"'{key}' is now '{renamed[key]}'; write --config.{renamed[key]}=VALUE")
         config = apply_overrides(config, overrides)
         typed = {key for key, _ in overrides} & set(self.project.rules.path_keys)
         if not typed or Path.cwd() == self.project.code_dir.resolve():

@@ -7,7 +7,8 @@ import sys
 
 from modes.launch import command_of
 from modes.resume import check_world_size
-from modes.run import run_registered
+from modes.run import NONDETERMINISTIC_TOLERANCE, run_registered
+from utils.config import load_config_text
 from utils.provenance import git_commit, git_diff
 from utils.runtable.readers import DEBUG_RUN_ID, read_run
 from utils.tables import table_lines
@@ -38,9 +39,13 @@ def reproduce(launch):
     new = read_run(table.path, DEBUG_RUN_ID)
     for line in provenance_warnings(recorded, new.commit, new.diff, new.environment, identity.data):
         print(line, file=sys.stderr)
-    lines, differing = compare_runs(recorded, new, launch.args.tolerance)
+    tolerance = tolerance_for(recorded.identity, launch.args.tolerance)
+    if launch.args.tolerance is None and tolerance:
+        print(f"note: run {recorded.run_id} was recorded with training.deterministic: false, so it is not "
+              f"bit-reproducible: values within {tolerance:g} of each other count as the same (--tolerance=X to "
+              f"choose)", file=sys.stderr)
+    lines, differing = compare_runs(recorded, new, tolerance)
     print("\n".join(lines))
-    tolerance = launch.args.tolerance
     if differing:
         print(f"run {recorded.run_id} NOT reproduced: {differing} of {len(lines) - 1} values differ "
               f"(tolerance {tolerance:g}; timings are not compared)")
@@ -48,6 +53,16 @@ def reproduce(launch):
     print(f"run {recorded.run_id} reproduced: all {len(lines) - 1} results and curves match "
           f"(tolerance {tolerance:g}; timings are not compared)")
     return 0
+
+
+def tolerance_for(identity, asked):
+    """The tolerance of a comparison with the recorded run of `identity`: the one asked for (--tolerance), else 0, or
+    NONDETERMINISTIC_TOLERANCE for a run recorded with training.deterministic: false (not bit-reproducible)."""
+    if asked is not None:
+        return asked
+    training = (load_config_text(identity.config_text) or {}).get("training")
+    deterministic = training.get("deterministic", True) if isinstance(training, dict) else True
+    return NONDETERMINISTIC_TOLERANCE if deterministic is False else 0.0
 
 
 def is_timing(name):

@@ -9,14 +9,20 @@ failed run with every point it logged.
 import json
 import sys
 import traceback
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 from modes.launch import WATCH_FLAG, command_of, torchrun_world_size
 from utils.config import flatten_values, load_config_text, without_keys
-from utils.errors import DiskFull, Pruned, UserError, as_seen_from_here
+from utils.errors import DiskFull, NondeterministicOp, Pruned, UserError, as_seen_from_here
+from utils.output import kept_output
 from utils.provenance import git_commit, git_diff
 from utils.runtable.readers import read_run
 from utils.stopping import exit_code, raise_if_stopped, stop_behind, stops_held
+
+# How far apart two values of a run recorded with training.deterministic: false may be and still count as the same
+# (--reproduce, --verify): such a run is not bit-reproducible on a GPU. A judgement, stated: --tolerance=X overrides it.
+NONDETERMINISTIC_TOLERANCE = 0.01
 
 
 @dataclass(frozen=True)
@@ -168,9 +174,17 @@ def execute(project, run, identity, output, world=None, announce=True, threads=N
     another order with another count, so the same count gives the same numbers. By default, the config's.
 
     Any exception, Ctrl-C and SIGTERM included, marks the run failed after writing what it logged; an interruption
-    returns exit code 130 or 143 with a line on how to resume, any other exception propagates with its traceback.
+    returns exit code 130 or 143 with a line on where and how it continues, any other exception propagates with its
+    traceback. What the run prints is also kept in its folder (utils/output.py), on torchrun's rank 0.
     """
     speaks = (world is None or world.is_main) and announce
+    kept = kept_output(run.folder, f"run {run.id}{', resumed' if run.resumed else ''}") \
+        if world is None or world.is_main else nullcontext()
+    with kept:
+        return _execute(project, run, identity, output, world, speaks, threads, texts)
+
+
+def _execute(project, run, identity, output, world, speaks, threads, texts):
     verbose = output.get("verbose", 1)
     if verbose >= 1:
         print(f"run {run.id}: {identity.experiment}{' (debug)' if run.id == -1 else ''}, checkpoints in "
@@ -183,7 +197,8 @@ def execute(project, run, identity, output, world=None, announce=True, threads=N
             with stops_held():  # torch is imported only once a run really starts, and whole
                 import torch._dynamo  # noqa: F401  (what torch.optim imports at the first optimizer: 1 s on a CPU)
                 from data.loaders import loader_workers
-                from utils.device import keep_freed_memory, pick_device, set_threads
+                from training.recipe import resolve_precision
+                from utils.device import keep_freed_memory, nondeterministic_op, pick_device, set_threads
                 from utils.distributed import World
                 from utils.provenance import environment
                 from utils.seed import seed_everything
@@ -193,36 +208,61 @@ def execute(project, run, identity, output, world=None, announce=True, threads=N
             # The experiment gets the config back from its recorded text: what runs is exactly what was recorded,
             # its relative paths the checkout's (data.path: data is the checkout's data/) wherever it runs from.
             recorded = without_keys(load_config_text(identity.config_text), set())  # a key set to null is not set
-            config = project.located(recorded)
+            config = project.runnable(recorded)
             training = config.get("training", {})
             threads = set_threads(threads or training.get("threads", 0), processes_per_machine=world.local_size,
                                   loader_workers=loader_workers(config, project.table.results_dir))
-            seed_everything(config.get("seed", 0), deterministic=training.get("deterministic", True))
+            deterministic = training.get("deterministic", True)
+            seed_everything(config.get("seed", 0), deterministic=deterministic)
             device = pick_device(force_cpu=flags.get("cpu", False), index=world.local_rank)
             run.log_hparams({**flatten_values(recorded),
                              **{k: v for k, v in flags.items() if k not in project.output_only},
                              "threads": threads, "world_size": world.size})
-            run.log_text("environment", json.dumps(environment(device, threads), indent=2))
+            # What the run chose where the config let it choose, and whether it is bit-reproducible at all.
+            chosen = {"precision": resolve_precision(training.get("precision", "off"), device),
+                      "deterministic": deterministic}
+            run.log_text("environment", json.dumps({**environment(device, threads), **chosen}, indent=2))
+            if not deterministic and speaks and verbose >= 1:
+                print(f"note: training.deterministic is false: run {run.id} is not bit-reproducible (--reproduce "
+                      f"compares it within {NONDETERMINISTIC_TOLERANCE:g})", file=sys.stderr)
             for tag, text in (texts or {}).items():  # what the caller records beside the run (a search's trial)
                 run.log_text(tag, text)
-            results = experiment(config, run, device, world, **kwargs)
+            try:
+                results = experiment(config, run, device, world, **kwargs)
+            except RuntimeError as error:
+                op = nondeterministic_op(error)
+                if op is None:
+                    raise
+                raise NondeterministicOp(
+                    f"run {run.id} stopped: {op} has no deterministic implementation on {device.type}, and "
+                    f"training.deterministic: true refuses it; to train this model, launch it with "
+                    f"--config.training.deterministic=false (a new run, recorded as not bit-reproducible), or replace "
+                    f"the operation (docs/reproducibility.md)") from None
             if run.status == "running":
                 run.finish(results)
     except DiskFull as full:  # the run is failed (or left for the next launch to mark): say how to continue it
-        raise DiskFull(full.what, f"free some space, then continue run {run.id} with python main.py --resume={run.id}"
+        raise DiskFull(full.what, f"free some space, then continue run {run.id} with {resume_command(run, world)}"
                        ) from None
     except BaseException as error:
         stop = stop_behind(error)  # a library may have turned the stop into an error of its own
         if stop is None:
             raise
         what = "interrupted" if isinstance(stop, KeyboardInterrupt) else "terminated"
+        where = run.resume_point.described() if run.resume_point is not None else "from its start"
         if speaks:
-            print(f"{what}: run {run.id} is marked failed, with all it logged; continue it with "
-                  f"python main.py --resume={run.id}", file=sys.stderr)
+            print(f"{what}: run {run.id} is marked failed, with all it logged; it continues {where} with "
+                  f"{resume_command(run, world)}", file=sys.stderr)
         return None, exit_code(stop)
     if speaks:
         print(f"run {run.id} finished: " + ", ".join(f"{k} {format_value(v)}" for k, v in results.items()), flush=True)
     return results, 0
+
+
+def resume_command(run, world=None):
+    """The command that continues `run`: with torchrun on as many processes as it ran on."""
+    size = world.size if world is not None else 1
+    launcher = f"torchrun --nproc_per_node={size} main.py" if size > 1 else "python main.py"
+    return f"{launcher} --resume={run.id}"
 
 
 def format_value(value):

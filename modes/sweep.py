@@ -179,22 +179,27 @@ def sweep_key(identities):
 
 
 class _Prefixed(io.TextIOBase):
-    """A text stream that starts every line written to `stream` with `prefix`."""
+    """A text stream that starts every line written to `stream` with `prefix`, and passes on whole lines only, in one
+    write: the workers share one output, unbuffered where PYTHONUNBUFFERED is set, and print() writes a line's text
+    and its end separately, so another worker's line could land in between."""
 
     def __init__(self, stream, prefix):
-        self._stream, self._prefix, self._at_line_start = stream, prefix, True
+        self._stream, self._prefix, self._pending = stream, prefix, ""
 
     def write(self, text):
-        out = []
-        for piece in text.splitlines(keepends=True):
-            if self._at_line_start:
-                out.append(self._prefix)
-            out.append(piece)
-            self._at_line_start = piece.endswith(("\n", "\r"))
-        self._stream.write("".join(out))
+        *ended, self._pending = (self._pending + text).split("\n")
+        if ended:
+            self._stream.write("".join(f"{self._prefix}{line}\n" for line in ended))
         return len(text)
 
     def flush(self):
+        self._stream.flush()
+
+    def close_line(self):
+        """Pass on what is left of a line that never ended."""
+        if self._pending:
+            self._stream.write(f"{self._prefix}{self._pending}\n")
+            self._pending = ""
         self._stream.flush()
 
     def isatty(self):
@@ -214,11 +219,12 @@ def prefixed_output(worker):
     """Every line this worker prints, on stdout and stderr, starts with its name."""
     previous = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _Prefixed(sys.stdout, f"[{worker}] "), _Prefixed(sys.stderr, f"[{worker}] ")
+    prefixed = sys.stdout, sys.stderr
     try:
         yield
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
+        for stream in prefixed:
+            stream.close_line()
         sys.stdout, sys.stderr = previous
 
 

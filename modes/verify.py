@@ -6,7 +6,7 @@ recording nothing, and every value it logs in that window is compared with the r
 import math
 import tempfile
 
-from modes.reproduce import is_timing
+from modes.reproduce import is_timing, tolerance_for
 from modes.run import execute
 from utils.errors import UserError
 from utils.runtable.readers import NotTemplateRun, newest_finished_runs, read_run
@@ -66,13 +66,13 @@ def describe(identity):
 
 def verify_run(launch, recorded):
     """(True / False / None for skipped, the line that says so) for one recorded run."""
-    tolerance = launch.args.tolerance
+    tolerance = tolerance_for(recorded.identity, launch.args.tolerance)
     world_size = recorded.identity.flags.get("world_size", 1)
     if world_size > 1:
         return None, f"skipped: it ran on {world_size} torchrun processes, a replay here has one"
     device_type = current_device_type(recorded.identity.flags.get("cpu", False))
     recorded_device = recorded.environment.get("device_type", device_type)
-    if recorded_device != device_type and tolerance == 0:
+    if recorded_device != device_type and not launch.args.tolerance:
         return None, (f"skipped: recorded on {recorded_device}, this replay would run on {device_type}, whose kernels "
                       f"round differently (compare anyway with --tolerance=X)")
     last_step = launch.args.steps or recorded.epoch_ends.get(1)
@@ -96,9 +96,9 @@ def verify_run(launch, recorded):
 
 
 def current_device_type(force_cpu):
-    import torch
+    from utils.device import pick_device
 
-    return "cuda" if torch.cuda.is_available() and not force_cpu else "cpu"
+    return pick_device(force_cpu).type
 
 
 def compare_window(recorded, replayed, last_step, tolerance):

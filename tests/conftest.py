@@ -93,18 +93,18 @@ class Spawner:
     def __init__(self):
         self.started = []
 
-    def __call__(self, cwd, *args, command=None, main=MAIN, table=None):
+    def __call__(self, cwd, *args, command=None, main=MAIN, table=None, env=None):
         """Start `python main.py args` (or `command`) in `cwd` in a process group of its own, recording in `table`
-        (by default `cwd`'s results/); returns the Popen."""
+        (by default `cwd`'s results/), with the variables of `env` added to the environment; returns the Popen."""
         process = subprocess.Popen(command or [sys.executable, str(main), *args], cwd=cwd, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True, start_new_session=True,
-                                   env=env_recording_in(cwd, table))
+                                   env={**env_recording_in(cwd, table), **(env or {})})
         self.started.append(process)
         return process
 
-    def run(self, cwd, *args, command=None, main=MAIN, timeout=300, table=None):
+    def run(self, cwd, *args, command=None, main=MAIN, timeout=300, table=None, env=None):
         """Run it to the end; a CompletedProcess, as subprocess.run gives."""
-        process = self(cwd, *args, command=command, main=main, table=table)
+        process = self(cwd, *args, command=command, main=main, table=table, env=env)
         stdout, stderr = process.communicate(timeout=timeout)
         return subprocess.CompletedProcess(process.args, process.returncode, stdout, stderr)
 

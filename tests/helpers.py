@@ -323,6 +323,28 @@ def private_mounts_work(tmp_path):
     return probe.returncode == 0 and not mounted_here
 
 
+def signal_at_step(monkeypatch, step, signum=signal.SIGTERM):
+    """Make the next in-process run receive a real stop signal as its `step`-th training step begins (counted from
+    the start of this process's training), as a cluster's SIGTERM or a Ctrl-C lands in the middle of a step."""
+    import training.loop
+
+    signal_at_call(monkeypatch, training.loop, "_step", step, signum)
+
+
+def signal_at_call(monkeypatch, module, name, call, signum):
+    """Make `module`.`name` receive a real stop signal as its `call`-th call begins (then behave as before)."""
+    original, calls = getattr(module, name), []
+
+    def calling(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == call:
+            monkeypatch.setattr(module, name, original)
+            signal.raise_signal(signum)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(module, name, calling)
+
+
 def interrupt_after_first_epoch(monkeypatch):
     """Make the next in-process run stop as Ctrl-C would, right after its first epoch's checkpoints."""
     from utils.epochs import Epochs

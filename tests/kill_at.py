@@ -3,7 +3,8 @@
     python tests/kill_at.py INSTANT [main.py arguments ...]
 
 The instants lie between the writes of an epoch's end and of a run's end, where a power cut or the out-of-memory
-killer could land; the kill is real (SIGKILL: no handler, no cleanup), only its timing is chosen.
+killer could land, or at the start of a chosen training step (step-N); the kill is real (SIGKILL: no handler, no
+cleanup), only its timing is chosen.
 """
 import os
 import signal
@@ -89,6 +90,16 @@ def after_open(count):
     return chosen_open
 
 
+def at_step(step):
+    """die as the `step`-th training step of this process begins (a step-N instant)"""
+    import training.loop
+    training.loop._step = after_calls(training.loop._step, step, before=True)
+
+
 if __name__ == "__main__":
-    INSTANTS[sys.argv[1]]()
+    instant = sys.argv[1]
+    if instant.startswith("step-"):
+        at_step(int(instant.removeprefix("step-")))
+    else:
+        INSTANTS[instant]()
     sys.exit(main.cli(sys.argv[2:]))

@@ -77,7 +77,7 @@ def test_a_refused_duplicate_loads_neither_torch_nor_deepboard(tiny):
 def test_a_value_the_experiment_cannot_use_is_refused_leaving_no_row_and_no_folder(workdir):
     assert tiny_in_process(workdir).returncode == 0
     for override, message in [
-        ("--config.training.autocast=fp8", "training.autocast must be auto, bf16 or off, got 'fp8'"),
+        ("--config.training.precision=fp8", "training.precision must be auto, bf16, fp16 or off, got 'fp8'"),
         ("--config.training.optimizer=lamb", "training.optimizer must be sgd or adamw, got 'lamb'"),
         ("--config.model.kernel_size=13", "shrink the 28x28 images to nothing"),
         ("--config.data.val_size=640", "data.val_size must be between 1 and 639"),
@@ -129,7 +129,7 @@ def test_a_signal_sent_again_and_again_during_start_up_ends_in_one_line_and_the_
                                                                                            code, what):
     for delay in (0.3, 0.6, 1.0, 1.6, 2.4, 3.5):  # loading the modules, parsing, torch's import, the first steps
         process = spawn(workdir, "--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0",
-                        "--config.training.num_epochs=30", f"--comment=stopped after {delay} s")
+                        "--config.training.num_epochs=1000", f"--comment=stopped after {delay} s")  # far from its end
         time.sleep(delay)
         for _ in range(4):  # as a user keeps pressing Ctrl-C: to the whole process group, as a terminal sends it
             try:
@@ -141,11 +141,35 @@ def test_a_signal_sent_again_and_again_during_start_up_ends_in_one_line_and_the_
         lines = [line for line in stderr.strip().splitlines() if not line.startswith("recording in ")]
         assert process.returncode == code and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
         assert len(lines) == 1 and (lines[0] == "interrupted before a run started: nothing was recorded" or re.fullmatch(
-            rf"{what}: run \d+ is marked failed, with all it logged; continue it with python main.py --resume=\d+",
-            lines[0])), stderr
+            rf"{what}: run \d+ is marked failed, with all it logged; it continues (from its start|in epoch \d+ after "
+            rf"step \d+ \(\d+ of its 4 steps done\)|in epoch \d+ at its validation \(after step \d+\)|after epoch "
+            rf"\d+ \(step \d+\)) with python main.py --resume=\d+", lines[0])), stderr
     db = workdir / "results" / "resultTable.db"
     if db.exists():  # a run that had started is failed, with a reason, never left running
         assert {status for (status,) in query(db, "SELECT status FROM Experiments")} <= {"failed"}
+
+
+@pytest.mark.fault("signals and pipes")
+def test_a_ctrl_c_while_the_first_run_creates_the_table_leaves_a_whole_table_and_the_next_launch_runs(workdir,
+                                                                                                   monkeypatch):
+    from deepboard.resultTable import ResultTable
+
+    create = ResultTable.__init__
+
+    def creating(self, *args, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # Ctrl-C, as deepboard begins to write the new table
+        create(self, *args, **kwargs)
+
+    monkeypatch.setattr(ResultTable, "__init__", creating)
+    done = tiny_in_process(workdir)
+    assert done.returncode == 130
+    assert done.stderr.strip().splitlines()[-1] == "interrupted before a run started: nothing was recorded"
+    monkeypatch.setattr(ResultTable, "__init__", create)
+    db = workdir / "results" / "resultTable.db"
+    assert query(db, "SELECT COUNT(*) FROM Experiments") == [(0,)]  # whole, and empty
+    assert [path.name for path in (workdir / "results").iterdir() if "creating" in path.name] == []
+    assert tiny_in_process(workdir).returncode == 0
+    assert query(db, "SELECT run_id, status FROM Experiments") == [(1, "finished")]
 
 
 @pytest.mark.fault("signals and pipes")
@@ -167,8 +191,8 @@ def test_a_ctrl_c_that_a_library_swallows_or_turns_into_its_own_error_still_stop
     monkeypatch.setattr(training.optim, "make_optimizer", a_library_that_catches_everything)
     done = tiny_in_process(workdir)
     assert done.returncode == 130 and "Traceback" not in done.stderr, done.stderr
-    assert done.stderr.strip().splitlines()[-1] == ("interrupted: run 1 is marked failed, with all it logged; "
-                                                    "continue it with python main.py --resume=1")
+    assert done.stderr.strip().splitlines()[-1] == ("interrupted: run 1 is marked failed, with all it logged; it "
+                                                    "continues from its start with python main.py --resume=1")
     assert query(workdir / "results" / "resultTable.db", "SELECT e.status, l.failure FROM Experiments e JOIN "
                  "TemplateLaunch l USING (run_id)") == [("failed", "interrupted")]  # resumable, not a crash
 
@@ -196,9 +220,9 @@ def test_a_ctrl_c_while_torch_loads_is_held_until_it_has_loaded_and_nothing_is_r
 @pytest.mark.fault("valid configs")
 def test_a_bare_off_in_a_yaml_file_is_answered_with_what_to_write(workdir):
     config = workdir / "configs" / "tiny.yml"
-    config.write_text(config.read_text().replace("autocast: auto", "autocast: off"))
-    assert_refused(tiny_in_process(workdir), 'write autocast: "off" (quoted)')
-    config.write_text(config.read_text().replace("autocast: off", 'autocast: "off"'))
+    config.write_text(config.read_text().replace("precision: auto", "precision: off"))
+    assert_refused(tiny_in_process(workdir), 'write precision: "off" (quoted)')
+    config.write_text(config.read_text().replace("precision: off", 'precision: "off"'))
     assert tiny_in_process(workdir).returncode == 0
 
 

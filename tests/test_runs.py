@@ -1,6 +1,7 @@
 """What a run records, through main.py in process: its row, hparams, curves, results and checkpoints; duplicates,
 debug runs and new runs."""
 import json
+import re
 import sys
 
 import pytest
@@ -152,10 +153,10 @@ def test_the_project_config_runs_with_overrides_and_prints_progress(workdir, mni
 
 
 def test_the_bf16_autocast_path_used_on_gpus_also_runs_on_the_cpu(workdir):
-    done = tiny_in_process(workdir, "--config.training.autocast=bf16")
+    done = tiny_in_process(workdir, "--config.training.precision=bf16")
     assert done.returncode == 0, done.stderr
     db = workdir / "results" / "resultTable.db"
-    assert dict(query(db, "SELECT metric, value FROM Results WHERE is_hparam=1"))["training.autocast"] == "bf16"
+    assert dict(query(db, "SELECT metric, value FROM Results WHERE is_hparam=1"))["training.precision"] == "bf16"
     assert results_of(db, 1)["test_accuracy"] > 0.5
 
 
@@ -189,3 +190,50 @@ def test_a_table_missing_a_table_or_a_column_is_refused_and_left_alone(workdir, 
                  ("--resume=-1",)):
         assert_refused(run_in_process(workdir, *args), message, "nothing was changed")
     assert db.read_bytes() == before
+
+
+class Unpooling(torch.nn.Module):
+    """A user's model that undoes its max-pooling: torch has no deterministic kernel for that, on the CPU either."""
+
+    def __init__(self, classes):
+        super().__init__()
+        self.pool, self.unpool = torch.nn.MaxPool2d(2, return_indices=True), torch.nn.MaxUnpool2d(2)
+        self.out = torch.nn.Linear(28 * 28, classes)
+
+    def forward(self, images):
+        pooled, where = self.pool(images)
+        return self.out(self.unpool(pooled, where).flatten(1))
+
+
+@pytest.mark.fault("valid configs")
+@pytest.mark.slow
+def test_an_operation_without_a_deterministic_kernel_stops_the_run_in_one_line_and_names_the_way_out(workdir,
+                                                                                                     monkeypatch):
+    import models.cnn
+
+    monkeypatch.setattr(models.cnn, "make_model", lambda config, info, device: Unpooling(info.num_classes))
+    refused = tiny_in_process(workdir)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    line = refused.stderr.strip().splitlines()[-1]  # after the line that names the table it records in
+    assert line.startswith("error: run 1 stopped: max_unpooling2d_forward_out has no deterministic implementation "
+                           "on cpu") and "--config.training.deterministic=false (a new run, recorded as not " \
+                                        "bit-reproducible)" in line
+    db = workdir / "results" / "resultTable.db"
+    assert query(db, "SELECT E.status, L.failure FROM Experiments E JOIN TemplateLaunch L USING (run_id)") == [
+        ("failed", "nondeterministic op")]
+    shown = re.search(r"^error: run 4 stopped: .*$", (REPO / "docs" / "reproducibility.md").read_text(), re.M)
+    assert line == shown.group(0).replace("run 4", "run 1")  # the line the documentation shows
+    log = (workdir / "results" / "1" / "output.log").read_text()  # the run's own output ends with what ended it
+    assert log.strip().splitlines()[-1] == line
+
+    done = tiny_in_process(workdir, "--config.training.deterministic=false", "--verbose=1")
+    assert done.returncode == 0, done.stderr
+    assert "note: training.deterministic is false: run 2 is not bit-reproducible (--reproduce compares it within " \
+           "0.01)" in done.stderr
+    [(environment,)] = query(db, "SELECT fragment FROM Fragments WHERE tag='environment' AND run_id=2")
+    assert json.loads(environment)["deterministic"] is False
+    again = run_in_process(workdir, "--reproduce=2")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert ("note: run 2 was recorded with training.deterministic: false, so it is not bit-reproducible: values "
+            "within 0.01 of each other count as the same (--tolerance=X to choose)") in again.stderr
+    assert again.stdout.strip().splitlines()[-1].endswith("match (tolerance 0.01; timings are not compared)")

@@ -1,5 +1,6 @@
 """Scaling out: torchrun with DistributedDataParallel (gloo on the CPU), through the real main.py."""
 import os
+import re
 import signal
 import sys
 
@@ -8,8 +9,8 @@ import torch
 import yaml
 
 from data.loaders import make_loaders
-from helpers import (MAIN, assert_refused, logged_epochs, make_mnist_folder, query, run_main, tiny_config,
-                     tiny_in_process, wait_for)
+from helpers import (MAIN, REPO, assert_refused, logged_epochs, make_mnist_folder, query,
+                     recorded_numbers, run_main, tiny_config, tiny_in_process, wait_for)
 from models.cnn import make_model
 from training.loop import evaluate
 from training.tasks import Classification
@@ -52,8 +53,11 @@ def test_torchrun_records_one_run_with_reduced_metrics_and_refuses_another_numbe
     assert stopped.poll() is None, stopped.communicate()
     os.killpg(stopped.pid, signal.SIGTERM)
     _, stderr = stopped.communicate(timeout=60)  # no rank waits on a collective the others left
-    assert rank_lines(stderr) == [
-        "terminated: run 1 is marked failed, with all it logged; continue it with python main.py --resume=1"]
+    [line] = rank_lines(stderr)
+    where = (r"(in epoch \d+ after step \d+ \(\d+ of its 71 steps done\)|in epoch \d+ at its validation \(after step "
+             r"\d+\)|after epoch \d+ \(step \d+\))")
+    assert re.fullmatch(rf"terminated: run 1 is marked failed, with all it logged; it continues {where} with torchrun "
+                        rf"--nproc_per_node=2 main.py --resume=1", line), line
     assert query(db, "SELECT run_id, status, cli FROM Experiments") == [(1, "failed", "world_size=2")]
 
     # BatchNorm saw each rank's shard: one process cannot continue or reproduce what two computed.
@@ -85,3 +89,26 @@ def test_torchrun_records_one_run_with_reduced_metrics_and_refuses_another_numbe
     assert again.returncode != 0 and "already has this config" in refusal
     assert tiny_in_process(long_workdir).returncode == 0
     assert query(db, "SELECT run_id, cli FROM Experiments ORDER BY run_id") == [(1, "world_size=2"), (2, "")]
+
+
+@pytest.mark.fault("kills")
+def test_a_sigterm_that_reaches_one_rank_mid_epoch_stops_every_rank_after_the_same_step(long_workdir, spawn, tmp_path):
+    args = [*TINY[:2], "--verbose=1", "--config.training.num_epochs=2"]
+    reference = tmp_path / "reference"
+    (reference / "configs").mkdir(parents=True)
+    (reference / "configs" / "tiny.yml").write_text((long_workdir / "configs" / "tiny.yml").read_text())
+    done = spawn.run(reference, command=[*TORCHRUN, *args])
+    assert done.returncode == 0, done.stdout + done.stderr
+
+    # Only rank 1 gets the signal, as its 100th step begins (epoch 2: 71 steps an epoch); rank 0 learns it after
+    # that step, and both stop there: rank 0 writes every rank's state in the resume point.
+    signalled = [*TORCHRUN[:-1], str(REPO / "tests" / "signal_at.py"), "SIGTERM", "100", *args]
+    process = spawn(long_workdir, command=signalled, env={"SIGNAL_AT_RANK": "1"})
+    process.communicate(timeout=300)
+    db = long_workdir / "results" / "resultTable.db"
+    assert query(db, "SELECT E.status, L.failure FROM Experiments E JOIN TemplateLaunch L USING (run_id)") == [
+        ("failed", "terminated")]
+    resumed = spawn.run(long_workdir, command=[*TORCHRUN, "--resume=1"])
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "run 1: resuming in epoch 2 after step 100 (29 of its 71 steps done)" in resumed.stdout
+    assert recorded_numbers(db, 1) == recorded_numbers(reference / "results" / "resultTable.db", 1)

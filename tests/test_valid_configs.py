@@ -1,7 +1,8 @@
 """Values that pass every check train: generated configs of both shipped experiments, from the edges of what each key
-takes (a batch of one, a one-pixel map, a learning rate that diverges, a window of one character), run the real
-experiment for an epoch through main.py in process. Each ends finished and recorded, or refused in one line before
-anything is recorded; never a traceback from inside the training. (The slow tier's share: each example trains.)
+takes (a batch of one, a one-pixel map, a learning rate that diverges, a window of one character, fp16, accumulated
+micro-batches, resume points every step), run the real experiment for an epoch through main.py in process. Each ends
+finished and recorded, or refused in one line before anything is recorded; never a traceback from inside the
+training. (The slow tier's share: each example trains.)
 """
 import pytest
 import yaml
@@ -21,6 +22,14 @@ shared_training = {
     "training.schedule": st.sampled_from(["onecycle", "constant"]),
     "training.warmup_fraction": fractions,
     "training.threads": st.integers(0, 3),
+    # The knobs of long runs (compiling aside: tens of seconds an example)
+    "training.precision": st.sampled_from(["auto", "bf16", "fp16", "off"]),
+    "training.grad_clip": st.one_of(st.none(), st.floats(1e-6, 10)),
+    "training.accumulate": st.integers(1, 8),
+    "training.weight_decay_scope": st.sampled_from(["all", "matrices"]),
+    "training.fused": st.booleans(),
+    "training.patience": st.integers(1, 3),
+    "training.checkpoint_every": st.integers(1, 50),
     "logging.log_every": st.integers(1, 200),
     "seed": st.integers(0, 2**31 - 1),
 }

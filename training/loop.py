@@ -2,75 +2,198 @@
 
 `batches` is any iterable of batches (a tuple or dict of tensors, nested); the loops move each to the model's
 device and leave what a batch means to the `task` (training/tasks.py): the loss, and the sums its metrics come from.
-They know nothing of the run table: the caller hands `log_step` a callable and records what comes back.
+How each optimizer step is taken (precision, clipping, accumulation) is a StepRecipe (training/recipe.py). The loops
+know nothing of the run table: a training pass is handed PassHooks (utils.epochs.Epochs.hooks gives them) that record
+what it logs and may keep a resume point after any step.
 """
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 from torch import nn
 from tqdm import tqdm
 
+from training.recipe import StepRecipe
 from training.tasks import to_device
-from utils.stopping import raise_if_stopped
+from utils.stopping import raise_if_stopped, stops_held
 
 
-def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, scheduler, task, *,
-                first_step: int = 0, log_every: int = 1, log_step: Callable[[int, float], None] | None = None,
-                progress: str | None = None, autocast: torch.dtype | None = None, world=None) -> dict:
+@dataclass
+class LoopState:
+    """Where a training pass stands after a step: what a resume point keeps of it, so that a resumed pass goes on
+    with the same sums, logging window and clock."""
+    done: int = 0  # batches (optimizer steps) of the pass trained
+    seen: int = 0  # what the task counts (samples, tokens) in those batches
+    sums: dict | None = None  # {metric: running sum}, on the device
+    window_loss: torch.Tensor = field(default_factory=lambda: torch.zeros(()))  # the logging window's summed loss
+    window: int = 0  # steps in the logging window
+    norms: list = field(default_factory=list)  # the window's gradient norms, a step each (with grad_clip)
+    elapsed: float = 0.0  # seconds the pass trained before the resume point
+
+    def to_dict(self) -> dict:
+        """The state as tensors and plain numbers on the CPU (what the safe loader reads back)."""
+        return {"done": self.done, "seen": self.seen, "elapsed": self.elapsed, "window": self.window,
+                "sums": {name: value.cpu() for name, value in (self.sums or {}).items()},
+                "window_loss": self.window_loss.cpu(),
+                "norms": torch.stack(self.norms).cpu() if self.norms else torch.zeros(0)}
+
+    @classmethod
+    def from_dict(cls, state: dict, device: torch.device) -> "LoopState":
+        return cls(state["done"], state["seen"], {name: value.to(device) for name, value in state["sums"].items()}
+                   or None, state["window_loss"].to(device), state["window"], list(state["norms"].to(device)),
+                   state["elapsed"])
+
+
+class PassHooks(Protocol):
+    """What the epoch bookkeeping gives one training pass (utils.epochs.Epochs.hooks(epoch))."""
+    first_step: int  # the global step before the pass's first batch
+    restored: dict | None  # the LoopState (as a dict) a resume point left this pass at, or None: from its start
+    progress: str | None  # the progress bar's description, or None for no bar
+
+    def log(self, step: int, values: dict) -> None:
+        """Record {name: value} of the training split at global `step`."""
+
+    def after_step(self, state: LoopState) -> None:
+        """Called after every step: may write a resume point, and raises the stop a signal asked for once it has."""
+
+    def after_pass(self, state: LoopState) -> None:
+        """Called once the pass has trained its last batch, before its metrics are summed over the ranks."""
+
+
+def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, scheduler, task,
+                recipe: StepRecipe | None = None, hooks: PassHooks | None = None, *, log_every: int = 1,
+                world=None) -> dict:
     """The task's metrics of one pass over `batches`, updating `model` at each batch, plus 'epoch_time' and
     'throughput' (what the task counts, per second).
 
     Timings are the only values that differ between identical runs; their names say so ("time", "throughput").
 
-    With `autocast` (a dtype such as torch.bfloat16), the forward pass runs in that precision; None keeps float32.
-    With `world` (torchrun), the metrics and logged losses are summed over all ranks, so they describe all the data.
+    `recipe` says how each step is taken (default: float32, no clipping, no accumulation). With `world` (torchrun),
+    the metrics and logged losses are summed over all ranks, so they describe all the data.
 
-    Every `log_every` steps, `log_step(step, mean loss of those steps)` is called; reading the loss only then keeps
-    the device from waiting on the host at every step. `progress` is the bar's description, or None for no bar; the
-    bar is shown only on a terminal, so logs of batch jobs stay readable.
+    Every `log_every` steps, the mean loss of those steps is logged as step_loss (reading the loss only then keeps
+    the device from waiting on the host at every step), and with clipping each step's gradient norm before clipping
+    as grad_norm. A stop signal waits for the end of the step it lands in, so that `hooks` can keep that step as a
+    resume point; a pass that `hooks` restored continues after the batches it trained before (the batches skip them).
+    The progress bar is shown only on a terminal, so logs of batch jobs stay readable.
     """
+    recipe = recipe or StepRecipe()
     started = time.perf_counter()
     model.train()
     device = next(model.parameters()).device
-    window_loss = torch.zeros((), device=device)
-    sums, seen, window = None, 0, 0
-    bar = tqdm(batches, desc=progress, leave=False, dynamic_ncols=True, disable=True if progress is None else None)
-    for step, batch in enumerate(bar, start=first_step + 1):
-        raise_if_stopped()  # a Ctrl-C that a library swallowed still stops the run at its next step
-        batch = to_device(batch, device)
-        with _autocast(device, autocast):
-            output = task.forward(model, batch)
-        loss = task.loss(output, batch)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
-
-        loss = loss.detach()
-        measured, count = task.train_sums(output, batch, loss)
-        sums = _added(sums, measured)
-        window_loss += loss
-        seen, window = seen + count, window + 1
-        if window == log_every:
-            mean = _summed(world, window_loss).item() / window / (world.size if world else 1)
-            if log_step is not None:
-                log_step(step, mean)
-            if progress is not None:
-                running = task.summarize({name: value.item() for name, value in sums.items()}, seen)
-                bar.set_postfix({name: f"{value:.4f}" for name, value in running.items()}, refresh=False)
-            window_loss.zero_()
-            window = 0
+    restored = hooks.restored if hooks is not None else None
+    state = LoopState.from_dict(restored, device) if restored else LoopState(window_loss=torch.zeros((), device=device))
+    first_step = hooks.first_step if hooks is not None else 0
+    progress = hooks.progress if hooks is not None else None
+    raise_if_stopped()  # a Ctrl-C that a library swallowed before the pass stops it before its first step
+    bar = tqdm(batches, desc=progress, initial=state.done, leave=False, dynamic_ncols=True,
+               disable=True if progress is None else None)
+    with stops_held():  # a stop waits for the step it lands in to end: a resume point is a step, whole
+        for step, batch in enumerate(bar, start=first_step + state.done + 1):
+            loss, norm = _step(model, to_device(batch, device), optimizer, scheduler, task, recipe, state, device)
+            state.window_loss += loss
+            state.done, state.window = state.done + 1, state.window + 1
+            if norm is not None:
+                state.norms.append(norm)
+            if state.window == log_every:
+                _log_window(hooks, step, state, world)
+                if progress is not None:
+                    running = task.summarize({name: value.item() for name, value in (state.sums or {}).items()},
+                                             state.seen)
+                    bar.set_postfix({name: f"{value:.4f}" for name, value in running.items()}, refresh=False)
+            if hooks is not None:
+                hooks.after_step(state)
+            raise_if_stopped()
+        if hooks is not None:
+            hooks.after_pass(state)
     bar.close()
-    metrics = _metrics(task, sums, seen, device, world)
-    epoch_time = time.perf_counter() - started
-    return {**metrics, "epoch_time": epoch_time, "throughput": _total(world, seen, device) / epoch_time}
+    metrics = _metrics(task, state.sums, state.seen, device, world)
+    epoch_time = state.elapsed + time.perf_counter() - started
+    return {**metrics, "epoch_time": epoch_time, "throughput": _total(world, state.seen, device) / epoch_time}
+
+
+def _step(model, batch, optimizer, scheduler, task, recipe, state, device):
+    """One optimizer step on `batch`, in `recipe.accumulate` micro-batches: (the batch's loss, detached; the gradient
+    norm before clipping, or None without clipping). The task's sums of each micro-batch are added to `state`."""
+    parts = _micro_batches(batch, recipe.accumulate)
+    total = _samples(batch)
+    optimizer.zero_grad(set_to_none=True)
+    step_loss = None
+    for number, part in enumerate(parts, start=1):
+        # Under torchrun, the gradients are averaged over the ranks once, after the last micro-batch.
+        syncs = number == len(parts) or not hasattr(model, "no_sync")
+        with nullcontext() if syncs else model.no_sync():
+            with _autocast(device, recipe.autocast):
+                output = task.forward(model, part)
+            loss = task.loss(output, part)
+            weighted = loss if len(parts) == 1 else loss * (_samples(part) / total)  # the batch's mean, in parts
+            (recipe.scaler.scale(weighted) if recipe.scaler is not None else weighted).backward()
+        measured, count = task.train_sums(output, part, loss.detach())
+        state.sums = _added(state.sums, measured)
+        state.seen += count
+        step_loss = weighted.detach() if step_loss is None else step_loss + weighted.detach()
+    norm = None
+    if recipe.grad_clip is not None:
+        if recipe.scaler is not None:
+            recipe.scaler.unscale_(optimizer)
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip).detach()
+    if recipe.scaler is not None:
+        recipe.scaler.step(optimizer)
+        recipe.scaler.update()
+    else:
+        optimizer.step()
+    scheduler.step()
+    return step_loss, norm
+
+
+def _micro_batches(batch, parts):
+    """`batch` split along its first dimension into up to `parts` micro-batches (a tuple, list or dict of tensors,
+    nested, split alike); [batch] itself for one."""
+    if parts == 1:
+        return [batch]
+    count = min(parts, _samples(batch))
+    return [_part(batch, index, count) for index in range(count)]
+
+
+def _part(batch, index, count):
+    if isinstance(batch, torch.Tensor):
+        return torch.tensor_split(batch, count)[index]
+    if isinstance(batch, dict):
+        return {key: _part(value, index, count) for key, value in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(_part(value, index, count) for value in batch)
+    return batch
+
+
+def _samples(batch):
+    """How many samples `batch` holds: the first dimension of its first tensor."""
+    if isinstance(batch, torch.Tensor):
+        return batch.shape[0]
+    values = batch.values() if isinstance(batch, dict) else batch
+    return next(_samples(value) for value in values if isinstance(value, (torch.Tensor, dict, tuple, list)))
+
+
+def _log_window(hooks, step, state, world):
+    """Log the window that ends at `step` (its mean loss, its steps' gradient norms) and start a new one."""
+    mean = _summed(world, state.window_loss).item() / state.window / (world.size if world else 1)
+    if hooks is not None:
+        hooks.log(step, {"step_loss": mean})
+        if state.norms:
+            for offset, norm in enumerate(torch.stack(state.norms).tolist()):
+                hooks.log(step - len(state.norms) + 1 + offset, {"grad_norm": norm})
+    state.window_loss.zero_()
+    state.window = 0
+    state.norms = []
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, batches: Iterable, task, autocast: torch.dtype | None = None, world=None) -> dict:
     """The task's metrics of `model` over `batches` (for a classifier: accuracy, and cross-entropy without smoothing).
 
+    With `autocast` (a dtype such as torch.bfloat16), the forward passes run in that precision; None keeps float32.
     With `world` (torchrun), each rank evaluates its shard and the sums are added up over the ranks.
     """
     model.eval()

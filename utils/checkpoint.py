@@ -5,6 +5,7 @@ containers, and runs nothing, so a file planted in a shared results folder canno
 states are written as tensors and plain numbers, never as pickled objects.
 """
 import io
+import os
 import pickle
 import random
 
@@ -120,30 +121,77 @@ def convert_old_checkpoint(path):
     return True
 
 
-def save_training_state(path, model, optimizer, scheduler, loader, **extra):
-    """Everything needed to continue training bit for bit: weights, optimizer, schedule and every random state."""
+def save_training_state(path, model, optimizer, scheduler, draws, *, scaler=None, rng=None, **extra):
+    """Everything needed to continue training bit for bit: weights, optimizer, schedule, the gradient scaler, the
+    state the next (or current) pass of the data is drawn from (`draws`) and every random state (`rng`, as
+    random_states() gives them; by default this moment's)."""
     _save({
         "model": unwrap(model).state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-        "generator": loader.get_state(), "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy_rng": _numpy_state(np.random.get_state()), "python_rng": _python_state(random.getstate()), **extra,
+        "scaler": scaler.state_dict() if scaler is not None else None, "generator": draws,
+        **(rng if rng is not None else random_states()), **extra,
     }, path)
 
 
-def load_training_state(path, model, optimizer, scheduler, loader, device):
-    """Restore what save_training_state wrote; returns the checkpoint dict (its `extra` entries included)."""
+def load_training_state(path, model, optimizer, scheduler, device, scaler=None):
+    """Restore the weights, optimizer, schedule, gradient scaler and random states save_training_state wrote; returns
+    the checkpoint dict (the data's state and the `extra` entries included)."""
     state = load_checkpoint(path, model, device)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
-    loader.set_state(state["generator"])
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])
+    restore_random_states(state)
+    return state
+
+
+def random_states():
+    """Every random state of this process, as tensors and plain numbers: torch's (CPU, and the accelerators'),
+    NumPy's and Python's."""
+    return {"torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            **_accelerator_states(),
+            "numpy_rng": _numpy_state(np.random.get_state()), "python_rng": _python_state(random.getstate())}
+
+
+def restore_random_states(state):
+    """Set every random state that `state` (random_states() as a checkpoint holds them) records."""
     torch.set_rng_state(state["torch_rng"])
-    if state["cuda_rng"] is not None and torch.cuda.is_available():
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda_rng"])
+    for kind in ACCELERATORS:
+        if state.get(f"{kind}_rng") is not None and _available(kind):
+            _set_accelerator_state(kind, state[f"{kind}_rng"])
     numpy_rng, python_rng = state["numpy_rng"], state["python_rng"]
     np.random.set_state((numpy_rng["kind"], numpy_rng["keys"].numpy().astype(np.uint32), numpy_rng["pos"],
                          numpy_rng["has_gauss"], numpy_rng["gauss"]))
     random.setstate((python_rng["version"], tuple(python_rng["internal"].tolist()), python_rng["gauss"]))
-    return state
+
+
+ACCELERATORS = ("mps", "xpu")  # accelerators besides CUDA whose generators a resume point keeps
+
+
+def _available(kind):
+    module = getattr(torch, kind, None)
+    return module is not None and module.is_available()
+
+
+def _accelerator_states():
+    """{"mps_rng": ..., "xpu_rng": ...} of the accelerators besides CUDA this process has."""
+    states = {}
+    for kind in ACCELERATORS:
+        if _available(kind):
+            module = getattr(torch, kind)
+            states[f"{kind}_rng"] = (module.get_rng_state_all() if hasattr(module, "get_rng_state_all")
+                                     else module.get_rng_state())
+    return states
+
+
+def _set_accelerator_state(kind, value):
+    module = getattr(torch, kind)
+    if isinstance(value, (list, tuple)):
+        module.set_rng_state_all(value)
+    else:
+        module.set_rng_state(value)
 
 
 def _numpy_state(state):
@@ -169,6 +217,8 @@ def _save(state, path):
     try:
         with open(tmp, "wb") as f:
             f.write(data)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it replaces the old file: a dead node keeps one whole of the two
         tmp.replace(path)
     except OSError as e:
         tmp.unlink(missing_ok=True)

@@ -141,6 +141,26 @@ def unset_implied(config, implied):
     return with_changed_keys(config, implied, lambda key, value: None if value == implied[key] else value)
 
 
+def with_renamed_keys(config, renamed):
+    """A copy of `config` in which each dotted key of the (from, to) pairs `renamed` that it has, and whose new name it
+    lacks, is moved to that name (in the same section or another)."""
+    config = copy.deepcopy(config)
+    for source, target in renamed:
+        *sections, leaf = source.split(".")
+        parent = config
+        for section in sections:
+            parent = parent.get(section) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or leaf not in parent:
+            continue
+        *target_sections, target_leaf = target.split(".")
+        destination = config
+        for section in target_sections:
+            destination = destination.setdefault(section, {}) if isinstance(destination, dict) else None
+        if isinstance(destination, dict) and target_leaf not in destination:
+            destination[target_leaf] = parent.pop(leaf)
+    return config
+
+
 def with_changed_keys(config, dotted_keys, change):
     """A copy of `config` in which each of the `dotted_keys` it has holds `change(key, value)` instead of `value`."""
     config = copy.deepcopy(config)

@@ -4,16 +4,37 @@ import sys
 
 import torch
 
-from utils.config import require
 from utils.cores import usable_cores
-from utils.errors import UserError
 
 
 def pick_device(force_cpu: bool = False, index: int = 0) -> torch.device:
-    """CUDA GPU `index` (a torchrun process's local rank) when there is one and `force_cpu` is false, else the CPU."""
-    if not force_cpu and torch.cuda.is_available():
-        return torch.device("cuda", index)
-    return torch.device("cpu")
+    """The accelerator torch finds (CUDA, Apple's MPS, Intel's XPU; device `index` of it, a torchrun process's local
+    rank) when there is one and `force_cpu` is false, else the CPU."""
+    if force_cpu:
+        return torch.device("cpu")
+    accelerator = _accelerator()
+    if accelerator is None:
+        return torch.device("cpu")
+    return torch.device(accelerator, index) if accelerator in ("cuda", "xpu") else torch.device(accelerator)
+
+
+def _accelerator():
+    """The type of the accelerator this process can use ("cuda", "mps", "xpu", ...), or None."""
+    if hasattr(torch, "accelerator"):  # torch 2.6 and later
+        return torch.accelerator.current_accelerator().type if torch.accelerator.is_available() else None
+    return "cuda" if torch.cuda.is_available() else None
+
+
+NONDETERMINISTIC = " does not have a deterministic implementation"  # how torch words its refusal
+
+
+def nondeterministic_op(error: BaseException) -> str | None:
+    """The operation `error` names when it is torch's refusal of an operation without a deterministic
+    implementation (torch.use_deterministic_algorithms), else None."""
+    message = str(error)
+    if not isinstance(error, RuntimeError) or NONDETERMINISTIC not in message:
+        return None
+    return message.split(NONDETERMINISTIC)[0].strip().split()[-1]
 
 
 def set_threads(threads=0, processes_per_machine=1, loader_workers=0):
@@ -25,29 +46,6 @@ def set_threads(threads=0, processes_per_machine=1, loader_workers=0):
     """
     torch.set_num_threads(threads or max(1, usable_cores() // processes_per_machine - loader_workers))
     return torch.get_num_threads()
-
-
-AUTOCAST = ("auto", "bf16", "off")
-
-
-def check_config(config):
-    """Refuse an autocast setting this module does not know."""
-    if config["training"].get("autocast") is False:  # YAML 1.1 reads a bare `off` as false
-        raise UserError('training.autocast: YAML reads a bare off as false; write autocast: "off" (quoted)')
-    setting = require(config, "training.autocast", str)
-    if setting not in AUTOCAST:
-        raise UserError(f"training.autocast must be auto, bf16 or off, got {setting!r}")
-
-
-def autocast_dtype(setting: str, device: torch.device) -> torch.dtype | None:
-    """The dtype to autocast to for `training.autocast` ('auto', 'bf16' or 'off') on `device`, or None for none.
-
-    'auto' is bf16 on CUDA, where it is fast, and off on the CPU, where it is not.
-    """
-    if setting == "off" or (setting == "auto" and device.type != "cuda"):
-        return None
-    check_config({"training": {"autocast": setting}})
-    return torch.bfloat16
 
 
 def keep_freed_memory(limit_bytes=32 * 2**20):

@@ -52,6 +52,29 @@ class World:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def gathered(self, value):
+        """[every rank's `value`] on rank 0 (any picklable object), None on the others; [value] without torchrun."""
+        if not self.distributed:
+            return [value]
+        everyone = [None] * self.size if self.is_main else None
+        dist.gather_object(value, everyone, dst=0)
+        return everyone
+
+    def agreed_stop(self, stop):
+        """The stop (KeyboardInterrupt, Terminated or None) every rank acts on after a training step: one that any
+        rank received, so that all of them stop after the same step (one all-reduce a step under torchrun)."""
+        if not self.distributed:
+            return stop
+        from utils.errors import Terminated
+
+        device = torch.device("cuda", self.local_rank) if dist.get_backend() == "nccl" else torch.device("cpu")
+        code = torch.tensor(0 if stop is None else 1 if isinstance(stop, KeyboardInterrupt) else 2, device=device)
+        dist.all_reduce(code, op=dist.ReduceOp.MAX)
+        agreed = int(code.item())
+        if not agreed:
+            return None
+        return stop if stop is not None else KeyboardInterrupt() if agreed == 1 else Terminated()
+
     def check_same_weights(self, model):
         """The sha256 of `model`'s weights, after checking that every rank holds the very same bytes."""
         digest = hashlib.sha256()
@@ -88,5 +111,19 @@ def leave_world(world):
 
 
 def unwrap(model):
-    """The module inside a DistributedDataParallel wrapper (or `model` itself): what checkpoints hold."""
-    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+    """The module inside torch.compile's and DistributedDataParallel's wrappers (or `model` itself): what checkpoints
+    hold."""
+    while True:
+        if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif is_compiled(model):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def is_compiled(model):
+    """Whether `model` is a module torch.compile returned."""
+    import torch._dynamo  # noqa: F401  (imported at every run's start already: what torch.optim imports)
+
+    return isinstance(model, torch._dynamo.eval_frame.OptimizedModule)

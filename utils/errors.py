@@ -17,6 +17,10 @@ class DiskFull(UserError):
         self.what = what
 
 
+class NondeterministicOp(UserError):
+    """Deterministic mode met an operation that has no deterministic implementation on the run's device."""
+
+
 class Pruned(BaseException):
     """A search's pruner stopped a trial's run after an epoch: the run keeps all it logged and is marked pruned."""
 

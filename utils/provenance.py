@@ -45,8 +45,10 @@ def environment(device, threads):
     """Versions, device, threads and host of this process, as text-friendly values."""
     import torch  # the caller has imported it already, to pick `device`
 
-    if device.type == "cuda":
-        device_name = torch.cuda.get_device_name(device)
+    if device.type in ("cuda", "xpu"):
+        device_name = getattr(torch, device.type).get_device_name(device)
+    elif device.type == "mps":
+        device_name = f"Apple MPS ({platform.machine()})"
     else:
         device_name = _cpu_name()
     return {

@@ -95,7 +95,9 @@ def test_the_header_gives_the_training_set_size_and_an_impossible_split_is_refus
     assert_refused(tiny_in_process(workdir, "--config.data.val_size=640"), "data.val_size must be between 1 and 639")
     assert_refused(tiny_in_process(workdir, "--config.model.kernel_size=13"),
                    "shrink the 28x28 images to nothing")
-    assert_refused(tiny_in_process(workdir, "--config.training.autocast=fp8"), "training.autocast must be")
+    assert_refused(tiny_in_process(workdir, "--config.training.precision=fp8"), "training.precision must be")
+    assert_refused(tiny_in_process(workdir, "--config.training.autocast=bf16"),
+                   "'training.autocast' is now 'training.precision'")
     assert_refused(tiny_in_process(workdir, "--config.training.optimizer=adam"), "training.optimizer must be")
     assert not (workdir / "results").exists()
 

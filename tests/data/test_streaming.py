@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from helpers import (MAIN, logged_epochs, make_cifar_folder, make_image_folder, query, recorded_numbers, run_main,
+from helpers import (MAIN, REPO, logged_epochs, make_cifar_folder, make_image_folder, query, recorded_numbers, run_main,
                      tiny_config, wait_for)
 
 pytestmark = pytest.mark.slow
@@ -61,6 +61,26 @@ def test_the_same_command_twice_and_a_run_stopped_and_resumed_give_the_same_numb
         resumed = spawn.run(folder, "--resume=1", "--verbose=0")
         assert resumed.returncode == 0, resumed.stderr
         assert recorded_numbers(db, 1) == runs["first"], stop.name
+
+
+@pytest.mark.fault("kills")
+@pytest.mark.parametrize("stop, code, what", [("SIGINT", 130, "interrupted"), ("SIGTERM", 143, "terminated")])
+def test_a_stop_sent_to_the_run_and_its_loader_workers_mid_epoch_resumes_from_that_step(tmp_path, spawn, datasets,
+                                                                                       stop, code, what):
+    reference = workdir_for(tmp_path / "reference", datasets, "folder streamed")
+    assert spawn.run(reference, *TINY).returncode == 0
+    # As a terminal's Ctrl-C or a cluster's SIGTERM: to the whole process group, the 2 decoding workers included,
+    # as the 100th step begins (the 29th of the second epoch: 2,272 training images in batches of 32).
+    folder = workdir_for(tmp_path / "stopped", datasets, "folder streamed")
+    stopped = spawn.run(folder, command=[sys.executable, str(REPO / "tests" / "signal_at.py"), stop, "100", *TINY])
+    assert stopped.returncode == code and "Traceback" not in stopped.stderr, stopped.stderr
+    assert stopped.stderr.strip().splitlines()[-1] == (
+        f"{what}: run 1 is marked failed, with all it logged; it continues in epoch 2 after step 100 (29 of its 71 "
+        f"steps done) with python main.py --resume=1")
+    resumed = spawn.run(folder, "--resume=1", "--verbose=0")
+    assert resumed.returncode == 0, resumed.stderr
+    db = folder / "results" / "resultTable.db"
+    assert recorded_numbers(db, 1) == recorded_numbers(reference / "results" / "resultTable.db", 1)
 
 
 def test_the_number_of_loader_workers_does_not_change_a_single_number(tmp_path, spawn, datasets):

@@ -146,7 +146,8 @@ def test_reproduce_refuses_flags_it_takes_from_the_record(workdir):
     assert_refused(run_in_process(workdir, "--reproduce=4"), "no run table")
     assert tiny_in_process(workdir).returncode == 0
     assert_refused(run_in_process(workdir, "--reproduce=1", "--config.seed=2"),
-                   "only where-keys (data.path, data.download, data.workers, data.memory_limit_mb) may change, drop --config.seed")
+                   "only where-keys (data.path, data.download, data.workers, data.memory_limit_mb, "
+                   "training.checkpoint_every) may change, drop --config.seed")
     assert_refused(run_in_process(workdir, "--reproduce=1", "--watch=loss"), "drop --watch")
     assert_refused(run_in_process(workdir, "--tolerance=0.1", "--experiment=experiment1", "--config=configs/tiny.yml"),
                    "--tolerance only applies to --reproduce or --verify")

@@ -67,7 +67,7 @@ def test_new_experiment_creates_code_lab_book_and_registry_line_and_runs(code_co
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=120) == 143
     resumed = run_main(workdir, "--resume=5", main=code_copy / "main.py")
-    assert resumed.returncode == 0 and "resuming after epoch" in resumed.stdout, resumed.stderr
+    assert resumed.returncode == 0 and "run 5: resuming " in resumed.stdout, resumed.stderr
     assert wider_net("--comment=uninterrupted").returncode == 0
     assert recorded_numbers(db, 5) == recorded_numbers(db, 6)
 

@@ -76,25 +76,24 @@ def test_a_code_change_that_keeps_behaviour_passes_and_one_that_alters_it_fails(
         path.write_text(text)
         return run_main(workdir, "--verify", main=main)
 
-    def clipping(default):
-        return (("progress: str | None = None, autocast: torch.dtype | None = None, world=None) -> dict:",
-                 f"progress: str | None = None, autocast: torch.dtype | None = None, world=None, "
-                 f"clip={default}) -> dict:"),
-                ("        optimizer.step()",
-                 "        if clip is not None:\n"
-                 "            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)\n"
-                 "        optimizer.step()"))
+    def scaling(default):  # a new parameter of one training step: a factor on its loss
+        return (("def _step(model, batch, optimizer, scheduler, task, recipe, state, device):",
+                 f"def _step(model, batch, optimizer, scheduler, task, recipe, state, device, scale={default}):"),
+                ("            loss = task.loss(output, part)\n",
+                 "            loss = task.loss(output, part)\n"
+                 "            if scale is not None:\n"
+                 "                loss = loss * scale\n"))
 
     # A new parameter whose default keeps the old behaviour: every run still matches.
-    neutral = change_code(*clipping(None))
+    neutral = change_code(*scaling(None))
     assert neutral.returncode == 0, neutral.stdout + neutral.stderr
     assert neutral.stdout.splitlines()[-1] == "all 2 replayed runs match their record"
 
     # The same parameter with a default that does something: both runs are named as differing.
-    clipped = change_code(*clipping(0.01))
-    assert clipped.returncode == 1
-    assert [line.split(":")[0] for line in clipped.stdout.splitlines()[:2]] == [f"run 1 ({name})", f"run 2 ({name})"]
-    assert all("DIFFERS" in line for line in clipped.stdout.splitlines()[:2])
+    scaled = change_code(*scaling(0.5))
+    assert scaled.returncode == 1
+    assert [line.split(":")[0] for line in scaled.stdout.splitlines()[:2]] == [f"run 1 ({name})", f"run 2 ({name})"]
+    assert all("DIFFERS" in line for line in scaled.stdout.splitlines()[:2])
 
     # A changed loss, in the task's code.
     loss = change_code(("return F.cross_entropy(output.float()", "return 0.5 * F.cross_entropy(output.float()"),

@@ -13,6 +13,7 @@ import yaml
 from utils.config import load_config_text
 from utils.errors import UserError
 from utils.measures import Measures, recorded_measures
+from utils.output import OUTPUT_LOG
 from utils.runtable.identity import SEED_KEY, RunIdentity, group_hash
 from utils.runtable.schema import connect, side_columns
 
@@ -124,6 +125,23 @@ def read_run(path, run_id):
         epoch_ends = dict(db.execute("SELECT epoch, MAX(step) FROM Logs WHERE run_id=? GROUP BY epoch", (run_id,)))
     return RecordedRun(row.run_id, row.status, row.hidden, row.identity, row.commit, row.diff,
                        json.loads(environment[0]) if environment else {}, results, scalars, epoch_ends, row.threads)
+
+
+def run_folder(path, run_id):
+    """The folder of run `run_id`'s checkpoints and output, beside the table at `path`."""
+    return Path(path).parent / ("debug" if run_id == DEBUG_RUN_ID else str(run_id))
+
+
+def run_output(path, run_id):
+    """Everything run `run_id` of the table at `path` printed, every launch of it (its resumes) included: its
+    folder's output.log, else the text the table kept of it (its last part), else ''."""
+    log = run_folder(path, run_id) / OUTPUT_LOG
+    if log.is_file():
+        return log.read_text(encoding="utf-8", errors="replace")
+    with _open(path) as db:
+        kept = db.execute("SELECT fragment FROM Fragments WHERE run_id=? AND tag='output' ORDER BY id_ DESC LIMIT 1",
+                          (run_id,)).fetchone()
+    return kept[0] if kept else ""
 
 
 def newest_finished_runs(path):

@@ -16,10 +16,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import NamedTuple
 
-from utils.config import flatten_values, load_config_text, without_keys
+from utils.config import flatten_values
 from utils.errors import UserError, disk_full, is_disk_full
 from utils.runtable import liveness
-from utils.runtable.readers import DEBUG_RUN_ID, SAME_DIFF_AS, read_row, same_diff_as
+from utils.runtable.readers import DEBUG_RUN_ID, SAME_DIFF_AS, read_row, run_folder, same_diff_as
 from utils.runtable.run import Run
 from utils.runtable.schema import (connect, create_table, network_filesystem_warning, prepare_for_writing,
                                    side_columns)
@@ -220,7 +220,7 @@ class RunTable:
 
     def folder(self, run_id):
         """The folder of run `run_id`'s checkpoints."""
-        return self.results_dir / ("debug" if run_id == DEBUG_RUN_ID else str(run_id))
+        return run_folder(self.path, run_id)
 
     @contextmanager
     def _write(self):
@@ -331,9 +331,8 @@ def code_of(commit, diff):
 
 
 def config_keys(identity):
-    """The dotted keys that count in `identity`'s config (set, and not where-keys)."""
-    config = without_keys(load_config_text(identity.config_text), set(identity.where_keys))
-    return sorted(flatten_values(config))
+    """The dotted keys that count in `identity`'s config (set, not where-keys; renamed keys under their old name)."""
+    return sorted(flatten_values(identity.counted_config))
 
 
 def _process(db, run_id):

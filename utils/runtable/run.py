@@ -9,15 +9,36 @@ import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
-from utils.errors import DiskFull, Pruned, Terminated, disk_full, is_disk_full
+from utils.errors import DiskFull, NondeterministicOp, Pruned, Terminated, disk_full, is_disk_full
 from utils.measures import LEGACY
+from utils.output import OUTPUT_LOG
 from utils.runtable.liveness import heartbeat_interval
 from utils.runtable.schema import connect
 from utils.stopping import stop_behind
 
 FLUSH_EVERY = 200  # scalars buffered before they are written (also written at every flush() and at the end)
 POINT_BYTES = 64  # about what one logged point takes in the table, to say how much a full disk lacked
+LOGGED = ("Logs", "Fragments", "Images")  # the tables of what a run logs epoch by epoch
+OUTPUT_TEXT_LIMIT = 256 * 1024  # characters of a run's output the table keeps (the file in its folder keeps all)
+
+
+class ResumePoint(NamedTuple):
+    """Where a run's newest resume point lets it continue: after global `step`, `done` of the `steps` steps of epoch
+    `epoch` trained; `closed` once the epoch was validated and its checkpoints kept."""
+    epoch: int
+    done: int
+    steps: int
+    step: int
+    closed: bool = False
+
+    def described(self) -> str:
+        if self.closed:
+            return f"after epoch {self.epoch} (step {self.step})"
+        if self.done >= self.steps:
+            return f"in epoch {self.epoch} at its validation (after step {self.step})"
+        return f"in epoch {self.epoch} after step {self.step} ({self.done} of its {self.steps} steps done)"
 
 
 class Run:
@@ -31,10 +52,12 @@ class Run:
     def __init__(self, table_path, run_id, folder, resumed=False, measures=LEGACY, owner=None, judge=None):
         self.id = run_id
         self.folder = Path(folder)
-        self.resumed = resumed  # continuing a failed run: the experiment restores its last epoch checkpoint
+        self.resumed = resumed  # continuing a failed run: the experiment restores its resume point
         self.measures = measures  # what it measures, which way is better, what selects the best epoch
         self.owner = owner  # whose its checkpoints are (RunIdentity.owner): a resume refuses another run's
         self.status = "running"
+        # Where its newest resume point lets it continue (a ResumePoint), once its experiment wrote one
+        self.resume_point = None
         self._path = table_path
         self._buffer = []
         self._start = time.monotonic()
@@ -42,6 +65,7 @@ class Run:
         # With --prune, a search hands the run judge(epoch, watched validation value, last), which raises Pruned to
         # stop it (never after its last epoch: a run that trained to the end keeps its results).
         self._judge = judge
+        self._before_stopping = None  # what to write when a stop signal ends the run (see before_stopping)
 
     def log_hparams(self, hparams: dict) -> None:
         """Record hyperparameters (deepboard can show them as columns); lists and None are stored as text.
@@ -123,16 +147,33 @@ class Run:
                                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", self._buffer)
             self._buffer = []
 
-    def discard_logs_after(self, epoch):
-        """Delete this run's points, texts and images of epochs after `epoch`: a resumed run replays them from its
-        last checkpoint."""
+    def marks(self) -> dict:
+        """{table: its newest row} of Logs, Fragments and Images, once this run's buffered points are written: what a
+        resume point holds, so that a resumed run deletes exactly the rows logged after it."""
+        self.flush()
+        with connect(self._path, readonly=True) as db:
+            return {table: db.execute(f"SELECT COALESCE(MAX(id_), 0) FROM {table}").fetchone()[0]
+                    for table in LOGGED}
+
+    def discard_logs_after(self, epoch, marks=None):
+        """Delete what this run logged after its resume point: points, texts and images of epochs after `epoch`, and
+        with `marks` (a resume point in the middle of epoch `epoch` + 1), that epoch's rows newer than the marks."""
         with self._writing("the resume point") as db:
-            for table in ("Logs", "Fragments", "Images"):
-                db.execute(f"DELETE FROM {table} WHERE run_id=? AND epoch>?", (self.id, epoch))
+            for table in LOGGED:
+                db.execute(f"DELETE FROM {table} WHERE run_id=? AND epoch>?", (self.id, epoch + bool(marks)))
+                if marks:
+                    db.execute(f"DELETE FROM {table} WHERE run_id=? AND epoch=? AND id_>?",
+                               (self.id, epoch + 1, marks[table]))
+
+    def before_stopping(self, write) -> None:
+        """Call `write()` when a stop signal (Ctrl-C, SIGTERM) ends the run, before it is marked failed: the epoch
+        bookkeeping writes the resume point of the step where the run stopped."""
+        self._before_stopping = write
 
     def finish(self, results: dict) -> None:
         """Record the final results and mark the run finished; the run is read-only afterwards."""
         self.flush()
+        self._keep_output()
         with self._writing("the results", needed=POINT_BYTES * len(results)) as db:
             db.executemany("DELETE FROM Results WHERE run_id=? AND metric=? AND is_hparam=0",
                            [(self.id, name) for name in results])
@@ -153,6 +194,7 @@ class Run:
         self._stop_heartbeat()
         try:
             self.flush()
+            self._keep_output()
         except DiskFull:
             pass
         finally:
@@ -171,8 +213,29 @@ class Run:
     def __exit__(self, exc_type, exc, tb):
         self._stop_heartbeat()
         if exc_type is not None:
+            if self._before_stopping is not None and stop_behind(exc) is not None and self.status == "running":
+                try:
+                    self._before_stopping()
+                except (DiskFull, OSError):  # the resume point before it stays whole: the run resumes from there
+                    pass
             self.fail(failure_reason(exc))
         return False
+
+    def _keep_output(self):
+        """Record the run's output so far (utils/output.py keeps it in its folder) as its text "output", its last
+        OUTPUT_TEXT_LIMIT characters when it is longer: deepboard shows it with the run."""
+        path = self.folder / OUTPUT_LOG
+        if not path.is_file():
+            return
+        with open(path, "rb") as f:
+            f.seek(max(path.stat().st_size - OUTPUT_TEXT_LIMIT, 0))
+            text = f.read().decode("utf-8", "replace")
+        if len(text) >= OUTPUT_TEXT_LIMIT:
+            text = f"(the start is in {path.parent.name}/{OUTPUT_LOG})\n" + text[text.find("\n") + 1:]
+        with self._writing("the run's output", needed=len(text), check_open=False) as db:
+            db.execute("DELETE FROM Fragments WHERE run_id=? AND tag='output'", (self.id,))
+            db.execute("INSERT INTO Fragments (run_id, step, epoch, run_rep, fragment_type, tag, fragment) "
+                       "VALUES (?, 0, 0, 0, 'RAW', 'output', ?)", (self.id, text))
 
     def _stop_heartbeat(self):
         if self._heart is not None:
@@ -219,6 +282,8 @@ def failure_reason(error):
         return "terminated"
     if isinstance(error, DiskFull):
         return "disk full"
+    if isinstance(error, NondeterministicOp):
+        return "nondeterministic op"
     if isinstance(error, Pruned):
         return "pruned"
     return "crash"
@@ -270,7 +335,13 @@ class Replica(Run):
     def flush(self):
         pass
 
-    def discard_logs_after(self, epoch):
+    def discard_logs_after(self, epoch, marks=None):
+        pass
+
+    def marks(self):
+        return None
+
+    def _keep_output(self):
         pass
 
     def finish(self, results):

@@ -3,11 +3,14 @@
 This is the only module that imports deepboard, and only to create a new table, so that deepboard's GUI and API read
 it as their own; everything else reads and writes it with sqlite3 on deepboard's 0.3 schema.
 """
+import glob
+import os
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 
 from utils.errors import UserError
+from utils.stopping import stops_held
 
 UNIQUE_COLUMNS = ("experiment", "config_hash", "cli", "comment")
 SUPPORTED_VERSION_PREFIX = "0.3."  # deepboard's table format; 0.3.x tables are all alike
@@ -23,7 +26,8 @@ SIDE_COLUMNS = {
     "config_keys": "TEXT",  # the dotted keys the run's config set (JSON), to tell when a config gains a key
     "group_hash": "TEXT",  # shared by the runs that differ only in their seed (see identity.group_hash)
     "heartbeat": "REAL",  # when the running process last said it was alive (epoch seconds; see liveness.py)
-    "failure": "TEXT",  # why a failed run stopped: crash, interrupted, terminated, disk full, killed
+    "failure": "TEXT",  # why a failed run stopped: crash, interrupted, terminated, disk full, killed, pruned,
+    # nondeterministic op
     "code": "TEXT",  # a hash of the code it ran (commit and diff): a sweep retries a crash once per code
     "diff_hash": "TEXT",  # of its uncommitted changes, which the table holds once (see registry._stored_diff)
     "measures": "TEXT",  # what it measured, which way is better, what selected (utils.measures.Measures, JSON)
@@ -44,9 +48,20 @@ INDEXES = {
 
 
 def create_table(path):
-    """Create a new, empty run table at `path` with deepboard's schema (its GUI expects exactly that)."""
-    from deepboard.resultTable import ResultTable
-    ResultTable(str(path), unique_columns=UNIQUE_COLUMNS)
+    """Create a new, empty run table at `path` with deepboard's schema (its GUI expects exactly that), whole or not
+    at all: it is made under another name and renamed into place, with stop signals held until it is, so that a
+    Ctrl-C or a kill at any instant leaves no half-made table that every later launch would refuse."""
+    path = Path(path)
+    partial = path.with_name(f"{path.name}.creating-{os.getpid()}")
+    with stops_held():
+        try:
+            from deepboard.resultTable import ResultTable
+            ResultTable(str(partial), unique_columns=UNIQUE_COLUMNS)
+            partial.replace(path)
+        finally:
+            partial.unlink(missing_ok=True)
+    for leftover in path.parent.glob(f"{glob.escape(path.name)}.creating-*"):  # of a process killed while creating
+        leftover.unlink(missing_ok=True)
 
 
 # A finished run's status is final, whoever writes: deepboard's own writers (which its GUI, and scripts calling
