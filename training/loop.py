@@ -91,11 +91,13 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
     raise_if_stopped()  # a Ctrl-C that a library swallowed before the pass stops it before its first step
     bar = tqdm(batches, desc=progress, initial=state.done, leave=False, dynamic_ncols=True,
                disable=True if progress is None else None)
+    before = state.elapsed  # what the pass trained before a resume point it continues from
     with stops_held():  # a stop waits for the step it lands in to end: a resume point is a step, whole
         for step, batch in enumerate(bar, start=first_step + state.done + 1):
             loss, norm = _step(model, to_device(batch, device), optimizer, scheduler, task, recipe, state, device)
             state.window_loss += loss
             state.done, state.window = state.done + 1, state.window + 1
+            state.elapsed = before + time.perf_counter() - started
             if norm is not None:
                 state.norms.append(norm)
             if state.window == log_every:
@@ -111,7 +113,7 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
             hooks.after_pass(state)
     bar.close()
     metrics = _metrics(task, state.sums, state.seen, device, world)
-    epoch_time = state.elapsed + time.perf_counter() - started
+    epoch_time = before + time.perf_counter() - started
     return {**metrics, "epoch_time": epoch_time, "throughput": _total(world, state.seen, device) / epoch_time}
 
 

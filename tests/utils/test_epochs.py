@@ -97,6 +97,8 @@ def test_a_stop_writes_the_step_it_lands_in_and_the_resumed_run_is_the_uninterru
     db = folder / "results" / "resultTable.db"
     assert query(db, "SELECT E.status, L.failure FROM Experiments E JOIN TemplateLaunch L USING (run_id)") == [
         ("failed", what)]
+    position = torch.load(folder / "results" / "1" / "last.pt", weights_only=True)["position"]
+    assert position["step"] == step and position["loops"][0]["elapsed"] > 0  # the pass's clock goes on from there
 
     resumed = run_in_process(folder, "--resume=1", "--verbose=1")
     assert resumed.returncode == 0, resumed.stderr
