@@ -121,7 +121,7 @@ def _step(model, batch, optimizer, scheduler, task, recipe, state, device):
     """One optimizer step on `batch`, in `recipe.accumulate` micro-batches: (the batch's loss, detached; the gradient
     norm before clipping, or None without clipping). The task's sums of each micro-batch are added to `state`."""
     parts = _micro_batches(batch, recipe.accumulate)
-    total = _samples(batch)
+    total = _samples(batch) if len(parts) > 1 else None
     optimizer.zero_grad(set_to_none=True)
     step_loss = None
     for number, part in enumerate(parts, start=1):
