@@ -67,9 +67,10 @@ def make_parser():
     return build_parser(EXPERIMENT_FLAGS, experiments)
 
 
-def make_project():
+def make_project(table=None):
     """This checkout's Project: the registry, the experiment flags and their roles, the where-, implied and path
-    keys, and the run table (this checkout's results/resultTable.db, or the one RESULT_TABLE names).
+    keys, and the run table (`table`: a table file or the results folder holding one; by default this checkout's
+    results/resultTable.db, or the one RESULT_TABLE names).
 
     With it, a notebook starts runs as the command line does:
         from main import make_project
@@ -78,7 +79,29 @@ def make_project():
         outcome = start_run(make_project(), RunDescription("experiment1", config, seed=1),
                             config_path="configs/config.yml")
     """
-    return Project(experiments, EXPERIMENT_FLAGS, IDENTITY, CODE_DIR, chosen_table(CODE_DIR, os.environ))
+    if table is not None:
+        table = Path(table).expanduser().absolute()
+        table = table / "resultTable.db" if table.is_dir() else table
+    return Project(experiments, EXPERIMENT_FLAGS, IDENTITY, CODE_DIR, table or chosen_table(CODE_DIR, os.environ))
+
+
+def load_run(run, table=None, *, last=False, device="cpu"):
+    """A recorded run as a model you can use: a LoadedRun (modes/use.py) holding its merged config, its measures,
+    its data description, its recorded results and its model, built by its own experiment, with the weights of its
+    best epoch (`last`: of its last resume point), in eval mode, on `device`.
+
+    `run` is a run ID of this checkout's table (or of `table`: a table file or a results folder; RESULT_TABLE names
+    another too), or a folder that --export wrote. What it loads is checked as --resume checks it: a checkpoint that is
+    not the run's, or that the safe loader refuses, is one line (a UserError), and so is a run that never finished an
+    epoch or whose experiment's code changed shape since.
+
+        from main import load_run
+        run = load_run(12)
+        run.model, run.data, run.config["model"], run.results["test_accuracy"]
+    """
+    from modes.use import load
+
+    return load(make_project(table), run, last=last, device=device)
 
 
 def main(argv=None):

@@ -5,6 +5,7 @@ Every pass follows an EpochPlan (data/plans.py): the built-in datasets draw it f
 batches it gives streamed, whatever the number of worker processes or torchrun ranks (a streamed rank reads and
 decodes only its share).
 """
+import dataclasses
 import math
 import os
 import signal
@@ -17,7 +18,7 @@ import torch
 from data.decoding import ImageFiles, prepare, unused_generator
 from data.folder import streams
 from data.plans import EpochPlan, GeneratorDraws, PlanBatchSampler, PlannedBatches, SeededDraws
-from data.registry import Arrays, DataInfo, dataset_name, describe_data, find_dataset
+from data.registry import Arrays, DataInfo, check_fits, dataset_name, describe_data, find_dataset
 from utils.config import require
 from utils.cores import capped_workers
 from utils.errors import UserError
@@ -39,11 +40,11 @@ class Batches(PlannedBatches):
 
 
 class Streamed(PlannedBatches):
-    """Batches of one split streamed from image files by `workers` processes, in the order of an EpochPlan."""
+    """Batches of one split streamed from image files by `workers` processes, in the order of an EpochPlan,
+    normalised as `info` says."""
 
-    def __init__(self, files, entries, plan, channels_last, workers, device):
+    def __init__(self, files, entries, plan, channels_last, workers, device, info):
         super().__init__(plan)
-        info = files.info
         dataset = ImageFiles(entries, files.mode, files.size, info.mean, info.std, plan.shift, channels_last)
         self.loader = torch.utils.data.DataLoader(
             dataset, batch_sampler=PlanBatchSampler(plan), collate_fn=_as_is, num_workers=workers,
@@ -82,17 +83,19 @@ def split_train_val(num_train, val_size, split_seed):
     return order[val_size:], order[:val_size]
 
 
-def make_loaders(config: dict, device: torch.device, seed: int, world=None,
-                 cache_dir: Path | None = None) -> tuple[PlannedBatches, PlannedBatches, PlannedBatches, DataInfo]:
+def make_loaders(config: dict, device: torch.device, seed: int, world=None, cache_dir: Path | None = None,
+                 trained_on: DataInfo | None = None) -> tuple[PlannedBatches, PlannedBatches, PlannedBatches, DataInfo]:
     """(train, validation, test) batches of the dataset `config['data']` selects, and its DataInfo.
 
     The training batches are shuffled and shifted from `seed`; `cache_dir` (the run table's folder) keeps what a
-    dataset decodes once. With `world` (torchrun), each rank gets its share of every batch.
+    dataset decodes once. With `world` (torchrun), each rank gets its share of every batch. With `trained_on` (the
+    DataInfo a model was trained on), the images are normalised as they were for that model, and must have its shape
+    and number of classes (another dataset, evaluated by a trained model).
     """
     cfg = config["data"]
     check_batch_size(cfg["batch_size"], world.size if world is not None else 1)
     data = find_dataset(dataset_name(cfg)).load(cfg, cache_dir=cache_dir, world=world)
-    info = data.info
+    info = data.info if trained_on is None else as_trained(data.info, trained_on)
     train_index, val_index = split_train_val(info.num_train, cfg["val_size"], cfg["split_seed"])
     draws = SeededDraws(seed) if dataset_name(cfg) == "folder" else GeneratorDraws(seed)
     channels_last = config["model"].get("channels_last", False)
@@ -112,9 +115,15 @@ def make_loaders(config: dict, device: torch.device, seed: int, world=None,
               f"processes decode", file=sys.stderr)
 
     def streamed(entries, plan):
-        return Streamed(data, entries, plan, channels_last, workers, device)
+        return Streamed(data, entries, plan, channels_last, workers, device, info)
     return (streamed([data.train[i] for i in train_index.tolist()], train_plan),
             streamed([data.train[i] for i in val_index.tolist()], val_plan), streamed(data.test, test_plan), info)
+
+
+def as_trained(info: DataInfo, trained: DataInfo) -> DataInfo:
+    """`info` normalised as `trained` was, after refusing images that a model trained on `trained` cannot take."""
+    check_fits(info, trained)
+    return dataclasses.replace(info, mean=trained.mean, std=trained.std)
 
 
 def loader_workers(config, cache_dir=None):

@@ -10,6 +10,7 @@ rank on, so the ranks' shares together are exactly the batch a single process wo
 """
 import hashlib
 import math
+from collections.abc import Iterator
 
 import torch
 
@@ -93,6 +94,10 @@ class PlannedBatches:
 
     def __init__(self, plan):
         self.plan = plan
+
+    def __iter__(self) -> Iterator:
+        """The batches of the plan's next pass: each kind of batches makes them its own way."""
+        raise NotImplementedError
 
     def __len__(self):
         return len(self.plan)

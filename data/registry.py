@@ -12,11 +12,14 @@ A text corpus (data/text.py) has the same three, describing a TextInfo and loadi
 measured or decoded once. A dataset of your own in code needs only a function that returns `Arrays`;
 register it below as "name": "data.my_module:my_function" (see docs/data.md: a dataset of your own in code).
 """
+import dataclasses
 import difflib
 import hashlib
 import importlib
+import json
 from dataclasses import dataclass, field
 
+from data.text import TextInfo
 from utils.config import require
 from utils.errors import UserError
 
@@ -49,6 +52,9 @@ class DataInfo:
         return len(self.classes)
 
 
+_DESCRIPTIONS = {"images": DataInfo, "text": TextInfo}  # the kinds of data description, as description_json names them
+
+
 @dataclass
 class Arrays:
     """A dataset held in memory: uint8 images [N, C, H, W] (or [N, H, W] for grey) and int64 labels [N]."""
@@ -71,6 +77,39 @@ class Files:
     mode: str
     size: tuple | None
     info: DataInfo
+
+
+def description_json(info) -> str:
+    """A data description (DataInfo, TextInfo) as JSON text: what a run records of its data, so that its model can be
+    built again where the data is not (an export)."""
+    kind = next(name for name, kind in _DESCRIPTIONS.items() if isinstance(info, kind))
+    return json.dumps({"kind": kind, **dataclasses.asdict(info)}, sort_keys=True)
+
+
+def description_from_json(text: str):
+    """The data description (DataInfo, TextInfo) that description_json wrote as `text`."""
+    values = json.loads(text)
+    kind = _DESCRIPTIONS[values.pop("kind")]
+    return kind(**{name: tuple(value) if isinstance(value, list) else value for name, value in values.items()})
+
+
+def check_fits(info, trained):
+    """Refuse data described by `info` that a model trained on data described by `trained` cannot take: images of
+    another shape or number of classes, a text with characters outside its vocabulary."""
+    if isinstance(trained, TextInfo) or isinstance(info, TextInfo):
+        if not (isinstance(trained, TextInfo) and isinstance(info, TextInfo)):
+            raise UserError("the data is not of the kind the model was trained on (a text for a language model, "
+                            "images for an image model)")
+        missing = sorted(set(info.vocab) - set(trained.vocab))
+        if missing:
+            raise UserError(f"the text holds {len(missing)} character(s) the model's vocabulary lacks: "
+                            f"{''.join(missing)[:40]!r}; give it a text of the characters it was trained on")
+        return
+    shape, wanted = (info.channels, info.height, info.width), (trained.channels, trained.height, trained.width)
+    if shape != wanted or info.num_classes != trained.num_classes:
+        raise UserError(f"the data is {'x'.join(map(str, shape))} images of {info.num_classes} classes; the model was "
+                        f"trained on {'x'.join(map(str, wanted))} images of {trained.num_classes} classes: give it "
+                        f"data of that shape (data.image_size resizes a folder's images)")
 
 
 def dataset_name(cfg):

@@ -71,12 +71,15 @@ class TextCorpus:
         train, val, test = split_lengths(len(text), cfg["val_size"])
         return TextInfo(tuple(sorted(set(text))), train, val, test)
 
-    def load(self, cfg, cache_dir=None, world=None):
-        """The corpus as Tokens (every rank holds the whole text: it is small; each reads its share of a batch)."""
+    def load(self, cfg, cache_dir=None, world=None, vocab=None):
+        """The corpus as Tokens (every rank holds the whole text: it is small; each reads its share of a batch),
+        its characters numbered by their place in `vocab` (a trained model's), by default in its own."""
         import torch
 
         text = self.text(cfg)
         info = self.describe(cfg)
+        if vocab is not None:  # a trained model's (data.registry.check_fits refused a character outside it)
+            info = TextInfo(tuple(vocab), info.num_train, info.num_val, info.num_test)
         index = {char: number for number, char in enumerate(info.vocab)}
         tokens = torch.tensor([index[char] for char in text], dtype=torch.int64)
         train, val = info.num_train, info.num_train + info.num_val

@@ -12,7 +12,7 @@ import torch
 
 from data.loaders import check_batch_size
 from data.plans import EpochPlan, PlannedBatches, SeededDraws
-from data.registry import dataset_name, describe_data, find_dataset
+from data.registry import check_fits, dataset_name, describe_data, find_dataset
 from data.text import TextInfo
 from utils.config import require
 from utils.errors import UserError
@@ -78,15 +78,19 @@ def covering_windows(length, block_size):
     return starts, first_scored
 
 
-def make_text_loaders(config: dict, device: torch.device, seed: int,
-                      world=None) -> tuple[TokenWindows, TokenWindows, TokenWindows, TextInfo]:
+def make_text_loaders(config: dict, device: torch.device, seed: int, world=None,
+                      trained_on: TextInfo | None = None) -> tuple[TokenWindows, TokenWindows, TokenWindows, TextInfo]:
     """(train, validation, test) TokenWindows of the corpus `config['data']` names, and its TextInfo.
 
     The training windows are ordered and moved from `seed`; with `world` (torchrun), each rank gets its share of every
-    batch."""
+    batch. With `trained_on` (the TextInfo a model was trained on), characters are numbered by that model's
+    vocabulary, and a text with a character outside it is refused."""
     cfg = config["data"]
     check_batch_size(cfg["batch_size"], world.size if world is not None else 1)
-    corpus = find_dataset(dataset_name(cfg)).load(cfg, world=world)
+    dataset = find_dataset(dataset_name(cfg))
+    if trained_on is not None:
+        check_fits(dataset.describe(cfg), trained_on)
+    corpus = dataset.load(cfg, world=world, vocab=trained_on.vocab if trained_on is not None else None)
     block, batch, eval_batch = cfg["block_size"], cfg["batch_size"], cfg["eval_batch_size"]
     return (training_windows(corpus.train.to(device), block, batch, seed, world),
             evaluation_windows(corpus.val.to(device), block, eval_batch, world),

@@ -24,13 +24,55 @@ def check_config(config: dict, world_size: int = 1):
     utils.epochs.check_config(config)
 
 
+def build_model(config: dict, data, device):
+    """The transformer of `config` for the characters `data` (a TextInfo) describes, untrained: what the experiment
+    trains, and what a recorded run's weights are loaded into."""
+    from models.transformer import make_model
+
+    return make_model(config, data, device)
+
+
+def describe_data(config: dict):
+    """The TextInfo of the text `config` names: its vocabulary and the size of each split."""
+    from data.registry import describe_data
+
+    return describe_data(config)
+
+
+def evaluate_model(config: dict, model, data, device) -> dict:
+    """The test metrics of a trained `model` on the test split of the text `config` names, its characters numbered as
+    they were for it (`data`, its run's TextInfo)."""
+    from data.windows import IGNORED, make_text_loaders
+    from training.loop import evaluate
+    from training.recipe import make_step_recipe
+    from training.tasks import NextToken
+
+    _, _, test, _ = make_text_loaders(config, device, seed=config["seed"], trained_on=data)
+    return evaluate(model, test, NextToken(ignore_index=IGNORED), autocast=make_step_recipe(config, device).autocast)
+
+
+def sample_text(model, data, prompt: str, length: int, temperature: float, seed: int) -> str:
+    """`length` characters `model` writes after `prompt` (characters of `data.vocab`; empty: the start of a line),
+    sampled at `temperature` from `seed`: the same arguments, the same text."""
+    from models.transformer import generate
+    from utils.errors import UserError
+
+    missing = sorted(set(prompt) - set(data.vocab))
+    if missing:
+        raise UserError(f"the prompt holds {len(missing)} character(s) outside the model's vocabulary: "
+                        f"{''.join(missing)[:40]!r}; the text it was trained on has {''.join(data.vocab)[:80]!r}")
+    prompt = prompt or ("\n" if "\n" in data.vocab else data.vocab[0])
+    tokens = generate(model, [data.vocab.index(char) for char in prompt], length, seed=seed, temperature=temperature)
+    return data.decode(tokens)
+
+
 @declare(metrics={"loss": "lower", "bpc": "lower"}, select="loss", check_config=check_config,
-         data_fingerprint=data_fingerprint, flags=("verbose",), config="configs/charlm.yml")
+         data_fingerprint=data_fingerprint, flags=("verbose",), config="configs/charlm.yml", model=build_model,
+         describe_data=describe_data, evaluate=evaluate_model, sample=sample_text)
 def charlm(config, run, device, world, verbose=1):
     """Train the transformer, keep the epoch with the lowest validation loss, return its test results; a text it
     writes is recorded at each epoch ("samples") and, from the best model, at the end ("sample")."""
     from data.windows import IGNORED, make_text_loaders
-    from models.transformer import generate, make_model
     from training.loop import evaluate, train_epoch
     from training.optim import make_optimizer, make_scheduler
     from training.recipe import make_step_recipe
@@ -41,16 +83,14 @@ def charlm(config, run, device, world, verbose=1):
     training, logging = config["training"], config["logging"]
     train, val, test, info = make_text_loaders(config, device, seed=config["seed"], world=world)
     recipe = make_step_recipe(config, device)  # precision, clipping, accumulation, compile
-    model = recipe.compiled(world.wrap(make_model(config, info, device), device))
+    model = recipe.compiled(world.wrap(build_model(config, info, device), device))
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch=len(train))
     task = NextToken(ignore_index=IGNORED)
     epochs = Epochs(run, model, optimizer, scheduler, train, world=world, verbose=verbose, scaler=recipe.scaler,
                     patience=training.get("patience"), checkpoint_every=training.get("checkpoint_every"))
-    prompt = [info.vocab.index("\n")] if "\n" in info.vocab else [0]
-
     def sample(length):  # from the seed alone: the same weights always write the same text
-        return info.decode(generate(unwrap(model), prompt, length, seed=config["seed"]))
+        return sample_text(unwrap(model), info, "", length, temperature=1.0, seed=config["seed"])
 
     if verbose >= 2:
         print(f"run {run.id}: {sum(p.numel() for p in model.parameters()):,} parameters on {device} in "

@@ -24,8 +24,36 @@ def check_config(config: dict, world_size: int = 1):
     utils.epochs.check_config(config)
 
 
+def build_model(config: dict, data, device):
+    """The CNN of `config` for the images `data` (a DataInfo) describes, untrained: what the experiment trains, and
+    what a recorded run's weights are loaded into."""
+    from models.cnn import make_model
+
+    return make_model(config, data, device)
+
+
+def describe_data(config: dict):
+    """The DataInfo of the images `config` names: their shape, classes and normalisation."""
+    from data.registry import describe_data
+
+    return describe_data(config)
+
+
+def evaluate_model(config: dict, model, data, device) -> dict:
+    """The test metrics of a trained `model` on the test split of the images `config` names, normalised as they
+    were for it (`data`, its run's DataInfo)."""
+    from data.loaders import make_loaders
+    from training.loop import evaluate
+    from training.recipe import make_step_recipe
+    from training.tasks import Classification
+
+    _, _, test, _ = make_loaders(config, device, seed=config["seed"], trained_on=data)
+    return evaluate(model, test, Classification(), autocast=make_step_recipe(config, device).autocast)
+
+
 @declare(metrics={"loss": "lower", "accuracy": "higher"}, select="accuracy", check_config=check_config,
-         data_fingerprint=data_fingerprint, flags=("verbose",))
+         data_fingerprint=data_fingerprint, flags=("verbose",), model=build_model, describe_data=describe_data,
+         evaluate=evaluate_model)
 def experiment1(config, run, device, world, verbose=1):
     """Train the CNN, keep the epoch with the best validation accuracy (or --watch's metric), return its test results.
 
@@ -33,18 +61,18 @@ def experiment1(config, run, device, world, verbose=1):
     """
     # Heavy imports live here, not at the top, so that a refused launch (duplicate, bad flag) answers without torch.
     from data.loaders import make_loaders
-    from models.cnn import make_model
-    from training.loop import evaluate, train_epoch
+    from training.loop import confusion_matrix, evaluate, train_epoch
     from training.optim import make_optimizer, make_scheduler
     from training.recipe import make_step_recipe
     from training.tasks import Classification
     from utils.epochs import Epochs
+    from utils.plots import confusion_image
 
     training = config["training"]
     train, val, test, info = make_loaders(config, device, seed=config["seed"], world=world,
                                           cache_dir=run.folder.parent)
     recipe = make_step_recipe(config, device)  # precision, clipping, accumulation, compile
-    model = recipe.compiled(world.wrap(make_model(config, info, device), device))
+    model = recipe.compiled(world.wrap(build_model(config, info, device), device))
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch=len(train))
     task = Classification(label_smoothing=training["label_smoothing"])
@@ -62,5 +90,8 @@ def experiment1(config, run, device, world, verbose=1):
         val_metrics = evaluate(model, val, task, autocast=recipe.autocast, world=world)
         epochs.end(epoch, step=epoch * len(train), train=train_metrics, val=val_metrics)
 
-    test_metrics = evaluate(epochs.best_model(), test, task, autocast=recipe.autocast, world=world)
+    best = epochs.best_model()
+    test_metrics = evaluate(best, test, task, autocast=recipe.autocast, world=world)
+    confusion = confusion_matrix(best, test, info.num_classes, autocast=recipe.autocast, world=world)
+    run.log_image("confusion matrix", confusion_image(confusion, info.classes))  # deepboard's Images tab
     return epochs.finish(test=test_metrics)

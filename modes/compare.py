@@ -13,7 +13,7 @@ from pathlib import Path
 from utils.config import flatten_values, load_config_text, without_keys
 from utils.errors import UserError
 from utils.runtable.identity import SEED_KEY
-from utils.runtable.readers import (config_texts, finished_runs, pruned_runs, recorded_commands,
+from utils.runtable.readers import (config_texts, evaluations, finished_runs, pruned_runs, recorded_commands,
                                     recorded_config_paths)
 from utils.stats import compare, summarise
 from utils.tables import table_lines
@@ -100,8 +100,13 @@ def comparison(path, groups, chosen=None, code_dir=None, where_keys=(), against=
     settings = {run_id: flatten_values(without_keys(load_config_text(text), {SEED_KEY, *where_keys}))
                 for run_id, text in texts.items()}  # what a group shares: its config, without seed and where-keys
     commands = recorded_commands(path, [groups[key][0].run_id for key in shown])
-    return [describe_group(groups[key], groups[references[key]], references[key] == key, settings, commands)
-            for key in shown]
+    described = [describe_group(groups[key], groups[references[key]], references[key] == key, settings, commands)
+                 for key in shown]
+    scored = evaluations(path, of={run for group in described for run in group["runs"]})
+    for group in described:  # an evaluation is shown with the run it scored, never as a run of the group
+        group["evaluations"] = [{"run": found.run_id, "evaluates": found.evaluates, "data": found.data,
+                                 "results": found.results} for found in scored if found.evaluates in group["runs"]]
+    return described
 
 
 def choose_groups(launch, groups, left_out=()):
@@ -259,6 +264,10 @@ def render(groups, markdown=False):
                                                             group["metrics"][name].get("better"))
                     + (" [held out: report it, do not choose by it]" if role_of(name) == "held out" else "")
                     for name in judged]
+        for found in group.get("evaluations", []):
+            results = ", ".join(f"{name} {_num(value)}" for name, value in sorted(found["results"].items()))
+            out.append(f"{'- ' if markdown else '  '}run {found['run']} evaluated run {found['evaluates']} on data "
+                       f"{(found['data'] or 'none')[:12]}: {results}")
         out.append("")
     return "\n".join(out).rstrip()
 

@@ -28,6 +28,7 @@ class Flag:
     starts: str | None = None  # the mode it starts...
     runs: str | None = None  # ...and "module:function", the function that carries that mode out
     takes_record: bool = False  # its mode takes a recorded run's experiment, config and flags (--resume)
+    allows: tuple = ()  # with takes_record: the recorded flags its mode takes all the same (--evaluate: --debug)
     recorded: bool = False  # a recorded run holds it (its run ID -1), as it holds its identity flags
     read_by_template: bool = False  # an experiment flag the template reads itself: experiments need not declare it
     options: dict = field(default_factory=dict)  # argparse's: type, default, action, metavar, nargs, choices, dest
@@ -76,6 +77,24 @@ MODE_FLAGS = (
     Flag("--tolerance", "with --reproduce or --verify: largest difference still counted as equal (default 0; for a "
          "run recorded with training.deterministic: false, 0.01)", modes=("reproduce", "verify"),
          options=dict(type=float)),
+    Flag("--evaluate", "score run RUNID's best model on the data the --config.data.* overrides name (another "
+         "dataset of the same shape, your folder, another split), recorded as an evaluation of the run",
+         starts="evaluate", runs="modes.use:evaluate_mode", takes_record=True, allows=("--debug",),
+         options=dict(type=int, metavar="RUNID")),
+    Flag("--sample", "print the text run RUNID's model writes (a language model: charlm)", starts="sample",
+         runs="modes.use:sample_mode", takes_record=True, options=dict(type=int, metavar="RUNID")),
+    Flag("--prompt", "with --sample: the text it continues (default: the start of a line)", modes=("sample",),
+         options=dict(default="")),
+    Flag("--length", "with --sample: how many characters it writes (default 400)", modes=("sample",),
+         options=dict(type=int, default=400)),
+    Flag("--temperature", "with --sample: below 1 surer, above 1 more varied (default 1)", modes=("sample",),
+         options=dict(type=float, default=1.0)),
+    Flag("--seed", "with --sample: the seed of the sampling (default: the run's seed); the same arguments give the "
+         "same text", modes=("sample",), options=dict(type=int)),
+    Flag("--export", "write run RUNID's best model (safetensors), config, data description and a model card to "
+         "--to=DIR, for use without the run table", starts="export", runs="modes.use:export_mode", takes_record=True,
+         options=dict(type=int, metavar="RUNID")),
+    Flag("--to", "with --export: the folder to write (new or empty)", modes=("export",), options=dict(metavar="DIR")),
     Flag("--compare", "groups of runs differing only in their seed: means, 95%% intervals and tests against a "
          "reference group (filter with run IDs, --experiment, --config and overrides)", starts="compare",
          runs="modes.compare:compare_mode", options=dict(type=int, nargs="*", metavar="RUNID")),
@@ -162,7 +181,8 @@ def chosen_mode(args, flags) -> tuple:
         if flag.modes is not None and mode not in flag.modes and flag.given(args):
             raise UserError(f"{flag.name} only applies to {mode_names(flags, flag.modes)}")
     if starter is not None and starter.takes_record:  # overrides of where-keys (data.path) are checked by the launch
-        given = [flag.name for flag in flags if (flag.role == Role.IDENTITY or flag.recorded) and flag.given(args)]
+        given = [flag.name for flag in flags if (flag.role == Role.IDENTITY or flag.recorded) and flag.given(args)
+                 and flag.name not in starter.allows]
         if given:
             raise UserError(f"{starter.name} takes the run's recorded experiment, config and flags; drop "
                             f"{', '.join(given)}")

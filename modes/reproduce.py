@@ -6,7 +6,7 @@ import math
 import sys
 
 from modes.launch import command_of
-from modes.resume import check_world_size
+from modes.resume import check_world_size, refuse_evaluation
 from modes.run import NONDETERMINISTIC_TOLERANCE, run_registered
 from utils.config import load_config_text
 from utils.provenance import git_commit, git_diff
@@ -23,6 +23,7 @@ def reproduce(launch):
     project = launch.project
     table = project.table
     recorded = read_run(table.path, launch.args.reproduce)
+    refuse_evaluation(recorded.identity, recorded.run_id, "reproduce")
     identity = launch.relocated(recorded.identity)  # the data may lie elsewhere now: --config.data.path=DIR
 
     def register(world_size):

@@ -1,6 +1,7 @@
 """--resume=RUNID: continue a failed run from its last finished epoch, with its recorded config and flags."""
 from modes.run import run_registered
 from utils.errors import UserError
+from utils.runtable.identity import EVALUATES
 from utils.runtable.readers import read_row_of
 
 
@@ -12,6 +13,7 @@ def resume(launch):
         raise UserError(f"there is no run table at {table.path}, so no run {run_id} to resume")
     row = read_row_of(table.path, run_id)
     recorded = row.identity
+    refuse_evaluation(recorded, run_id, "resume")
     identity = launch.relocated(recorded)
     if recorded.data and identity.data != recorded.data:
         raise UserError(f"the data the config now points at is not the data run {run_id} was trained on "
@@ -42,3 +44,11 @@ def check_world_size(identity, run_id, world_size, mode):
         launcher = f"torchrun --nproc_per_node={recorded_size} main.py" if recorded_size > 1 else "python main.py"
         raise UserError(f"run {run_id} ran on {recorded_size} process(es), this launch has {world_size}; "
                         f"use {launcher} {mode}={run_id}")
+
+
+def refuse_evaluation(identity, run_id, mode):
+    """Refuse to `mode` (resume, reproduce) run `run_id` when it is an evaluation: it trained nothing."""
+    evaluated = identity.flags.get(EVALUATES)
+    if evaluated is not None:
+        raise UserError(f"run {run_id} is an evaluation of run {evaluated}: there is no training to {mode}; evaluate "
+                        f"again with python main.py --evaluate={evaluated} --debug")

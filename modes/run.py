@@ -23,6 +23,7 @@ from utils.stopping import exit_code, raise_if_stopped, stop_behind, stops_held
 # How far apart two values of a run recorded with training.deterministic: false may be and still count as the same
 # (--reproduce, --verify): such a run is not bit-reproducible on a GPU. A judgement, stated: --tolerance=X overrides it.
 NONDETERMINISTIC_TOLERANCE = 0.01
+DATA_TEXT = "data"  # the text of a run that describes its data (what its experiment's describe_data gives), as JSON
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,7 @@ def _execute(project, run, identity, output, world, speaks, threads, texts):
             with stops_held():  # torch is imported only once a run really starts, and whole
                 import torch._dynamo  # noqa: F401  (what torch.optim imports at the first optimizer: 1 s on a CPU)
                 from data.loaders import loader_workers
+                from data.registry import description_json
                 from training.recipe import resolve_precision
                 from utils.device import keep_freed_memory, nondeterministic_op, pick_device, set_threads
                 from utils.distributed import World
@@ -222,6 +224,8 @@ def _execute(project, run, identity, output, world, speaks, threads, texts):
             chosen = {"precision": resolve_precision(training.get("precision", "off"), device),
                       "deterministic": deterministic}
             run.log_text("environment", json.dumps({**environment(device, threads), **chosen}, indent=2))
+            if experiment.describe_data is not None:  # what its model needs of the data, to be built again without it
+                run.log_text(DATA_TEXT, description_json(experiment.describe_data(config)))
             if not deterministic and speaks and verbose >= 1:
                 print(f"note: training.deterministic is false: run {run.id} is not bit-reproducible (--reproduce "
                       f"compares it within {NONDETERMINISTIC_TOLERANCE:g})", file=sys.stderr)

@@ -7,6 +7,7 @@ import math
 import tempfile
 
 from modes.reproduce import is_timing, tolerance_for
+from utils.runtable.identity import EVALUATES
 from modes.run import execute
 from utils.errors import UserError
 from utils.runtable.readers import NotTemplateRun, newest_finished_runs, read_run
@@ -66,6 +67,8 @@ def describe(identity):
 
 def verify_run(launch, recorded):
     """(True / False / None for skipped, the line that says so) for one recorded run."""
+    if recorded.identity.flags.get(EVALUATES) is not None:
+        return None, f"skipped: an evaluation of run {recorded.identity.flags[EVALUATES]}, it trained nothing"
     tolerance = tolerance_for(recorded.identity, launch.args.tolerance)
     world_size = recorded.identity.flags.get("world_size", 1)
     if world_size > 1:

@@ -4,6 +4,7 @@ import html
 import http.cookiejar
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -72,9 +73,15 @@ def test_the_analysis_notebook_runs_top_to_bottom_and_plots_every_runs_points(ta
     table, _ = table_with_runs
     outputs, plotted = executed_notebook(table, monkeypatch)
     figures = [output for output in outputs if "image/png" in output.get("data", {})]
-    assert len(figures) == 3
+    assert len(figures) == 5  # two rankings, the chosen runs' curves, the best run's mistakes and confusion matrix
     text = "".join(output.get("text", "") for output in outputs)
     assert f"run table: {table}" in text and "4 runs, 4 finished" in text and "2 groups" in text
+    # The best run, loaded as a model: exactly as many test images wrong as its recorded test accuracy says.
+    best, wrong, total = (int(number) for number in re.search(
+        r"experiment1, run (\d+): (\d+) of (\d+) test images wrong", text).groups())
+    [(accuracy,)] = query(table, "SELECT value FROM Results WHERE run_id=? AND metric='test_accuracy'", best)
+    assert best == plotted["RUNS"][0] and wrong == round((1 - accuracy) * total) and total == 200
+    assert "no evaluation: python main.py --evaluate=RUNID scores a run on other data" in text
     tables = "".join(output["data"].get("text/html", "") for output in outputs if "data" in output)
     assert "learning_rate" in tables and "test_accuracy" in tables and "0.02" in tables
     assert "training.learning_rate=0.02" in tables and "paired t" in tables  # the groups' comparison
@@ -128,6 +135,8 @@ def test_the_notebook_ranks_each_experiment_by_validation_in_its_own_direction(c
     assert chosen == sorted(losses, key=losses.get)[:3]
     assert {tag for run_id, tag, _, _ in plotted["runs"] if run_id in losses} >= {"val/loss", "val/bpc",
                                                                                 "train/loss", "train/bpc"}
+    # The best charlm run, loaded as a model, writes from the prompt.
+    assert re.search(rf"charlm, run {chosen[0]}, from 'ROMEO:':\nROMEO:(.|\n){{300}}", text)  # 300 characters
     if which == "both experiments":
         assert "experiment1: 2 groups ranked by best_val_accuracy (higher is better)" in text
         ranked = plotted["ranked"]["experiment1"]

@@ -251,10 +251,22 @@ def own_blocks():
 
 RUN_FROM_PYTHON = "from main import make_project"
 DATASET_IN_CODE = "# data/noise.py"
+LOAD_RUN = "from main import load_run"
 
 
 def test_every_other_python_block_is_one_these_tests_run():
-    assert set(own_blocks()) == {RUN_FROM_PYTHON, DATASET_IN_CODE}
+    assert set(own_blocks()) == {RUN_FROM_PYTHON, DATASET_IN_CODE, LOAD_RUN}
+
+
+def test_the_block_that_loads_a_run_gives_its_model_back(workdir, monkeypatch, capsys):
+    assert tiny_in_process(workdir).returncode == 0
+    monkeypatch.setenv("RESULT_TABLE", str(workdir / "results" / "resultTable.db"))
+    names = {}
+    exec(compile(own_blocks()[LOAD_RUN], "docs/results.md", "exec"), names)
+    run = names["run"]
+    assert run.run_id == 1 and run.epoch == 2 and not run.model.training
+    printed = capsys.readouterr().out
+    assert printed.startswith("experiment1 {'channels': [4, 8]") and "'test_accuracy': " in printed
 
 
 def test_the_block_that_starts_a_run_from_python_records_it(tmp_path, mnist_root, monkeypatch, capsys):

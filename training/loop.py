@@ -211,6 +211,23 @@ def evaluate(model: nn.Module, batches: Iterable, task, autocast: torch.dtype | 
     return _metrics(task, sums, seen, device, world)
 
 
+@torch.no_grad()
+def confusion_matrix(model: nn.Module, batches: Iterable, num_classes: int, autocast: torch.dtype | None = None,
+                     world=None) -> torch.Tensor:
+    """[true class, predicted class] counts of a classifier `model` over `batches` of (inputs, labels), summed over
+    the ranks under torchrun."""
+    model.eval()
+    device = next(model.parameters()).device
+    counts = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    for inputs, labels in batches:
+        raise_if_stopped()
+        inputs, labels = to_device(inputs, device), to_device(labels, device)
+        with _autocast(device, autocast):
+            predicted = model(inputs).argmax(dim=1)
+        counts += torch.bincount(labels * num_classes + predicted, minlength=num_classes * num_classes)
+    return _summed(world, counts).view(num_classes, num_classes).cpu()
+
+
 def _added(sums, measured):
     """The running {metric: sum} with one batch's sums added (kept on the device: no wait for the host)."""
     if sums is None:

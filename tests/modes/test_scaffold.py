@@ -38,7 +38,7 @@ def test_new_experiment_creates_code_lab_book_and_registry_line_and_runs(code_co
     assert "wider_net: one line that says what this experiment tries" in listed.stdout
 
     # Short, and with no resume or checkpoint code of its own...
-    assert len(code.splitlines()) < 70
+    assert len(code.splitlines()) < 100
     assert not any(word in code for word in ("last.pt", "best.pt", "resumed", "load_checkpoint", "flush"))
 
     # ...yet it runs, reproduces, sweeps, runs under torchrun and resumes like experiment1.
@@ -70,6 +70,18 @@ def test_new_experiment_creates_code_lab_book_and_registry_line_and_runs(code_co
     assert resumed.returncode == 0 and "run 5: resuming " in resumed.stdout, resumed.stderr
     assert wider_net("--comment=uninterrupted").returncode == 0
     assert recorded_numbers(db, 5) == recorded_numbers(db, 6)
+
+    # A run of it is a model again: scored, exported, loaded.
+    evaluated = run_main(workdir, "--evaluate=6", main=code_copy / "main.py")
+    assert evaluated.returncode == 0 and "run 7: the evaluation of run 6 (wider_net, " in evaluated.stdout
+    results = dict(query(db, "SELECT metric, value FROM Results WHERE run_id=6 AND metric LIKE 'test_%'"))
+    assert dict(query(db, "SELECT metric, value FROM Results WHERE run_id=7 AND is_hparam=0")) == results
+    exported = run_main(workdir, "--export=6", f"--to={workdir / 'export'}", main=code_copy / "main.py")
+    assert exported.returncode == 0, exported.stderr
+    loaded = subprocess.run([sys.executable, "-c", "from main import load_run; print(load_run("
+                             f"{str(workdir / 'export')!r}).experiment)"], cwd=code_copy, capture_output=True,
+                            text=True, timeout=120)
+    assert loaded.stdout.strip() == "wider_net", loaded.stderr
 
 
 @pytest.mark.parametrize("name, message", [

@@ -13,6 +13,7 @@ from utils.config import dump_config, load_config_text, with_renamed_keys, witho
 from utils.measures import LEGACY, Measures
 
 SEED_KEY = "seed"  # the config key that only picks the random draw: runs differing in it alone form a group
+EVALUATES = "evaluates"  # the flag of an evaluation's identity: the run whose model it scores (--evaluate)
 
 
 @dataclass(frozen=True)

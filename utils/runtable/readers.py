@@ -145,11 +145,55 @@ def run_output(path, run_id):
 
 
 def newest_finished_runs(path):
-    """The run IDs of the newest finished, visible run of every distinct identity in the table, in order."""
+    """The run IDs of the newest finished, visible training run of every distinct identity in the table, in order
+    (evaluations aside: they trained nothing)."""
     with _open(path) as db:
+        evaluations = _evaluation_ids(db)
         return [run_id for (run_id,) in db.execute(
             "SELECT MAX(run_id) FROM Experiments WHERE status='finished' AND hidden=0 AND run_id>0 "
-            "GROUP BY experiment, config_hash, cli, comment ORDER BY 1")]
+            "GROUP BY experiment, config_hash, cli, comment ORDER BY 1") if run_id not in evaluations]
+
+
+def _evaluation_ids(db):
+    """The IDs of the rows that are evaluations of a run (--evaluate), not training runs."""
+    if "evaluates" not in side_columns(db):
+        return set()
+    return {run_id for (run_id,) in db.execute("SELECT run_id FROM TemplateLaunch WHERE evaluates IS NOT NULL")}
+
+
+@dataclass
+class Evaluation:
+    """A finished evaluation of a run's model (--evaluate): its own run ID, the run it scored, on which data."""
+    run_id: int
+    evaluates: int
+    data: str | None  # the fingerprint of the data it scored
+    results: dict
+
+
+def evaluations(path, of=None):
+    """[Evaluation] of every finished, visible evaluation in the table (debug ones aside; of the runs `of` only, when
+    given), in order."""
+    with _open(path) as db:
+        if "evaluates" not in side_columns(db):
+            return []
+        rows = db.execute("SELECT E.run_id, L.evaluates, L.data_fingerprint FROM Experiments E JOIN TemplateLaunch L "
+                          "ON L.run_id = E.run_id WHERE L.evaluates IS NOT NULL AND E.status='finished' AND "
+                          "E.hidden=0 AND E.run_id>0 ORDER BY E.run_id").fetchall()
+        found = []
+        for run_id, evaluated, data in rows:
+            if of is None or evaluated in of:
+                results = dict(db.execute("SELECT metric, value FROM Results WHERE run_id=? AND is_hparam=0",
+                                          (run_id,)))
+                found.append(Evaluation(run_id, evaluated, data, results))
+    return found
+
+
+def run_text(path, run_id, tag):
+    """The text `tag` of run `run_id` (its newest, for a tag logged epoch by epoch), or None."""
+    with _open(path) as db:
+        row = db.execute("SELECT fragment FROM Fragments WHERE run_id=? AND tag=? ORDER BY id_ DESC LIMIT 1",
+                         (run_id, tag)).fetchone()
+    return row[0] if row else None
 
 
 @dataclass
@@ -166,15 +210,16 @@ class FinishedRun:
 
 
 def finished_runs(path, where_keys=()):
-    """([FinishedRun] of every finished, visible run of the table (debug run aside), in run ID order; the IDs of those
-    left out because no group can be read from their config: runs another program wrote, without a YAML config).
+    """([FinishedRun] of every finished, visible training run of the table (debug run and evaluations aside), in run ID
+    order; the IDs of those left out because no group can be read from their config: runs another program wrote,
+    without a YAML config).
 
     Runs of tables written before groups were recorded get their group from their config (slower, once per read).
     """
     with _open(path) as db:
         columns = side_columns(db)
         side = [f"L.{name}" if name in columns else "NULL"
-                for name in ("group_hash", "data_fingerprint", "measures", "flags")]
+                for name in ("group_hash", "data_fingerprint", "measures", "flags", "evaluates")]
         rows = db.execute(
             f"SELECT E.run_id, E.experiment, E.cli, E.comment, {', '.join(side)} FROM Experiments E "
             + ("LEFT JOIN TemplateLaunch L ON L.run_id = E.run_id " if columns else "")
@@ -188,11 +233,13 @@ def finished_runs(path, where_keys=()):
                 seeds[run_id] = value
             else:
                 results.setdefault(run_id, {})[metric] = value
-        ungrouped = [row[0] for row in rows if row[4] is None]
+        ungrouped = [row[0] for row in rows if row[4] is None and row[8] is None]
         configs = dict(db.execute(f"SELECT run_id, file_content FROM ConfigFile WHERE run_id IN "
                                   f"({', '.join('?' * len(ungrouped))})", ungrouped)) if ungrouped else {}
     runs, left_out = [], []
-    for run_id, experiment, cli, comment, group, data, measures, flags in rows:
+    for run_id, experiment, cli, comment, group, data, measures, flags, evaluates in rows:
+        if evaluates is not None:  # an evaluation of a run: no training run of a group
+            continue
         if group is None:
             group = _group_of_config(experiment, configs.get(run_id), cli, comment, where_keys)
         if group is None:
@@ -249,24 +296,27 @@ def pruned_runs(path):
 
 
 def runs_frame(path, show_hidden=False):
-    """A pandas DataFrame with one row per run (index: run ID): its identity, status, hparams and results."""
+    """A pandas DataFrame with one row per run (index: run ID): its identity, status, hparams and results; an
+    evaluation (--evaluate) names the run it scored in `evaluates`."""
     import pandas as pd
 
     with _open(path) as db:
         # A run a search's pruner stopped is failed with the reason 'pruned': shown as its own status.
+        columns = side_columns(db)
         status = ("CASE WHEN E.status='failed' AND L.failure='pruned' THEN 'pruned' ELSE E.status END"
-                  if "failure" in side_columns(db) else "E.status")
+                  if "failure" in columns else "E.status")
+        evaluates = "L.evaluates" if "evaluates" in columns else "NULL"
         experiments = db.execute(
-            f"SELECT E.run_id, E.experiment, {status}, E.comment, E.start, E.commit_hash, E.hidden FROM Experiments E "
-            + ("LEFT JOIN TemplateLaunch L ON L.run_id = E.run_id " if "failure" in side_columns(db) else "")
+            f"SELECT E.run_id, E.experiment, {status}, E.comment, E.start, E.commit_hash, E.hidden, {evaluates} "
+            f"FROM Experiments E " + ("LEFT JOIN TemplateLaunch L ON L.run_id = E.run_id " if columns else "")
             + ("" if show_hidden else "WHERE E.hidden=0 ") + "ORDER BY E.run_id").fetchall()
         values = {}
         for run_id, metric, value in db.execute("SELECT run_id, metric, value FROM Results ORDER BY is_hparam DESC, "
                                                 "id_"):
             values.setdefault(run_id, {})[metric] = value
     rows = [{"run_id": run_id, "experiment": experiment, "status": status, "comment": comment, "start": start,
-             "commit": commit, "hidden": bool(hidden), **values.get(run_id, {})}
-            for run_id, experiment, status, comment, start, commit, hidden in experiments]
+             "commit": commit, "hidden": bool(hidden), "evaluates": evaluated, **values.get(run_id, {})}
+            for run_id, experiment, status, comment, start, commit, hidden, evaluated in experiments]
     return pd.DataFrame(rows).set_index("run_id") if rows else pd.DataFrame()
 
 

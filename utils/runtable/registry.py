@@ -19,6 +19,7 @@ from typing import NamedTuple
 from utils.config import flatten_values
 from utils.errors import UserError, disk_full, is_disk_full
 from utils.runtable import liveness
+from utils.runtable.identity import EVALUATES
 from utils.runtable.readers import DEBUG_RUN_ID, SAME_DIFF_AS, read_row, run_folder, same_diff_as
 from utils.runtable.run import Run
 from utils.runtable.schema import (connect, create_table, network_filesystem_warning, prepare_for_writing,
@@ -285,20 +286,23 @@ def _insert_run(db, identity, config_path, command, commit, diff, run_id=None):
         db.execute("UPDATE Experiments SET hidden=1 WHERE experiment=? AND config_hash=? AND cli=? AND comment=? "
                    "AND hidden=0 AND run_id!=?", (*identity.key(), DEBUG_RUN_ID))
     diff_hash = hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else None
+    evaluated = identity.flags.get(EVALUATES)
     cursor = db.execute(
         "INSERT INTO Experiments (run_id, experiment, config, config_hash, cli, command, comment, tag, start, "
-        "status, commit_hash, diff) VALUES (?, ?, ?, ?, ?, ?, ?, '', ?, 'running', ?, ?)",
+        "status, commit_hash, diff) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
         (run_id, identity.experiment, str(config_path), identity.config_hash, identity.cli, command,
-         identity.comment, datetime.now().isoformat(sep=" "), commit, _stored_diff(db, diff, diff_hash)))
+         identity.comment, f"evaluates run {evaluated}" if evaluated is not None else "",
+         datetime.now().isoformat(sep=" "), commit, _stored_diff(db, diff, diff_hash)))
     run_id = cursor.lastrowid if run_id is None else run_id
     db.execute("INSERT INTO ConfigFile (run_id, file_content) VALUES (?, ?)", (run_id, identity.config_text))
     process = liveness.this_process()
     db.execute("INSERT OR REPLACE INTO TemplateLaunch (run_id, host, pid, process_token, heartbeat, flags, "
-               "data_fingerprint, config_keys, group_hash, code, diff_hash, measures) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               "data_fingerprint, config_keys, group_hash, code, diff_hash, measures, evaluates) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                (run_id, process.host, process.pid, process.token, process.heartbeat,
                 json.dumps(identity.flags, sort_keys=True), identity.data, json.dumps(config_keys(identity)),
-                identity.group_hash, code_of(commit, diff), diff_hash, identity.measures.to_json()))
+                identity.group_hash, code_of(commit, diff), diff_hash, identity.measures.to_json(),
+                identity.flags.get(EVALUATES)))
     return run_id
 
 
@@ -317,8 +321,13 @@ def _stored_diff(db, diff, diff_hash):
     return diff if row[0] is None else same_diff_as(row[0], diff_hash)
 
 
+FAILURE_TAGS = ("crash", "interrupted", "terminated", "disk full", "killed", "pruned", "nondeterministic op")
+
+
 def _record_process(db, run_id, code=None):
-    """Record that this process now runs `run_id` (a resume), its failure reason cleared."""
+    """Record that this process now runs `run_id` (a resume), its failure reason cleared (in deepboard's tag too)."""
+    db.execute(f"UPDATE Experiments SET tag='' WHERE run_id=? AND tag IN ({', '.join('?' * len(FAILURE_TAGS))})",
+               (run_id, *FAILURE_TAGS))
     process = liveness.this_process()
     db.execute("UPDATE TemplateLaunch SET host=?, pid=?, process_token=?, heartbeat=?, failure=NULL, "
                "code=COALESCE(?, code) WHERE run_id=?",
@@ -346,7 +355,7 @@ def _mark_gone_runs_failed(db):
     rows = db.execute(f"SELECT E.run_id, {', '.join('L.' + name for name in PROCESS_COLUMNS)} FROM Experiments E "
                       "JOIN TemplateLaunch L ON L.run_id = E.run_id WHERE E.status='running'").fetchall()
     gone = [(run_id,) for run_id, *process in rows if liveness.is_gone(liveness.Process(*process))]
-    db.executemany("UPDATE Experiments SET status='failed' WHERE run_id=?", gone)
+    db.executemany("UPDATE Experiments SET status='failed', tag='killed' WHERE run_id=?", gone)
     db.executemany("UPDATE TemplateLaunch SET failure='killed' WHERE run_id=?", gone)
 
 

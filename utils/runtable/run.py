@@ -4,6 +4,7 @@ While it runs, a background thread writes a heartbeat to the table, so that a ru
 a word is recognised as dead once its heartbeat is older than the lease (see liveness.py).
 """
 import io
+import math
 import sqlite3
 import threading
 import time
@@ -180,6 +181,8 @@ class Run:
             db.executemany("INSERT INTO Results (run_id, metric, value, is_hparam) VALUES (?, ?, ?, 0)",
                            [(self.id, name, value) for name, value in results.items()])
             db.execute("UPDATE Experiments SET status='finished' WHERE run_id=?", (self.id,))
+            if diverged(results, self.measures):  # deepboard shows the tag: a run that finished on NaN says so
+                db.execute("UPDATE Experiments SET tag='diverged' WHERE run_id=?", (self.id,))
         self.status = "finished"
         self._stop_heartbeat()
 
@@ -200,7 +203,8 @@ class Run:
         finally:
             try:
                 with self._writing("the failed status", check_open=False) as db:
-                    db.execute("UPDATE Experiments SET status='failed' WHERE run_id=?", (self.id,))
+                    # deepboard shows the tag: why the run failed, there as in the template's side table
+                    db.execute("UPDATE Experiments SET status='failed', tag=? WHERE run_id=?", (reason, self.id))
                     db.execute("UPDATE TemplateLaunch SET failure=? WHERE run_id=?", (reason, self.id))
             except DiskFull:
                 pass
@@ -271,6 +275,12 @@ def show_columns_that_differ(db, run_id, rows):
             db.execute("UPDATE ResultDisplay SET display_order=(SELECT COALESCE(MAX(display_order), 0) + 1 FROM "
                        "ResultDisplay) WHERE Name=?", (name,))
             db.execute("DELETE FROM TemplateHiddenColumn WHERE name=?", (name,))
+
+
+def diverged(results, measures):
+    """Whether `results` hold no number for the selected metric (NaN: the training diverged)."""
+    value = results.get(measures.selected_result)
+    return isinstance(value, float) and math.isnan(value)
 
 
 def failure_reason(error):

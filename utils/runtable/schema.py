@@ -31,6 +31,7 @@ SIDE_COLUMNS = {
     "code": "TEXT",  # a hash of the code it ran (commit and diff): a sweep retries a crash once per code
     "diff_hash": "TEXT",  # of its uncommitted changes, which the table holds once (see registry._stored_diff)
     "measures": "TEXT",  # what it measured, which way is better, what selected (utils.measures.Measures, JSON)
+    "evaluates": "INTEGER",  # the run whose model an evaluation scored (--evaluate); null for a training run
 }
 # The workers of each sweep (any number of identical --sweep commands), so that the last one to end prints its table.
 SWEEP_WORKERS = """CREATE TABLE IF NOT EXISTS TemplateSweepWorker (sweep TEXT NOT NULL, worker TEXT NOT NULL,
