@@ -265,7 +265,7 @@ def render(groups, markdown=False):
                     + (" [held out: report it, do not choose by it]" if role_of(name) == "held out" else "")
                     for name in judged]
         for found in group.get("evaluations", []):
-            results = ", ".join(f"{name} {_num(value)}" for name, value in sorted(found["results"].items()))
+            results = ", ".join(f"{name} {_num(found['results'][name])}" for name in found["results"])
             out.append(f"{'- ' if markdown else '  '}run {found['run']} evaluated run {found['evaluates']} on data "
                        f"{(found['data'] or 'none')[:12]}: {results}")
         out.append("")

@@ -6,6 +6,7 @@ import argparse
 import difflib
 import os
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
@@ -15,7 +16,7 @@ from utils.config import (OVERRIDE_PREFIX, apply_overrides, dump_config, flatten
                           with_renamed_keys, without_keys)
 from experiments import Experiment, check_registry
 from modes.flags import Flag, Role, chosen_mode
-from utils.errors import UserError
+from utils.errors import MissingKey, UserError
 from utils.runtable.identity import SEED_KEY, IdentityRules, RunIdentity
 from utils.runtable.registry import RunTable
 from utils.stopping import stops_held
@@ -42,6 +43,16 @@ class RunDescription:
     def run_config(self):
         """The config the run records and gets: `config` with `seed` in it."""
         return self.config if self.seed is None else {**self.config, SEED_KEY: self.seed}
+
+
+@contextmanager
+def naming_its_config(name, experiment):
+    """Within it, a key the config lacks is refused naming the config that has it: the experiment's own baseline."""
+    try:
+        yield
+    except MissingKey as missing:
+        raise UserError(f"{missing}; add it ({experiment.config}, {name}'s baseline, has every key it reads)"
+                        ) from None
 
 
 @dataclass
@@ -135,10 +146,11 @@ class Project:
     def data_fingerprint(self, experiment, config):
         """The fingerprint of the data `config` points at, as the experiment declares it (None for one that
         declares it reads no data)."""
-        fingerprint = self.find_experiment(experiment).data_fingerprint
-        if fingerprint is None:
+        declared = self.find_experiment(experiment)
+        if declared.data_fingerprint is None:
             return None
-        return fingerprint(self.runnable(config), self.table_path.parent / "data_fingerprints.json")
+        with naming_its_config(experiment, declared):
+            return declared.data_fingerprint(self.runnable(config), self.table_path.parent / "data_fingerprints.json")
 
     def experiment_flags(self, recorded_flags, output):
         """Every experiment flag's value for a run with `recorded_flags`; output-only ones from `output`."""
@@ -177,9 +189,9 @@ class Project:
         require(config, SEED_KEY, int, low=0, high=2**32 - 1, optional=True)
         require(config, "training.threads", int, low=0, optional=True)
         require(config, "training.deterministic", bool, optional=True)
-        with stops_held():  # it imports torch, which a Ctrl-C in the middle of its import can abort or leave broken
-            self.find_experiment(identity.experiment).check_config(config,
-                                                                   world_size=identity.flags.get("world_size", 1))
+        experiment = self.find_experiment(identity.experiment)
+        with naming_its_config(identity.experiment, experiment), stops_held():  # torch's import: a Ctrl-C inside
+            experiment.check_config(config, world_size=identity.flags.get("world_size", 1))  # it can abort it
 
     def warn_of_new_keys(self, experiment, config_path):
         """Say once (until a run has them) that the YAML at `config_path` sets keys no recorded run of `experiment`

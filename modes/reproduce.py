@@ -77,14 +77,15 @@ def compare_runs(recorded, new, tolerance=0.0):
     points does, or when it has other steps.
     """
     rows, differing = [("", f"run {recorded.run_id}", f"run {new.run_id}", "")], 0
-    for name in sorted((set(recorded.results) | set(new.results))):
+    measures = recorded.identity.measures
+    for name in measures.ordered(set(recorded.results) | set(new.results)):
         if is_timing(name):
             continue
         old, now = recorded.results.get(name), new.results.get(name)
         verdict = _verdict([old], [now], tolerance)
         differing += verdict != "same"
         rows.append((name, _show(old), _show(now), verdict))
-    for tag in sorted(set(recorded.scalars) | set(new.scalars)):
+    for tag in measures.ordered(set(recorded.scalars) | set(new.scalars)):
         if is_timing(tag):
             continue
         old, now = recorded.scalars.get(tag, []), new.scalars.get(tag, [])

@@ -86,7 +86,7 @@ def work(launch, runs, key, worker):
             table.beat_in_sweep(key, worker)
     if table.leave_sweep(key, worker):
         rows = sweep_rows(launch.project, runs)
-        print_sweep_table(rows)
+        print_sweep_table(rows, launch.measures())
         if launch.args.seeds is not None:
             print("compare the groups of seeds with: python main.py --compare "
                   + " ".join(str(run_id) for _, run_id, status, _ in rows if status == "finished"))
@@ -281,9 +281,9 @@ def combination_label(launch, combination, seed=None):
     return " ".join(shown) or "(the config as it is)"
 
 
-def print_sweep_table(rows):
-    """Every combination of the sweep with its run ID, status and results."""
-    names = sorted({name for *_, results in rows for name in results})
+def print_sweep_table(rows, measures):
+    """Every combination of the sweep with its run ID, status and results (in the order `measures` declares)."""
+    names = measures.ordered({name for *_, results in rows for name in results})
     header = ["combination", "run", "status", *names]
     lines = [header] + [[label, run_id, status, *(format_value(results[n]) if n in results else "" for n in names)]
                         for label, run_id, status, results in rows]

@@ -210,7 +210,8 @@ def model_card(about):
     header = "| result | this run |" + (f" its group of {len(group['runs'])} seeds: mean (95% interval) |"
                                        if group else "")
     lines += [header, "|---|---|" + ("---|" if group else "")]
-    for name, value in sorted(about["results"].items()):
+    for name in measures.ordered(about["results"]):
+        value = about["results"][name]
         row = f"| {name} | {format_value(value)} |"
         if group and name in group["results"]:
             n, mean, low, high = group["results"][name]

@@ -7,6 +7,7 @@ import sys
 import time
 
 import pytest
+import yaml
 
 from helpers import MAIN, assert_refused, env_recording_in, query, run_in_process, run_main, tiny_in_process
 from utils.errors import Terminated
@@ -27,6 +28,18 @@ from utils.errors import Terminated
 def test_bad_flags_and_overrides_are_refused(workdir, args, fragments):
     assert_refused(tiny_in_process(workdir, *args), *fragments)
     assert not (workdir / "results").exists()
+
+
+def test_a_missing_key_is_refused_naming_the_experiments_own_baseline(tiny):
+    config = yaml.safe_load((tiny.folder / tiny.config).read_text())
+    del config["training"]["learning_rate"]
+    (tiny.folder / "configs" / "short.yml").write_text(yaml.safe_dump(config))
+    own = {"experiment1": "configs/config.yml", "charlm": "configs/charlm.yml"}[tiny.experiment]
+    result = run_in_process(tiny.folder, f"--experiment={tiny.experiment}", "--config=configs/short.yml")
+    assert_refused(result, "the config has no 'training.learning_rate'", f"add it ({own}, {tiny.experiment}'s "
+                   f"baseline, has every key it reads)")
+    assert not (tiny.folder / "results" / "resultTable.db").exists() or not query(
+        tiny.folder / "results" / "resultTable.db", "SELECT run_id FROM Experiments")
 
 
 def test_an_unknown_experiment_is_refused_listing_the_registered_ones(workdir):
@@ -104,6 +117,33 @@ def test_output_cut_short_by_a_closed_pipe_ends_quietly(tmp_path):
     finally:
         os.close(write)
     assert done.returncode == 0 and done.stderr == ""
+
+
+@pytest.mark.fault("signals and pipes")
+@pytest.mark.slow
+def test_a_run_whose_output_pipe_closes_stops_resumable_with_a_failing_exit_code(workdir):
+    """`python main.py ... | head -2`: the run stops after its step as after Ctrl-C, exits 141 (a `&&` chain stops),
+    and --resume ends it exactly as an uninterrupted run."""
+    read, write = os.pipe()
+    launch = subprocess.Popen([sys.executable, str(MAIN), "--experiment=experiment1", "--config=configs/tiny.yml",
+                               "--verbose=3"], cwd=workdir, stdout=write, stderr=subprocess.PIPE, text=True,
+                              env=env_recording_in(workdir))
+    os.close(write)
+    with os.fdopen(read) as output:
+        first_lines = [output.readline() for _ in range(2)]  # what `head -2` reads before it leaves
+    _, stderr = launch.communicate(timeout=300)
+    assert all(first_lines) and launch.returncode == 141, stderr
+    assert "Traceback" not in stderr and "continues in epoch 1 after step" in stderr, stderr
+    db = workdir / "results" / "resultTable.db"
+    assert query(db, "SELECT E.status, L.failure FROM Experiments E JOIN TemplateLaunch L USING (run_id)") == [
+        ("failed", "interrupted")]
+    resumed = run_main(workdir, "--resume=1", "--verbose=0")
+    assert resumed.returncode == 0, resumed.stderr
+    whole = run_main(workdir, "--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0",
+                     table=workdir / "whole" / "resultTable.db")
+    assert whole.returncode == 0, whole.stderr
+    results = "SELECT metric, value FROM Results WHERE run_id=1 AND is_hparam=0 ORDER BY metric"
+    assert query(db, results) == query(workdir / "whole" / "resultTable.db", results)
 
 
 @pytest.mark.fault("signals and pipes")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from utils.errors import UserError
+from utils.errors import MissingKey, UserError
 
 OVERRIDE_PREFIX = "--config."
 PROJECT_CONFIGS = Path(__file__).resolve().parent.parent / "configs"  # this checkout's configs: any config extends them
@@ -299,13 +299,11 @@ def require(config, key, kind, low=None, high=None, below=None, optional=False):
     for depth, name in enumerate([*sections, leaf]):
         if not isinstance(value, dict):
             where = ".".join(sections[:depth])
-            raise UserError(f"config key '{where}' must be a section (the baseline configs/config.yml shows its "
-                            f"keys), got {value!r}")
+            raise UserError(f"config key '{where}' must be a section, got {value!r}")
         if name not in value:
             if optional:
                 return None
-            raise UserError(f"the config has no '{key}', which this experiment reads; add it (configs/config.yml "
-                            f"has every key)")
+            raise MissingKey(key)
         value = value[name]
     if optional and value is None:
         return None

@@ -9,6 +9,14 @@ class UserError(Exception):
     """A problem with the user's input or environment: main.py prints the message alone and exits with code 2."""
 
 
+class MissingKey(UserError):
+    """The config lacks a key a module reads: the launch adds which config file has it (the experiment's own)."""
+
+    def __init__(self, key):
+        super().__init__(f"the config has no '{key}', which this experiment reads")
+        self.key = key
+
+
 class DiskFull(UserError):
     """The disk that holds results/ filled up: what was written before stays, the launch stops with one line."""
 
@@ -27,6 +35,11 @@ class Pruned(BaseException):
 
 class Terminated(BaseException):
     """SIGTERM arrived (cluster walltime, scancel, kill): unwinds like Ctrl-C so that the run is marked failed."""
+
+
+class OutputClosed(KeyboardInterrupt):
+    """The reader of a run's output left (`python main.py ... | head`): a stop like Ctrl-C (the run is interrupted and
+    resumable), with the exit code of a process that SIGPIPE ended, 141."""
 
 
 def one_line(message):

@@ -10,6 +10,7 @@ from utils.errors import UserError
 
 HIGHER, LOWER = "higher", "lower"
 DIRECTIONS = (HIGHER, LOWER)
+REPORTED = None  # a metric with no better side (a VAE's KL term): reported, plotted, compared, never selected by
 # Results that the epoch bookkeeping (utils/epochs.py) adds: the test set's value of each metric, the validation value
 # of the selected epoch, and the epoch itself.
 TEST_PREFIX, BEST_VAL_PREFIX, BEST_EPOCH = "test_", "best_val_", "best_epoch"
@@ -19,8 +20,9 @@ TEST_PREFIX, BEST_VAL_PREFIX, BEST_EPOCH = "test_", "best_val_", "best_epoch"
 class Measures:
     """The metrics a run's validation reports with the way each is better, and the one that selects.
 
-    `better` maps each metric to "higher" or "lower"; `select` names the metric that picks the best epoch and a
-    search's best trial.
+    `better` maps each metric to "higher", "lower" or None (a diagnostic with no better side), in the order the
+    template prints them; `select` names the metric that picks the best epoch and a search's best trial (one with a
+    direction).
     """
     better: dict
     select: str
@@ -32,20 +34,45 @@ class Measures:
         for name, direction in self.better.items():
             if not isinstance(name, str) or not name.isidentifier():
                 raise UserError(f"{owner} declares the metric {name!r}: a metric is named by a Python identifier")
-            if direction not in DIRECTIONS:
+            if direction not in (*DIRECTIONS, REPORTED):
                 raise UserError(f"{owner} declares metric {name!r} as {direction!r}; a metric is 'higher' or "
-                                f"'lower' (which way is better)")
+                                f"'lower' (which way is better), or None (reported only, no better side)")
         if self.select not in self.better:
             raise UserError(f"{owner} selects by {self.select!r}, which its metrics ({', '.join(self.better)}) do "
                             f"not list; select one of them or declare it")
+        if self.better[self.select] is REPORTED:
+            raise UserError(f"{owner} selects by {self.select!r}, which it declares without a direction; select a "
+                            f"metric that is 'higher' or 'lower' (better)")
         return self
 
     def selecting(self, metric):
         """These Measures with `metric` selecting instead (what --watch=METRIC asks for)."""
-        if metric not in self.better:
-            raise UserError(f"--watch={metric} is not a metric this experiment declares; it declares "
-                            f"{', '.join(self.better)}")
+        if metric not in self.better or self.better[metric] is REPORTED:
+            raise UserError(f"--watch={metric} is not a metric this experiment declares with a direction; it declares "
+                            f"{', '.join(self.directed)}")
         return Measures(self.better, metric)
+
+    @property
+    def directed(self):
+        """The metrics with a better side: those a run may select by."""
+        return [name for name, direction in self.better.items() if direction is not REPORTED]
+
+    def ordered(self, names):
+        """`names` (metrics, results such as test_loss, curves such as val/loss) in the order the metrics are
+        declared, a metric's results together; those of no declared metric after them, alphabetically."""
+        declared = list(self.better)
+
+        def position(name):
+            metric = self.metric_of(name)
+            return (declared.index(metric) if metric is not None else len(declared), name)
+        return sorted(names, key=position)
+
+    def metric_of(self, name):
+        """The declared metric a result or curve is of (test_loss, best_val_loss, val/loss: loss), else None."""
+        for prefix in (TEST_PREFIX, BEST_VAL_PREFIX, "train/", "val/", "test/", "train/step_", ""):
+            if name.startswith(prefix) and name[len(prefix):] in self.better:
+                return name[len(prefix):]
+        return None
 
     def higher_is_better(self, metric):
         return self.better[metric] == HIGHER
@@ -58,10 +85,8 @@ class Measures:
 
     def direction_of(self, result):
         """"higher", "lower" or None (no better way) for a recorded result: a metric, its test_ or best_val_ value."""
-        for prefix in (TEST_PREFIX, BEST_VAL_PREFIX, ""):
-            if result.startswith(prefix) and result[len(prefix):] in self.better:
-                return self.better[result[len(prefix):]]
-        return None
+        metric = self.metric_of(result)
+        return None if metric is None or result.startswith(("train/", "val/", "test/")) else self.better[metric]
 
     @property
     def selected_result(self):
@@ -74,7 +99,7 @@ class Measures:
         return f"{TEST_PREFIX}{self.select}"
 
     def to_json(self):
-        return json.dumps({"better": self.better, "select": self.select}, sort_keys=True)
+        return json.dumps({"better": self.better, "select": self.select})  # in declared order: the order printed
 
     @classmethod
     def from_json(cls, text):

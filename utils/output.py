@@ -14,7 +14,7 @@ from datetime import datetime
 from pathlib import Path
 
 from utils.errors import UserError, one_line
-from utils.stopping import stop_behind
+from utils.stopping import output_closed, stop_behind
 
 OUTPUT_LOG = "output.log"  # in the run's folder
 
@@ -46,14 +46,34 @@ class _Lines:
 
 
 class _Tee:
-    """A text stream that writes to `stream` and to the log."""
+    """A text stream that writes to `stream` and to the log. Once `stream`'s reader has left (`| head`), the log
+    alone gets the text, and the run stops as after Ctrl-C (resumable, exit code 141)."""
 
     def __init__(self, stream, lines):
         self._stream, self._lines = stream, lines
 
     def write(self, text):
         self._lines.add(text)
-        return self._stream.write(text)
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_left()
+        return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_left()
+
+    def _reader_left(self):
+        try:  # what the stream still buffers goes nowhere, instead of failing again at every flush and at exit
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+        except (OSError, ValueError, AttributeError):
+            pass
+        output_closed()
 
     def __getattr__(self, name):  # flush, fileno, isatty, encoding...: the console's own
         return getattr(self._stream, name)

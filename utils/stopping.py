@@ -18,7 +18,9 @@ The record is the process's, as its signal handlers are; `stop_on_signals()` ins
 import signal
 from contextlib import contextmanager
 
-from utils.errors import Terminated
+from utils.errors import OutputClosed, Terminated
+
+OUTPUT_CLOSED = signal.SIGPIPE  # Python ignores the signal itself; utils/output.py notes the closed pipe as a stop
 
 _received = []  # the signal that stopped this process, once one came
 _held = []  # non-empty while stops are held
@@ -35,6 +37,12 @@ def ignore_stops() -> None:
     """From now on, Ctrl-C and SIGTERM are ignored: the process is on its way out with the exit code it chose."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def output_closed() -> None:
+    """The run's output pipe closed: a stop, held or raised as Ctrl-C's would be, so that the run stops at a step's
+    end, writes its resume point and exits non-zero."""
+    _stop(OUTPUT_CLOSED, None)
 
 
 def _stop(signum, frame):
@@ -57,6 +65,8 @@ def stops_held():
 
 
 def _error(signum) -> BaseException:
+    if signum == OUTPUT_CLOSED:
+        return OutputClosed()
     return KeyboardInterrupt() if signum == signal.SIGINT else Terminated()
 
 
@@ -75,7 +85,10 @@ def raise_if_stopped() -> None:
 
 
 def exit_code(stop: BaseException) -> int:
-    """The shell's exit code for a stop: 130 for Ctrl-C (KeyboardInterrupt), 143 for SIGTERM (Terminated)."""
+    """The shell's exit code for a stop: 130 for Ctrl-C (KeyboardInterrupt), 143 for SIGTERM (Terminated), 141 for a
+    closed output pipe (OutputClosed)."""
+    if isinstance(stop, OutputClosed):
+        return 141
     return 130 if isinstance(stop, KeyboardInterrupt) else 143
 
 

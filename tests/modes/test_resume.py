@@ -121,3 +121,17 @@ def test_resume_refuses_the_checkpoints_of_another_run_and_leaves_the_run_as_it_
     for name, content in own.items():  # its own checkpoints back: it resumes
         (workdir / "results" / "2" / name).write_bytes(content)
     assert run_in_process(workdir, "--resume=2", "--verbose=0").returncode == 0
+
+
+def test_a_resumed_and_a_reproduced_run_print_metrics_in_their_declared_order(workdir, monkeypatch):
+    interrupt_after_first_epoch(monkeypatch)
+    assert tiny_in_process(workdir, "--verbose=1").returncode == 130
+    monkeypatch.undo()
+    resumed = run_in_process(workdir, "--resume=1")
+    epoch_line = next(line for line in resumed.stdout.splitlines() if line.startswith("epoch 2/2"))
+    assert epoch_line.index("loss") < epoch_line.index("accuracy"), epoch_line  # experiment1 declares loss first
+    reproduced = run_in_process(workdir, "--reproduce=1")
+    assert reproduced.returncode == 0, reproduced.stderr
+    rows = [line.split()[0] for line in reproduced.stdout.splitlines()[-11:-1]]
+    assert rows.index("test_loss") < rows.index("test_accuracy") and rows.index("val/loss") < rows.index(
+        "val/accuracy"), rows
