@@ -33,8 +33,9 @@ from utils.stopping import exit_code, ignore_stops, stop_behind, stop_on_signals
 # ---- Register your experiments here: `from experiments.NAME import NAME` and a "NAME": NAME entry. ----
 from experiments.charlm import charlm
 from experiments.experiment1 import experiment1
+from experiments.tabular import tabular
 
-experiments = {"experiment1": experiment1, "charlm": charlm}
+experiments = {"experiment1": experiment1, "charlm": charlm, "tabular": tabular}
 
 # The flags handed to the experiment functions. Add yours here, with a default that keeps earlier runs as they were,
 # and name it in the flags of the @declare(...) of the experiments that take it: away from its default, a flag of

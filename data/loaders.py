@@ -76,6 +76,17 @@ def _end_on_the_runs_sigterm(run):
             os._exit(0)
 
 
+def training_subset(train_index, limit):
+    """The first `limit` of the training examples `train_index` (in the split's fixed order: a random subset that
+    the seed of the split alone fixes), all of them when `limit` is None; a limit above their number is refused."""
+    if limit is None:
+        return train_index
+    if limit > len(train_index):
+        raise UserError(f"data.limit {limit} is more than the {len(train_index)} training examples; lower it, or "
+                        f"drop it (null) to train on all of them")
+    return train_index[:limit]
+
+
 def split_train_val(num_train, val_size, split_seed):
     """(train indices, validation indices): a split of the training set fixed by `split_seed` alone."""
     check_val_size(val_size, num_train)
@@ -97,6 +108,7 @@ def make_loaders(config: dict, device: torch.device, seed: int, world=None, cach
     data = find_dataset(dataset_name(cfg)).load(cfg, cache_dir=cache_dir, world=world)
     info = data.info if trained_on is None else as_trained(data.info, trained_on)
     train_index, val_index = split_train_val(info.num_train, cfg["val_size"], cfg["split_seed"])
+    train_index = training_subset(train_index, cfg.get("limit"))
     draws = SeededDraws(seed) if dataset_name(cfg) == "folder" else GeneratorDraws(seed)
     channels_last = config["model"].get("channels_last", False)
     train_plan = EpochPlan(len(train_index), cfg["batch_size"], draws, cfg["augment_shift"], world)
@@ -140,33 +152,48 @@ def check_config(config: dict, world_size: int = 1) -> DataInfo:
     """The DataInfo of the dataset, after refusing what it could not give: a validation split larger than the
     training set, a batch the torchrun processes cannot share evenly, a dataset's own mistakes (read cheaply)."""
     cfg = config["data"]
-    for key in ("batch_size", "eval_batch_size"):
-        require(config, f"data.{key}", int, low=1)
+    check_batch_keys(config, world_size)
     require(config, "data.split_seed", int)
     require(config, "data.augment_shift", int, low=0)
     require(config, "data.workers", int, low=0, optional=True)
     require(config, "data.memory_limit_mb", float, low=0, optional=True)
-    check_batch_size(cfg["batch_size"], world_size)
     info = describe_data(config)
     if not isinstance(info, DataInfo):
         raise UserError(f"data.name {dataset_name(cfg)!r} is not an image dataset; this experiment trains on images "
                         f"(for text, python main.py --experiment=charlm --config=configs/charlm.yml)")
     check_val_size(require(config, "data.val_size", int), info.num_train)
+    training_examples(config, info.num_train)
     return info
+
+
+def check_batch_keys(config: dict, world_size: int = 1) -> None:
+    """Refuse the keys every dataset's loaders read that need no data to check: the batch sizes (the global batch
+    shared evenly by the torchrun processes) and data.limit."""
+    for key in ("batch_size", "eval_batch_size"):
+        require(config, f"data.{key}", int, low=1)
+    require(config, "data.limit", int, low=1, optional=True)
+    check_batch_size(config["data"]["batch_size"], world_size)
+
+
+def training_examples(config: dict, num_train: int) -> int:
+    """How many of a training set's `num_train` examples one pass trains on: those the validation split leaves, or
+    the first data.limit of them."""
+    cfg = config["data"]
+    return len(training_subset(range(num_train - cfg["val_size"]), cfg.get("limit")))
 
 
 def smallest_training_batch(config: dict, info: DataInfo, world_size: int = 1) -> int:
     """The fewest images one process trains on in one step: its share of the last, partial batch of a pass (a last
     batch too small to give every process an image is dropped, see EpochPlan.batches)."""
     cfg = config["data"]
-    last = (info.num_train - cfg["val_size"]) % cfg["batch_size"] or cfg["batch_size"]
+    last = training_examples(config, info.num_train) % cfg["batch_size"] or cfg["batch_size"]
     return (last if last >= world_size else cfg["batch_size"]) // world_size
 
 
 def steps_per_epoch(config: dict, info: DataInfo) -> int:
     """How many optimizer steps one pass over the training split of `info`'s dataset takes."""
     cfg = config["data"]
-    return math.ceil((info.num_train - cfg["val_size"]) / cfg["batch_size"])
+    return math.ceil(training_examples(config, info.num_train) / cfg["batch_size"])
 
 
 def check_batch_size(batch_size, world_size):

@@ -9,7 +9,8 @@ A dataset is one object with a one-line `summary` (for --list) and three methods
 A text corpus (data/text.py) has the same three, describing a TextInfo and loading Tokens.
 
 `cfg` is the config's `data` section; `cache_dir` is the run table's folder, where a dataset may keep what it
-measured or decoded once. A dataset of your own in code needs only a function that returns `Arrays`;
+measured or decoded once. A dataset of your own in code needs only a function that returns `Arrays` (images) or
+`Tensors` (any examples: data/tensors.py);
 register it below as "name": "data.my_module:my_function" (see docs/data.md: a dataset of your own in code).
 """
 import dataclasses
@@ -19,6 +20,7 @@ import importlib
 import json
 from dataclasses import dataclass, field
 
+from data.tensors import TensorInfo, Tensors, with_tensor_info
 from data.text import TextInfo
 from utils.config import require
 from utils.errors import UserError
@@ -30,6 +32,7 @@ DATASETS = {
     "cifar10": "data.cifar:CIFAR10",
     "folder": "data.folder:FOLDER",
     "shakespeare_char": "data.text:SHAKESPEARE_CHAR",
+    "csv": "data.table:CSV",
 }
 DEFAULT = "mnist"  # what a config without data.name (every run recorded before datasets could be chosen) trained on
 _IN_CODE = {}  # (name, function) -> its InCode wrapper: see find_dataset
@@ -52,7 +55,7 @@ class DataInfo:
         return len(self.classes)
 
 
-_DESCRIPTIONS = {"images": DataInfo, "text": TextInfo}  # the kinds of data description, as description_json names them
+_DESCRIPTIONS = {"images": DataInfo, "text": TextInfo, "tensors": TensorInfo}  # the kinds of data description, as description_json names them
 
 
 @dataclass
@@ -96,6 +99,14 @@ def description_from_json(text: str):
 def check_fits(info, trained):
     """Refuse data described by `info` that a model trained on data described by `trained` cannot take: images of
     another shape or number of classes, a text with characters outside its vocabulary."""
+    kinds = {type(info), type(trained)}
+    if len(kinds) > 1:
+        raise UserError(f"the data is not of the kind the model was trained on ({_KIND_WORDS[type(info)]} for a model "
+                        f"of {_KIND_WORDS[type(trained)]})")
+    if isinstance(trained, TensorInfo):
+        from data.tensors import check_fits as check_tensors_fit
+
+        return check_tensors_fit(info, trained)
     if isinstance(trained, TextInfo) or isinstance(info, TextInfo):
         if not (isinstance(trained, TextInfo) and isinstance(info, TextInfo)):
             raise UserError("the data is not of the kind the model was trained on (a text for a language model, "
@@ -110,6 +121,9 @@ def check_fits(info, trained):
         raise UserError(f"the data is {'x'.join(map(str, shape))} images of {info.num_classes} classes; the model was "
                         f"trained on {'x'.join(map(str, wanted))} images of {trained.num_classes} classes: give it "
                         f"data of that shape (data.image_size resizes a folder's images)")
+
+
+_KIND_WORDS = {DataInfo: "images", TextInfo: "a text", TensorInfo: "tensors"}
 
 
 def dataset_name(cfg):
@@ -152,8 +166,8 @@ def data_section(config):
 
 
 class InCode:
-    """A dataset written as a function of `cfg` that returns Arrays: loaded once per process, fingerprinted by the
-    bytes of its tensors."""
+    """A dataset written as a function of `cfg` that returns Arrays (images) or Tensors (any examples): loaded once
+    per process, fingerprinted by the bytes of its tensors."""
 
     def __init__(self, name, function):
         self.name, self.function, self._loaded = name, function, {}
@@ -162,23 +176,33 @@ class InCode:
     def load(self, cfg, cache_dir=None, world=None):
         key = repr(sorted(cfg.items()))
         if key not in self._loaded:
-            arrays = self.function(cfg)
-            if not isinstance(arrays, Arrays):
-                raise UserError(f"dataset {self.name!r} returned {type(arrays).__name__}; its function must return "
-                                f"data.registry.Arrays")
-            self._loaded[key] = with_info(arrays)
+            data = self.function(cfg)
+            if isinstance(data, Arrays):
+                self._loaded[key] = with_info(data)
+            elif isinstance(data, Tensors):
+                self._loaded[key] = with_tensor_info(data, self.name)
+            else:
+                raise UserError(f"dataset {self.name!r} returned {type(data).__name__}; its function must return "
+                                f"data.registry.Arrays (images) or data.tensors.Tensors (any examples)")
         return self._loaded[key]
 
     def describe(self, cfg, cache_dir=None):
         return self.load(cfg).info
 
     def fingerprint(self, cfg, cache_path=None):
-        arrays = self.load(cfg)
+        data = self.load(cfg)
         digest = hashlib.sha256()
-        for tensor in (arrays.train_images, arrays.train_labels, arrays.test_images, arrays.test_labels):
-            digest.update(str(tuple(tensor.shape)).encode())
+        if isinstance(data, Arrays):
+            tensors = (data.train_images, data.train_labels, data.test_images, data.test_labels)
+            described = (tuple(data.classes), data.mean, data.std)
+        else:  # the description too: the same numbers as classes or as values are other data
+            tensors = (data.train_inputs, data.train_targets, data.test_inputs, data.test_targets)
+            described = ("tensors", data.info)
+        for tensor in tensors:
+            digest.update(f"{tuple(tensor.shape)}{tensor.dtype}".encode() if not isinstance(data, Arrays) else
+                          str(tuple(tensor.shape)).encode())
             digest.update(tensor.contiguous().numpy().tobytes())
-        digest.update(repr((tuple(arrays.classes), arrays.mean, arrays.std)).encode())
+        digest.update(repr(described).encode())
         return digest.hexdigest()
 
 

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-from data.loaders import check_batch_size
+from data.loaders import check_batch_keys, check_batch_size, training_subset
 from data.plans import EpochPlan, PlannedBatches, SeededDraws
 from data.registry import check_fits, dataset_name, describe_data, find_dataset
 from data.text import TextInfo
@@ -92,7 +92,8 @@ def make_text_loaders(config: dict, device: torch.device, seed: int, world=None,
         check_fits(dataset.describe(cfg), trained_on)
     corpus = dataset.load(cfg, world=world, vocab=trained_on.vocab if trained_on is not None else None)
     block, batch, eval_batch = cfg["block_size"], cfg["batch_size"], cfg["eval_batch_size"]
-    return (training_windows(corpus.train.to(device), block, batch, seed, world),
+    train = corpus.train[:training_characters(config, corpus.info)]
+    return (training_windows(train.to(device), block, batch, seed, world),
             evaluation_windows(corpus.val.to(device), block, eval_batch, world),
             evaluation_windows(corpus.test.to(device), block, eval_batch, world), corpus.info)
 
@@ -100,16 +101,14 @@ def make_text_loaders(config: dict, device: torch.device, seed: int, world=None,
 def check_config(config: dict, world_size: int = 1) -> TextInfo:
     """The TextInfo of the corpus, after refusing what it could not give: windows longer than a split, a batch the
     torchrun processes cannot share, an image dataset."""
-    for key in ("batch_size", "eval_batch_size"):
-        require(config, f"data.{key}", int, low=1)
+    check_batch_keys(config, world_size)
     block_size = require(config, "data.block_size", int, low=1)
     require(config, "data.val_size", int, low=1)
-    check_batch_size(config["data"]["batch_size"], world_size)
     info = describe_data(config)
     if not isinstance(info, TextInfo):
         raise UserError(f"data.name {dataset_name(config['data'])!r} is not a text corpus; this experiment reads "
                         f"text (data.name: shakespeare_char, or a corpus of yours in data/registry.py)")
-    shortest = min(info.num_train, info.num_val, info.num_test)
+    shortest = min(training_characters(config, info), info.num_val, info.num_test)
     if shortest < 3 * block_size + 1:
         raise UserError(f"data.block_size {block_size} leaves a split of {shortest} characters too few windows; "
                         f"use a smaller block_size or a longer text")
@@ -120,11 +119,16 @@ def smallest_training_batch(config: dict, info: TextInfo, world_size: int = 1) -
     """The fewest windows one process trains on in one step: its share of the last, partial batch of a pass (a last
     batch too small to give every process a window is dropped, see EpochPlan.batches)."""
     cfg = config["data"]
-    last = (info.num_train // cfg["block_size"] - 2) % cfg["batch_size"] or cfg["batch_size"]
+    last = (training_characters(config, info) // cfg["block_size"] - 2) % cfg["batch_size"] or cfg["batch_size"]
     return (last if last >= world_size else cfg["batch_size"]) // world_size
 
 
 def steps_per_epoch(config: dict, info: TextInfo) -> int:
     """How many optimizer steps one pass over the training windows takes."""
     cfg = config["data"]
-    return math.ceil((info.num_train // cfg["block_size"] - 2) / cfg["batch_size"])
+    return math.ceil((training_characters(config, info) // cfg["block_size"] - 2) / cfg["batch_size"])
+
+
+def training_characters(config: dict, info: TextInfo) -> int:
+    """How many characters of the training split a pass trains on: the first data.limit, when set."""
+    return len(training_subset(range(info.num_train), config["data"].get("limit")))

@@ -72,7 +72,7 @@ def sample_text(model, data, prompt: str, length: int, temperature: float, seed:
 def charlm(config, run, device, world, verbose=1):
     """Train the transformer, keep the epoch with the lowest validation loss, return its test results; a text it
     writes is recorded at each epoch ("samples") and, from the best model, at the end ("sample")."""
-    from data.windows import IGNORED, make_text_loaders
+    from data.windows import IGNORED, make_text_loaders, training_characters
     from training.loop import evaluate, train_epoch
     from training.optim import make_optimizer, make_scheduler
     from training.recipe import make_step_recipe
@@ -94,7 +94,7 @@ def charlm(config, run, device, world, verbose=1):
 
     if verbose >= 2:
         print(f"run {run.id}: {sum(p.numel() for p in model.parameters()):,} parameters on {device} in "
-              f"{recipe.precision}, {info.num_train:,} train / {info.num_val:,} validation / {info.num_test:,} test "
+              f"{recipe.precision}, {training_characters(config, info):,} train / {info.num_val:,} validation / {info.num_test:,} test "
               f"characters, {info.vocab_size} distinct")
 
     for epoch in epochs.remaining(training["num_epochs"]):

@@ -117,17 +117,29 @@ def noise_dataset(cfg):
     return Arrays(images[:200], labels[:200], images[200:], labels[200:], classes=("dark", "bright"))
 
 
-def tiny_config(data_path, **changes):
-    """The real configs/config.yml scaled down to seconds on synthetic data; `changes` maps 'a.b' keys to values."""
-    config = yaml.safe_load((REPO / "configs" / "config.yml").read_text())
-    config["data"].update(path=str(data_path), download=False, val_size=128, batch_size=128, eval_batch_size=100)
-    config["model"].update(channels=[4, 8], hidden=16)
-    config["training"].update(num_epochs=2, learning_rate=0.015, warmup_fraction=0.5)
-    config["logging"].update(log_every=2)
-    for key, value in changes.items():
-        section, name = key.split(".")
-        config[section][name] = value
-    return config
+def write_table(path, rows=300, seed=0):
+    """A CSV table at `path`: three inputs and a target y = 3a - 2b + c/2 + noise (c also a second target, z), a
+    regression a few epochs learn. Returns `path`."""
+    generator = random.Random(seed)
+    lines = ["a,b,c,y,z"]
+    for _ in range(rows):
+        a, b, c = (round(generator.uniform(-1, 1), 4) for _ in range(3))
+        lines.append(f"{a},{b},{c},{3 * a - 2 * b + c / 2 + generator.gauss(0, 0.1):.5f},{c * 2:.4f}")
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text("\n".join(lines) + "\n")
+    return Path(path)
+
+
+def regression_in_code(cfg):
+    """waves: float inputs [N, 2, 8] and two float targets per example, from code."""
+    import torch
+
+    from data.tensors import Tensors
+
+    generator = torch.Generator().manual_seed(cfg["split_seed"])
+    inputs = torch.randn(400, 2, 8, generator=generator)
+    targets = torch.stack([inputs[:, 0].sum(1), inputs[:, 1].mean(1)], dim=1)
+    return Tensors(inputs[:300], targets[:300], inputs[300:], targets[300:])
 
 
 WORDS = ("the king my lord good sir thou art not what she will be come hence now o fair love and death to of in "
@@ -150,18 +162,55 @@ def write_text_corpus(root, characters=20000, seed=0, folder="tinyshakespeare"):
     return Path(root)
 
 
-def tiny_charlm_config(data_path, **changes):
-    """The real configs/charlm.yml scaled down to seconds on the text write_text_corpus writes."""
-    config = yaml.safe_load((REPO / "configs" / "charlm.yml").read_text())
-    config["data"].update(path=str(data_path), download=False, val_size=1500, block_size=16, batch_size=16,
-                          eval_batch_size=64)
-    config["model"].update(n_layer=1, n_head=2, n_embd=16)
-    config["training"].update(num_epochs=2, learning_rate=0.01)
-    config["logging"].update(log_every=5, sample_length=40)
+# What makes each kind of data's config run in seconds on the data the tests write (tiny_data).
+SHRUNK = {
+    "images": {"data": dict(download=False, val_size=128, batch_size=128, eval_batch_size=100),
+               "model": dict(channels=[4, 8], hidden=16),
+               "training": dict(num_epochs=2, learning_rate=0.015, warmup_fraction=0.5), "logging": dict(log_every=2)},
+    "text": {"data": dict(download=False, val_size=1500, block_size=16, batch_size=16, eval_batch_size=64),
+             "model": dict(n_layer=1, n_head=2, n_embd=16), "training": dict(num_epochs=2, learning_rate=0.01),
+             "logging": dict(log_every=5, sample_length=40)},
+    "table": {"data": dict(target="y", test_size=50, val_size=50, batch_size=32), "model": dict(hidden=[16]),
+              "training": dict(num_epochs=8, learning_rate=0.02), "logging": dict(log_every=2)},
+}
+
+
+def tiny_data(kind, root):
+    """Data of `kind` ("images", "text", "table") written under `root`, small enough for a run of seconds: what
+    data.path points at (the folder of MNIST-format files, of tinyshakespeare/input.txt, or the CSV file)."""
+    if kind == "images":
+        return make_mnist_folder(Path(root))
+    if kind == "text":
+        return write_text_corpus(root)
+    return write_table(Path(root) / "table.csv")
+
+
+def tiny_version(config, kind, data_path, **changes):
+    """`config` (a shipped experiment's, or yours) scaled down to seconds on `data_path` (tiny_data's); `changes` maps
+    'a.b' keys to values."""
+    config["data"]["path"] = str(data_path)
+    for section, values in SHRUNK[kind].items():
+        config[section].update({key: value for key, value in values.items() if key in config[section] or
+                                section == "data"})
     for key, value in changes.items():
         section, name = key.split(".")
         config[section][name] = value
     return config
+
+
+def tiny_config(data_path, **changes):
+    """The real configs/config.yml scaled down to seconds on synthetic data; `changes` maps 'a.b' keys to values."""
+    return tiny_version(yaml.safe_load((REPO / "configs" / "config.yml").read_text()), "images", data_path, **changes)
+
+
+def tiny_charlm_config(data_path, **changes):
+    """The real configs/charlm.yml scaled down to seconds on the text write_text_corpus writes."""
+    return tiny_version(yaml.safe_load((REPO / "configs" / "charlm.yml").read_text()), "text", data_path, **changes)
+
+
+def tiny_tabular_config(table, **changes):
+    """The real configs/tabular.yml scaled down to seconds on the table write_table writes."""
+    return tiny_version(yaml.safe_load((REPO / "configs" / "tabular.yml").read_text()), "table", table, **changes)
 
 
 def table_of(folder):

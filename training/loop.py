@@ -231,7 +231,7 @@ def confusion_matrix(model: nn.Module, batches: Iterable, num_classes: int, auto
 def _added(sums, measured):
     """The running {metric: sum} with one batch's sums added (kept on the device: no wait for the host)."""
     if sums is None:
-        sums = {name: torch.zeros((), dtype=value.dtype, device=value.device) for name, value in measured.items()}
+        sums = {name: torch.zeros_like(value.detach()) for name, value in measured.items()}
     for name, value in measured.items():
         sums[name] += value.detach()
     return sums
@@ -241,8 +241,13 @@ def _metrics(task, sums, seen, device, world):
     """The task's metrics from this rank's sums, added over every rank first."""
     if sums is None:
         raise ValueError("no batch to measure: the split is empty")
-    totals = {name: _summed(world, value).item() for name, value in sums.items()}
+    totals = {name: _number_or_numbers(_summed(world, value)) for name, value in sums.items()}
     return task.summarize(totals, _total(world, seen, device))
+
+
+def _number_or_numbers(total):
+    """A sum as the task's summarize takes it: a float, or a float64 CPU tensor of a sum per target (regression)."""
+    return total.item() if total.ndim == 0 else total.double().cpu()
 
 
 def _total(world, count, device):

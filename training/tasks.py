@@ -75,6 +75,38 @@ class NextToken:
         return {"loss": loss, "bpc": loss / math.log(2)}
 
 
+class Regression:
+    """Values from outputs [B, T] (or [B] for one): mean squared error to train on; mse, mae and r2 (the share of the
+    targets' variance explained, averaged over the targets) to judge by, per target value."""
+
+    def forward(self, model, batch):
+        inputs, _ = batch
+        return model(inputs)
+
+    def loss(self, output, batch):
+        return F.mse_loss(output.float().reshape(batch[1].shape), batch[1].float())
+
+    def train_sums(self, output, batch, loss):
+        targets = batch[1]
+        return {"mse": loss * targets.numel()}, targets.numel()
+
+    def eval_sums(self, output, batch):
+        targets = batch[1].float().reshape(len(batch[1]), -1)
+        error = output.float().reshape(targets.shape) - targets
+        return {"squared": (error ** 2).sum(0), "absolute": error.abs().sum(0), "sum": targets.sum(0),
+                "sum_of_squares": (targets ** 2).sum(0), "examples": torch.tensor(float(len(targets)),
+                                                                                   device=targets.device)}, \
+            targets.numel()
+
+    def summarize(self, sums, count):
+        if "squared" not in sums:  # a training pass: its mean loss
+            return {"mse": sums["mse"] / count}
+        squared = sums["squared"]
+        variance = sums["sum_of_squares"] - sums["sum"] ** 2 / sums["examples"]  # n times each target's variance
+        return {"mse": float(squared.sum()) / count, "mae": float(sums["absolute"].sum()) / count,
+                "r2": float((1 - squared / variance.clamp_min(1e-12)).mean())}
+
+
 def to_device(batch, device):
     """`batch` (a tensor, or a tuple, list or dict of them, nested) with every tensor on `device`."""
     if isinstance(batch, torch.Tensor):

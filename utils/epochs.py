@@ -8,8 +8,9 @@ model before the test set, checks that every torchrun rank ends with the same we
 loop itself stays in the experiment; a training pass gets what it needs of this bookkeeping from `hooks(epoch)`.
 """
 import time
+import warnings
 from collections.abc import Iterator
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch import nn
@@ -32,6 +33,7 @@ def check_config(config: dict) -> None:
     require(config, "training.checkpoint_every", int, low=1, optional=True)
 
 
+@runtime_checkable
 class Resumable(Protocol):
     """What the training batches give `utils.epochs.Epochs`: a pass over them, their number, and the state of their
     draw, which a resume point keeps so that a resumed run trains on the very batches an uninterrupted run would."""
@@ -47,17 +49,85 @@ class Resumable(Protocol):
         """Draw the next pass from `state`, leaving out its first `skip` batches (those trained before a stop)."""
 
 
+class StatefulLoader:
+    """A torchdata StatefulDataLoader as Resumable training batches: its own state_dict is the state of its draws
+    (with its generator's, which it does not keep itself when it loads in this process), and a resume inside a pass
+    reads the batches trained before the stop again, without training on them, to reach the step it stopped after."""
+
+    def __init__(self, loader):
+        self.loader = loader
+        # torchdata 0.11 calls an API torch deprecated at every pass, which says so once per run: not the user's doing.
+        warnings.filterwarnings("ignore", message="'set_vital' is deprecated", category=UserWarning)
+        if loader.generator is None:  # its draws of worker seeds come from a generator of its own, whose state the
+            seed = int(torch.empty((), dtype=torch.int64).random_())  # resume point keeps, not from the run's
+            loader.generator = torch.Generator().manual_seed(seed)
+
+    def __iter__(self):
+        return iter(self.loader)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def get_state(self):
+        generator = self.loader.generator
+        return {"loader": self.loader.state_dict(),
+                "generator": generator.get_state() if generator is not None else None}
+
+    def set_state(self, state, skip: int = 0):
+        self.loader.load_state_dict(state["loader"])
+        self._set_generator(state["generator"])
+        if not skip:
+            return
+        # Reach the step of the stop by reading the pass's first `skip` batches again, then keep the iterator the
+        # pass goes on with: making it draws from the random states, which must stay those of the resume point.
+        with torch.random.fork_rng(devices=[]):
+            batches = iter(self.loader)
+            for _ in range(skip):
+                next(batches)
+            reached = self.loader.generator.get_state() if self.loader.generator is not None else None
+            self.loader.load_state_dict(self.loader.state_dict())
+            self.loader.state_dict()
+        self._set_generator(reached)
+
+    def _set_generator(self, state):
+        if state is not None:
+            self.loader.generator.set_state(state)
+
+
+def resumable(loader) -> Resumable:
+    """`loader` as training batches Epochs can resume exactly, or a UserError saying what to use instead (before any
+    epoch is spent): the template's loaders and a torchdata StatefulDataLoader resume; a plain DataLoader does not."""
+    from torchdata.stateful_dataloader import StatefulDataLoader
+
+    if isinstance(loader, StatefulDataLoader):
+        if loader.generator is not None and loader.num_workers == 0:
+            raise UserError("the training batches are a StatefulDataLoader with a generator= and num_workers=0, "
+                            "which torchdata does not resume exactly (its shuffle and its worker seeds share the "
+                            "generator); drop generator= (the run's seed seeds the shuffle) or load with workers")
+        return StatefulLoader(loader)
+    if isinstance(loader, torch.utils.data.DataLoader):
+        raise UserError("the training batches are a torch.utils.data.DataLoader, which keeps no state of its draws, "
+                        "so a stopped run could not resume exactly; build it as torchdata.stateful_dataloader."
+                        "StatefulDataLoader with the same arguments (docs/experiments.md)")
+    if not isinstance(loader, Resumable):
+        raise UserError(f"the training batches ({type(loader).__name__}) say nothing of the state of their draws, so a "
+                        f"stopped run could not resume exactly; use the template's loaders, a torchdata "
+                        f"StatefulDataLoader, or give them get_state, set_state and __len__ (utils.epochs.Resumable)")
+    return loader
+
+
 class Epochs:
     """The bookkeeping around an experiment's epoch loop (see the module docstring)."""
 
     def __init__(self, run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, loader: Resumable,
                  *, world: World, verbose: int = 1, scaler=None, patience: int | None = None,
                  checkpoint_every: int | None = None):
-        """`loader` is the training batches (Resumable); `scaler` the gradient scaler of fp16 training, whose state
+        """`loader` is the training batches (Resumable, or a torchdata StatefulDataLoader); `scaler` the gradient scaler of fp16 training, whose state
         the resume points keep. `patience`: stop after that many epochs without improvement (None: never).
         `checkpoint_every`: also write the resume point every that many steps (None: at epoch ends and stops)."""
         self.run, self.model, self.world, self.verbose = run, model, world, verbose
-        self.optimizer, self.scheduler, self.loader, self.scaler = optimizer, scheduler, loader, scaler
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.loader = resumable(loader)
         self.patience, self.checkpoint_every = patience, checkpoint_every
         self.measures = run.measures
         self.watch = self.measures.select

@@ -29,7 +29,9 @@ def test_new_experiment_creates_code_lab_book_and_registry_line_and_runs(code_co
     assert "from experiments.wider_net import wider_net\n" in main
     entries = ", ".join(f'"{name}": {name}' for name in [*registered, "wider_net"])
     assert f"experiments = {{{entries}}}" in main
-    assert "--config=configs/config.yml" in done.stdout.splitlines()[-1]
+    assert done.stdout.splitlines()[-1] == (
+        "edit experiments/wider_net.py and configs/wider_net.yml, then: python main.py --experiment=wider_net "
+        "--config=configs/wider_net.yml; test it with: python -m pytest tests/test_wider_net.py")
 
     listed = run_main(code_copy, "--list", main=code_copy / "main.py")
     assert listed.returncode == 0
@@ -97,11 +99,38 @@ def test_new_experiment_refuses_taken_or_invalid_names_and_changes_nothing(code_
     assert snapshot(code_copy) == before
 
 
+def test_new_experiment_from_tabular_writes_its_own_config_lab_book_and_test(code_copy):
+    done = run_main(code_copy, "--new-experiment=vae_like", "--from=tabular", main=code_copy / "main.py")
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[1] for line in done.stdout.splitlines()[:-1]] == [
+        "experiments/vae_like.py", "configs/vae_like.yml", "experiments/vae_like.md", "tests/test_vae_like.py",
+        "main.py"]
+    code = (code_copy / "experiments" / "vae_like.py").read_text()
+    assert code.startswith('"""vae_like: one line that says what this experiment tries (started from tabular);\n')
+    assert 'config="configs/vae_like.yml"' in code and "tabular" not in code.split("\n", 2)[2]
+    config = yaml.safe_load((code_copy / "configs" / "vae_like.yml").read_text())
+    assert config == yaml.safe_load((code_copy / "configs" / "tabular.yml").read_text())  # its keys, none of the CNN's
+    assert "| best_val_mse | test_mse | test_mae | test_r2 |" in (code_copy / "experiments" / "vae_like.md").read_text()
+    assert "--config=configs/vae_like.yml" in (code_copy / "experiments" / "vae_like.md").read_text()
+    assert 'tiny_data("table", folder / "data")' in (code_copy / "tests" / "test_vae_like.py").read_text()
+
+
+@pytest.mark.slow
+def test_the_test_a_new_experiment_gets_passes_as_written(code_copy):
+    assert run_main(code_copy, "--new-experiment=mine", "--from=tabular", main=code_copy / "main.py").returncode == 0
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/test_mine.py"],
+                          cwd=code_copy, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0 and "2 passed" in done.stdout, done.stdout[-3000:]
+
+
 def test_new_experiment_refuses_a_lab_book_or_file_left_behind(code_copy):
     (code_copy / "experiments" / "draft.md").write_text("# draft\n")
     before = snapshot(code_copy)
     assert_refused(run_main(code_copy, "--new-experiment=draft", main=code_copy / "main.py"),
                    "experiments/draft.md")
+    (code_copy / "configs" / "sketch.yml").write_text("seed: 1\n")
+    before = snapshot(code_copy)
+    assert_refused(run_main(code_copy, "--new-experiment=sketch", main=code_copy / "main.py"), "configs/sketch.yml")
     assert snapshot(code_copy) == before
 
 
@@ -133,5 +162,5 @@ def test_the_templates_own_tests_still_pass_once_a_user_registers_an_experiment(
     assert '"mine": mine' in (code_copy / "main.py").read_text()
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider",
                            "tests/test_docs.py", "tests/test_main.py", "tests/modes/test_scaffold.py",
-                           "tests/test_charlm.py"], cwd=code_copy, capture_output=True, text=True, timeout=600)
+                           "tests/test_charlm.py", "tests/test_mine.py"], cwd=code_copy, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:]
