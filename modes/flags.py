@@ -106,9 +106,10 @@ MODE_FLAGS = (
          runs="modes.info:list_experiments", options=dict(action="store_true")),
     Flag("--print-config", "print the merged config (--config and overrides) and exit", starts="print_config",
          runs="modes.info:print_config", options=dict(action="store_true")),
-    Flag("--new-experiment", "create experiments/NAME.py and NAME.md from experiment1 (or --from's) and register NAME "
-         "in main.py", starts="new_experiment", runs="modes.scaffold:scaffold", options=dict(metavar="NAME")),
-    Flag("--from", "with --new-experiment: the registered experiment to start from (default: experiment1)",
+    Flag("--new-experiment", "create experiments/NAME.py, configs/NAME.yml, its lab book and tests/test_NAME.py from "
+         "experiment1 (or --from's) and register NAME in main.py", starts="new_experiment", runs="modes.scaffold:scaffold", options=dict(metavar="NAME")),
+    Flag("--from", "with --new-experiment: the registered experiment to start from (default: experiment1; charlm for "
+         "text, tabular for anything else)",
          modes=("new_experiment",), options=dict(dest="base", metavar="EXPERIMENT")),
     Flag("--search", "a study of N trials that Optuna proposes over the ranges (A..B, log:A..B) and choices (A,B,C) "
          "of the overrides; the same command continues it", starts="search", runs="modes.search:search",

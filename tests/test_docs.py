@@ -17,7 +17,7 @@ import yaml
 
 import data.registry
 import main
-from helpers import REPO, query, run_in_process, tiny_config, tiny_in_process
+from helpers import REPO, query, run_in_process, tiny_config, tiny_in_process, write_table
 from modes.launch import choose_mode, read_command_line
 from utils.config import flatten_values, load_config
 
@@ -295,6 +295,33 @@ def test_the_dataset_written_in_code_registers_and_trains(workdir, monkeypatch):
     assert done.returncode == 0, done.stderr
     assert "2000 train" not in done.stdout and "images of 1x16x16, 2 classes" in done.stdout
     assert importlib.import_module("data.noise") is module
+
+
+def test_the_worked_regression_runs_and_compares_each_metric_in_its_own_direction(tmp_path):
+    commands = [command for page, command, _ in shown_commands() if page == "docs/data.md" and "houses.csv" in command]
+    assert len(commands) == 2
+    write_table(tmp_path / "houses.csv", rows=600)  # its target column is y
+    for command in commands:
+        args = shlex.split(command.replace("--config.data.target=price", "--config.data.target=y"))[2:]
+        done = run_in_process(tmp_path, *args, "--verbose=0", f"--config=configs/tabular.yml".replace(
+            "configs", str(REPO / "configs")))
+        assert done.returncode == 0, done.stderr
+    compared = run_in_process(tmp_path, "--compare")
+    assert compared.returncode == 0, compared.stderr
+    sentences = {line.split(":")[0].strip(): line for line in compared.stdout.splitlines() if ": " in line and (
+        "better by" in line or "worse by" in line or "no detectable" in line)}
+    assert {"test_mse", "test_mae", "test_r2", "best_val_mse"} <= set(sentences), compared.stdout
+    mse, r2 = (json_group(tmp_path)["vs_reference"][name]["diff"] for name in ("test_mse", "test_r2"))
+    for name, diff, better_when in (("test_mse", mse, "lower"), ("test_r2", r2, "higher")):
+        if "no detectable" not in sentences[name]:
+            better = (diff < 0) == (better_when == "lower")
+            assert f"{name}: {'better' if better else 'worse'} by" in sentences[name], sentences[name]
+
+
+def json_group(folder):
+    """The one group --compare holds besides the reference, as --format=json gives it."""
+    compared = run_in_process(folder, "--compare", "--format=json")
+    return next(group for group in json.loads(compared.stdout) if not group["reference"])
 
 
 # The reliability table of docs/faults.md: its counts are pytest's and the tests' own.
