@@ -35,7 +35,7 @@ def main(config_path, data, seed, force_cpu=False):
     model = make_model(config, info, device)
     optimizer = make_optimizer(model, config)
     scheduler = make_scheduler(optimizer, config, steps_per_epoch=len(train))
-    for epoch in range(training["num_epochs"]):
+    for _ in range(training["num_epochs"]):
         train_epoch(model, train, optimizer, scheduler, Classification(label_smoothing=training["label_smoothing"]),
                     recipe)
     print(f"test_accuracy {evaluate(model, test, Classification(), autocast=recipe.autocast)['accuracy']:.4f}")

@@ -58,7 +58,8 @@ def run(cmd, folder, **env):
 
 
 def checkpoint_cost(data, repeats, root):
-    print("\n| resume points (default config, 2 epochs of 215 steps) | epoch time, median (min-max) | writes an epoch | "
+    print("\n| resume points (default config, 2 epochs of 215 steps) | epoch time, median (min-max) "
+          "| writes an epoch | "
           "one write, median | share of the epoch's time |\n|---|---|---|---|---|")
     for every in (None, 100, 10):
         times, writes = [], []

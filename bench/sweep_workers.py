@@ -25,7 +25,8 @@ def sweep(data, combinations, workers=None):
     """(wall seconds, {seed: test accuracy}) of the sweep, from a fresh folder."""
     seeds = ",".join(str(seed) for seed in range(combinations))
     command = [sys.executable, str(REPO / "main.py"), "--experiment=experiment1",
-               f"--config={REPO / 'configs' / 'fast.yml'}", f"--config.data.path={data}", "--config.data.download=false",
+               f"--config={REPO / 'configs' / 'fast.yml'}", f"--config.data.path={data}",
+               "--config.data.download=false",
                "--verbose=0", "--sweep", f"--config.seed={seeds}"] + ([f"--workers={workers}"] if workers else [])
     with tempfile.TemporaryDirectory(prefix="bench-sweep-") as folder:
         started = time.perf_counter()

@@ -14,7 +14,7 @@ def decode(path, mode, size):
     with Image.open(path) as image:
         image = eight_bit(image).convert(mode)
         if size is not None and (image.height, image.width) != tuple(size):
-            image = image.resize((size[1], size[0]), Image.BILINEAR)
+            image = image.resize((size[1], size[0]), Image.Resampling.BILINEAR)
         array = np.array(image, dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
@@ -84,7 +84,8 @@ def unused_generator():
 def decode_all(entries, mode, size, workers=0):
     """(uint8 images [N, C, H, W], int64 labels) of every (path, label) in `entries`, decoded by `workers` processes."""
     dataset = ImageFiles(entries, mode, size, None, None, 0, False)
-    chunks = torch.utils.data.DataLoader(range(len(entries)), batch_size=512, num_workers=workers,
+    chunks: torch.utils.data.DataLoader = torch.utils.data.DataLoader(
+        range(len(entries)), batch_size=512, num_workers=workers,  # type: ignore[arg-type]  # a range is a dataset
                                          collate_fn=dataset.raw, generator=unused_generator())
     images, labels = zip(*chunks)
     return torch.cat(images), torch.cat(labels)

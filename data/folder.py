@@ -63,7 +63,7 @@ class ImageFolder:
     def _files(cfg, scan, groups):
         root = Path(cfg["path"]).expanduser()
         labels = {name: index for index, name in enumerate(scan["classes"])}
-        entries = {split: [] for split in SPLITS}
+        entries: dict[str, list] = {split: [] for split in SPLITS}
         for prefix, images in groups:
             split, label, _ = prefix.split("/")
             entries[split] += [(str(root / prefix / name), labels[label]) for name, _ in images]
@@ -202,7 +202,10 @@ def _scan(root, groups, known, budget):
     """(the folder's summary, {file key: what was measured}): every file not in `known` (by path, size and mtime)
     is hashed, decoded and measured, unless its pixels would take more than `budget` bytes."""
     digest = hashlib.sha256()
-    files, sizes, classes, counts = {}, {}, [], {split: 0 for split in SPLITS}
+    files: dict = {}
+    sizes: dict = {}
+    classes: list = []
+    counts = {split: 0 for split in SPLITS}
     sums, sumsq, pixels, grey, bad = None, None, 0, True, None
     for relative, stat in ((prefix + name, stat) for prefix, images in groups for name, stat in images):
         key = f"{relative}:{stat.st_size}:{stat.st_mtime_ns}"
@@ -230,7 +233,7 @@ def _scan(root, groups, known, budget):
             sums = _add(sums, entry["sums"])
             sumsq = _add(sumsq, entry["sumsq"])
             pixels += entry["width"] * entry["height"]
-    if not grey and sums is not None and len(sums) == 1:
+    if not grey and sums is not None and sumsq is not None and len(sums) == 1:
         sums, sumsq = sums * 3, sumsq * 3
     return {"fingerprint": digest.hexdigest(), "classes": classes, "counts": counts, "sizes": sizes, "grey": grey,
             "sums": sums or [0.0], "sumsq": sumsq or [0.0], "pixels": max(pixels, 1), "bad": bad}, files
@@ -258,7 +261,7 @@ def _measure(path, budget):
     except OSError as e:  # a dangling link, a link loop, a special file
         raise UserError(f"cannot read image file {path} ({e.strerror or type(e).__name__}); remove or replace "
                         f"it") from None
-    entry = {"sha256": hashlib.sha256(data).hexdigest()}
+    entry: dict = {"sha256": hashlib.sha256(data).hexdigest()}
     try:
         with Image.open(io.BytesIO(data)) as image:
             if image.width * image.height * 4 > budget:  # the header alone: nothing decoded yet
@@ -306,7 +309,8 @@ def decoded_arrays(files, fingerprint, cache_dir, workers, world):
             if world is None or world.is_main:
                 write(path, tensors)
     info = files.info
-    return Arrays(*tensors["train"], *tensors["test"], info.classes, info.mean, info.std, info)
+    (train_images, train_labels), (test_images, test_labels) = tensors["train"], tensors["test"]
+    return Arrays(train_images, train_labels, test_images, test_labels, info.classes, info.mean, info.std, info)
 
 
 def _tensors_hash(tensors):

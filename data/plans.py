@@ -68,7 +68,8 @@ class EpochPlan:
 
     def __init__(self, n, batch_size, draws=None, shift=0, world=None):
         self.n, self.batch_size, self.draws, self.shift = n, batch_size, draws, shift
-        self.rank, self.world_size = (world.rank, world.size) if world is not None else (0, 1)
+        self.rank: int = world.rank if world is not None else 0
+        self.world_size: int = world.size if world is not None else 1
         self.skip = 0  # batches the next pass leaves out at its start: those a resumed run trained before its stop
 
     def __len__(self):
@@ -89,8 +90,8 @@ class EpochPlan:
 
 
 class PlannedBatches:
-    """Batches that follow an EpochPlan: as many as it has, and its draws' state (what a resume restores) as theirs (what
-    utils.epochs.Resumable asks of the training batches)."""
+    """Batches that follow an EpochPlan: as many as it has, and its draws' state (what a resume restores) as theirs
+    (what utils.epochs.Resumable asks of the training batches)."""
 
     def __init__(self, plan):
         self.plan = plan

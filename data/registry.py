@@ -13,17 +13,23 @@ measured or decoded once. A dataset of your own in code needs only a function th
 `Tensors` (any examples: data/tensors.py);
 register it below as "name": "data.my_module:my_function" (see docs/data.md: a dataset of your own in code).
 """
+from __future__ import annotations
+
 import dataclasses
 import difflib
 import hashlib
 import importlib
 import json
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from data.tensors import TensorInfo, Tensors, with_tensor_info
 from data.text import TextInfo
 from utils.config import require
 from utils.errors import UserError
+
+if TYPE_CHECKING:  # for the hints only: nothing here imports torch until data is loaded
+    from torch import Tensor
 
 DATASETS = {
     "mnist": "data.idx:MNIST",
@@ -35,7 +41,7 @@ DATASETS = {
     "csv": "data.table:CSV",
 }
 DEFAULT = "mnist"  # what a config without data.name (every run recorded before datasets could be chosen) trained on
-_IN_CODE = {}  # (name, function) -> its InCode wrapper: see find_dataset
+_IN_CODE: dict = {}  # (name, function) -> its InCode wrapper: see find_dataset
 
 
 @dataclass(frozen=True)
@@ -55,20 +61,21 @@ class DataInfo:
         return len(self.classes)
 
 
-_DESCRIPTIONS = {"images": DataInfo, "text": TextInfo, "tensors": TensorInfo}  # the kinds of data description, as description_json names them
+# The kinds of data description, as description_json names them.
+_DESCRIPTIONS = {"images": DataInfo, "text": TextInfo, "tensors": TensorInfo}
 
 
 @dataclass
 class Arrays:
     """A dataset held in memory: uint8 images [N, C, H, W] (or [N, H, W] for grey) and int64 labels [N]."""
-    train_images: object
-    train_labels: object
-    test_images: object
-    test_labels: object
+    train_images: Tensor
+    train_labels: Tensor
+    test_images: Tensor
+    test_labels: Tensor
     classes: tuple
-    mean: tuple = None  # per channel in [0, 1]; None: measured on the training images
-    std: tuple = None
-    info: DataInfo = field(default=None, repr=False)
+    mean: tuple | None = None  # per channel in [0, 1]; None: measured on the training images
+    std: tuple | None = None
+    info: DataInfo | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -192,6 +199,7 @@ class InCode:
     def fingerprint(self, cfg, cache_path=None):
         data = self.load(cfg)
         digest = hashlib.sha256()
+        described: tuple
         if isinstance(data, Arrays):
             tensors = (data.train_images, data.train_labels, data.test_images, data.test_labels)
             described = (tuple(data.classes), data.mean, data.std)

@@ -5,10 +5,16 @@ A dataset of this kind loads `Tensors`; its description is a `TensorInfo`, what 
 (one example's input shape, what it outputs per example) rather than channels and classes. data/examples.py batches
 them; a table of numbers in a CSV file is one by name (data/table.py). Nothing here imports torch at import time.
 """
+from __future__ import annotations
+
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from utils.errors import UserError
+
+if TYPE_CHECKING:  # for the hints only: nothing here imports torch at import time
+    from torch import Tensor
 
 
 @dataclass(frozen=True)
@@ -40,10 +46,10 @@ class Tensors:
 
     `mean` and `std` (one number per input value, flattened) standardise the inputs in the loaders; None: the inputs
     are used as they are."""
-    train_inputs: object
-    train_targets: object
-    test_inputs: object
-    test_targets: object
+    train_inputs: Tensor
+    train_targets: Tensor
+    test_inputs: Tensor
+    test_targets: Tensor
     classes: tuple | None = None
     mean: tuple | None = None
     std: tuple | None = None
@@ -82,7 +88,9 @@ def with_tensor_info(tensors: Tensors, name: str) -> Tensors:
     if train_targets.is_floating_point() != tensors.test_targets.is_floating_point():
         raise UserError(f"dataset {name!r}: train and test targets must both be floats (values) or both integers "
                         f"(classes)")
-    target_mean, target_std = (), ()
+    target_mean: tuple = ()
+    target_std: tuple = ()
+    classes: tuple
     if train_targets.is_floating_point():
         classes, output_size = (), math.prod(train_targets.shape[1:])
         tensors.train_targets, tensors.test_targets = train_targets.float(), tensors.test_targets.float()
@@ -103,8 +111,8 @@ def with_tensor_info(tensors: Tensors, name: str) -> Tensors:
         output_size = len(classes)
         tensors.train_targets, tensors.test_targets = train_targets.long(), tensors.test_targets.long()
     size = math.prod(train_inputs.shape[1:])
-    if (tensors.mean is None) != (tensors.std is None) or (
-            tensors.mean is not None and not len(tensors.mean) == len(tensors.std) == size):
+    mean, std = tensors.mean, tensors.std
+    if (mean is None) != (std is None) or (mean is not None and std is not None and not len(mean) == len(std) == size):
         raise UserError(f"dataset {name!r}: mean and std must both be given, one number per input value ({size}), "
                         f"or both be None")
     if tensors.std is not None and min(tensors.std) <= 0:

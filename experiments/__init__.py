@@ -13,7 +13,7 @@ recorded run of it becomes a model again (`model`, `describe_data`, `evaluate`, 
 """
 import functools
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 from utils.errors import UserError
 from utils.measures import Measures

@@ -94,8 +94,8 @@ def charlm(config, run, device, world, verbose=1):
 
     if verbose >= 2:
         print(f"run {run.id}: {sum(p.numel() for p in model.parameters()):,} parameters on {device} in "
-              f"{recipe.precision}, {training_characters(config, info):,} train / {info.num_val:,} validation / {info.num_test:,} test "
-              f"characters, {info.vocab_size} distinct")
+              f"{recipe.precision}, {training_characters(config, info):,} train / {info.num_val:,} validation / "
+              f"{info.num_test:,} test characters, {info.vocab_size} distinct")
 
     for epoch in epochs.remaining(training["num_epochs"]):
         train_metrics = train_epoch(model, train, optimizer, scheduler, task, recipe, epochs.hooks(epoch),

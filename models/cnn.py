@@ -33,7 +33,8 @@ class CNN(nn.Module):
         blocks = []
         for out_channels in channels:
             conv = nn.Conv2d(in_channels, out_channels, kernel_size, bias=False)  # BatchNorm supplies the bias
-            norm, pool = [nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)], [nn.MaxPool2d(2)]
+            norm: list[nn.Module] = [nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True)]
+            pool: list[nn.Module] = [nn.MaxPool2d(2)]
             blocks += [conv, *(pool + norm if pool_first else norm + pool)]
             in_channels = out_channels
         self.features = nn.Sequential(*blocks)
@@ -108,4 +109,4 @@ def make_model(config: dict, info: DataInfo, device: torch.device) -> CNN:
                 dropout=cfg["dropout"], image_size=(info.height, info.width), num_classes=info.num_classes,
                 pool_first=cfg.get("pool_first", False), in_channels=info.channels)
     memory_format = torch.channels_last if cfg.get("channels_last", False) else torch.preserve_format
-    return model.to(device=device, memory_format=memory_format)
+    return model.to(device).to(memory_format=memory_format)

@@ -82,7 +82,7 @@ def _init_weights(module):
 
 
 @torch.no_grad()
-def generate(model: nn.Module, prompt: list, length: int, seed: int, temperature: float = 1.0) -> list:
+def generate(model: CharTransformer, prompt: list, length: int, seed: int, temperature: float = 1.0) -> list:
     """`length` token IDs sampled from `model` after the IDs of `prompt`, from a generator seeded by `seed` alone, so
     that the same weights always write the same text."""
     model.eval()

@@ -107,7 +107,8 @@ MODE_FLAGS = (
     Flag("--print-config", "print the merged config (--config and overrides) and exit", starts="print_config",
          runs="modes.info:print_config", options=dict(action="store_true")),
     Flag("--new-experiment", "create experiments/NAME.py, configs/NAME.yml, its lab book and tests/test_NAME.py from "
-         "experiment1 (or --from's) and register NAME in main.py", starts="new_experiment", runs="modes.scaffold:scaffold", options=dict(metavar="NAME")),
+         "experiment1 (or --from's) and register NAME in main.py", starts="new_experiment",
+         runs="modes.scaffold:scaffold", options=dict(metavar="NAME")),
     Flag("--from", "with --new-experiment: the registered experiment to start from (default: experiment1; charlm for "
          "text, tabular for anything else)",
          modes=("new_experiment",), options=dict(dest="base", metavar="EXPERIMENT")),

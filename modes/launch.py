@@ -15,7 +15,7 @@ from utils.config import (OVERRIDE_PREFIX, apply_overrides, dump_config, flatten
                           load_config_text, override_text, parse_override, require, unset_implied, with_changed_keys,
                           with_renamed_keys, without_keys)
 from experiments import Experiment, check_registry
-from modes.flags import Flag, Role, chosen_mode
+from modes.flags import Role, chosen_mode
 from utils.errors import MissingKey, UserError
 from utils.runtable.identity import SEED_KEY, IdentityRules, RunIdentity
 from utils.runtable.registry import RunTable

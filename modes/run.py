@@ -1,10 +1,10 @@
 """Starting a run: `start_run` takes a RunDescription, registers a new run, executes it and reports its Outcome;
 `claim_shared_run` does the same for a run other workers may start too (--seeds, --sweep, --search).
 
-The front door and a notebook start their runs through `start_run`, the sweeps and searches through
-`claim_shared_run`. Under both, `execute` is the one harness every mode runs experiments through (a new run, a resume, a reproduction, a replay):
-it seeds, sets the threads, picks the device, records hparams and environment, and turns Ctrl-C and SIGTERM into a
-failed run with every point it logged.
+The front door and a notebook start their runs through `start_run`, the sweeps and searches through `claim_shared_run`.
+Under both, `execute` is the one harness every mode runs experiments through (a new run, a resume, a reproduction, a
+replay): it seeds, sets the threads, picks the device, records hparams and environment, and turns Ctrl-C and SIGTERM
+into a failed run with every point it logged.
 """
 import json
 import sys

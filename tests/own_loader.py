@@ -13,7 +13,6 @@ def plain_loader(dataset, batch_size, seed, workers):
 
 
 def stateful_loader(dataset, batch_size, seed, workers):
-    import torch
     from torchdata.stateful_dataloader import StatefulDataLoader
 
     return StatefulDataLoader(dataset, batch_size=batch_size, shuffle=True, num_workers=workers)

@@ -58,7 +58,7 @@ def shown_commands():
 
 def test_every_command_the_pages_show_is_one_main_py_accepts():
     checked = 0
-    for page, command, shown in shown_commands():
+    for _, command, shown in shown_commands():
         if shown[:1] and shown[0].startswith("error: ") or any(mark in command for mark in PLACEHOLDERS):
             continue
         parser = main.make_parser()
@@ -242,7 +242,7 @@ def test_every_python_block_that_quotes_the_code_matches_it():
 def own_blocks():
     """{first line: block} of the Python blocks that do not quote a file of the template."""
     blocks = {}
-    for page, block in python_blocks():
+    for _, block in python_blocks():
         first = block.splitlines()[0]
         if not (first.startswith("# ") and (REPO / first.removeprefix("# ").strip()).is_file()):
             blocks[first] = block
@@ -303,7 +303,7 @@ def test_the_worked_regression_runs_and_compares_each_metric_in_its_own_directio
     write_table(tmp_path / "houses.csv", rows=600)  # its target column is y
     for command in commands:
         args = shlex.split(command.replace("--config.data.target=price", "--config.data.target=y"))[2:]
-        done = run_in_process(tmp_path, *args, "--verbose=0", f"--config=configs/tabular.yml".replace(
+        done = run_in_process(tmp_path, *args, "--verbose=0", "--config=configs/tabular.yml".replace(
             "configs", str(REPO / "configs")))
         assert done.returncode == 0, done.stderr
     compared = run_in_process(tmp_path, "--compare")

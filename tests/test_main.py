@@ -180,7 +180,8 @@ def test_a_signal_sent_again_and_again_during_start_up_ends_in_one_line_and_the_
         _, stderr = process.communicate(timeout=120)
         lines = [line for line in stderr.strip().splitlines() if not line.startswith("recording in ")]
         assert process.returncode == code and "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
-        assert len(lines) == 1 and (lines[0] == "interrupted before a run started: nothing was recorded" or re.fullmatch(
+        assert len(lines) == 1 and (
+            lines[0] == "interrupted before a run started: nothing was recorded" or re.fullmatch(
             rf"{what}: run \d+ is marked failed, with all it logged; it continues (from its start|in epoch \d+ after "
             rf"step \d+ \(\d+ of its 4 steps done\)|in epoch \d+ at its validation \(after step \d+\)|after epoch "
             rf"\d+ \(step \d+\)) with python main.py --resume=\d+", lines[0])), stderr

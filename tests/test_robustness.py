@@ -112,7 +112,8 @@ def test_a_bug_in_experiment_code_shows_its_traceback_and_fails_the_run_keeping_
     db = workdir / "results" / "resultTable.db"
     loop = code_copy / "experiments" / "experiment1.py"
     loop.write_text(loop.read_text().replace(
-        "        val_metrics = evaluate(", "        assert epoch < 2, 'a bug in epoch 2'\n        val_metrics = evaluate("))
+        "        val_metrics = evaluate(",
+        "        assert epoch < 2, 'a bug in epoch 2'\n        val_metrics = evaluate("))
     crashed = run_tiny(workdir, main=code_copy / "main.py")
     assert crashed.returncode == 1
     assert "Traceback" in crashed.stderr and "a bug in epoch 2" in crashed.stderr

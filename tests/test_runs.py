@@ -78,7 +78,7 @@ def test_identity_duplicates_debug_runs_and_new_runs(workdir):
     # Setting a key to the value the YAML has is the same config: still a duplicate; --verbose changes nothing.
     assert_refused(tiny_in_process(workdir, "--config.training.num_epochs=2", "--verbose=2"), "run 1")
 
-    for attempt in range(2):
+    for _ in range(2):
         debug = tiny_in_process(workdir, "--debug")
         assert debug.returncode == 0, debug.stderr
         assert "run -1 finished" in debug.stdout

@@ -2,6 +2,10 @@
 data/, models/ and training/ side by side, then utils/), and no module imports one that imports it back, even
 inside a function."""
 import ast
+import subprocess
+import sys
+
+import pytest
 
 from helpers import REPO
 
@@ -53,7 +57,8 @@ def test_every_import_points_down_or_stays_in_its_folder():
     assert len(graph) > 40
     wrong = [(module, target) for module, targets in graph.items() for target in targets
              if layer(target) < layer(module)
-             or (layer(target) == layer(module) and target.split(".")[0] != module.split(".")[0] and layer(module) != 1)]
+             or (layer(target) == layer(module) and target.split(".")[0] != module.split(".")[0]
+                 and layer(module) != 1)]
     assert not wrong, f"imports that point up or sideways: {wrong}"
 
 
@@ -73,3 +78,14 @@ def test_no_module_imports_one_that_imports_it_back():
         if module not in state:
             visit(module, [])
     assert not cycles, f"import cycles: {cycles}"
+
+
+@pytest.mark.slow  # mypy reads torch's stubs: about fifteen seconds
+def test_the_seams_an_experiment_is_written_against_pass_the_type_checker_and_the_code_the_linter():
+    """pyproject.toml names what mypy checks (experiments/, training/, models/, data/, utils/epochs.py,
+    utils/runtable/run.py, the experiments' bodies included) and how ruff lints the whole checkout."""
+    typed = subprocess.run([sys.executable, "-m", "mypy"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert typed.returncode == 0 and typed.stdout.startswith("Success: no issues found"), typed.stdout[-3000:]
+    linted = subprocess.run([sys.executable, "-m", "ruff", "check", "."], cwd=REPO, capture_output=True, text=True,
+                            timeout=300)
+    assert linted.returncode == 0, linted.stdout[-3000:]

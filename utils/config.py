@@ -224,8 +224,8 @@ class Dimension:
     """One searched key: a choice among override texts, or a range of numbers (integers when both ends are)."""
     key: str
     choices: tuple = ()  # override texts, for a choice
-    low: float = None
-    high: float = None
+    low: float | None = None
+    high: float | None = None
     log: bool = False
     integer: bool = False
 
@@ -255,7 +255,8 @@ def search_dimension(key, text, current):
         low, high = (parse_yaml_value(end.strip()) for end in ends) if len(ends) == 2 else (None, None)
     except UserError:
         low = high = None
-    if any(isinstance(end, bool) or not isinstance(end, (int, float)) for end in (low, high)):
+    if any(isinstance(end, bool) or not isinstance(end, (int, float)) for end in (low, high)) or \
+            low is None or high is None:
         raise UserError(f"cannot read {text!r} as a range for '{key}'; write {example}")
     if not low < high:
         raise UserError(f"the range {text!r} for '{key}' is empty: its low end must be below its high end")

@@ -8,7 +8,7 @@ TRAINING_BYTES_PER_PARAMETER = 16  # float32 weights, their gradients and AdamW'
 
 def usable_cores() -> int:
     """The CPU cores this process may run on (a cluster job or `taskset` may allow fewer than the machine has)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def capped_workers(requested: int) -> int:

@@ -83,7 +83,7 @@ class World:
             digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
         mine = digest.hexdigest()
         if self.distributed:
-            everyone = [None] * self.size
+            everyone: list[str | None] = [None] * self.size
             dist.all_gather_object(everyone, mine)
             if len(set(everyone)) != 1:
                 raise RuntimeError(f"the ranks' weights differ after training: {everyone}")

@@ -122,9 +122,10 @@ class Epochs:
     def __init__(self, run: Run, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler, loader: Resumable,
                  *, world: World, verbose: int = 1, scaler=None, patience: int | None = None,
                  checkpoint_every: int | None = None):
-        """`loader` is the training batches (Resumable, or a torchdata StatefulDataLoader); `scaler` the gradient scaler of fp16 training, whose state
-        the resume points keep. `patience`: stop after that many epochs without improvement (None: never).
-        `checkpoint_every`: also write the resume point every that many steps (None: at epoch ends and stops)."""
+        """`loader` is the training batches (Resumable, or a torchdata StatefulDataLoader); `scaler` the gradient scaler
+        of fp16 training, whose state the resume points keep. `patience`: stop after that many epochs without
+        improvement (None: never). `checkpoint_every`: also write the resume point every that many steps (None: at epoch
+        ends and stops)."""
         self.run, self.model, self.world, self.verbose = run, model, world, verbose
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.loader = resumable(loader)

@@ -7,7 +7,7 @@ groups stays under a second (the tests check every number against those two func
 """
 import math
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 CONFIDENCE = 0.95
 
@@ -82,7 +82,7 @@ def _difference(diff, error, df, test, n, constant):
     return Difference(diff, (diff - half, diff + half), p_value, test, n)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _critical(df):
     """The two-sided 95% quantile of Student's t with `df` degrees of freedom."""
     from scipy import stats

@@ -22,8 +22,8 @@ from utils.errors import OutputClosed, Terminated
 
 OUTPUT_CLOSED = signal.SIGPIPE  # Python ignores the signal itself; utils/output.py notes the closed pipe as a stop
 
-_received = []  # the signal that stopped this process, once one came
-_held = []  # non-empty while stops are held
+_received: list[int] = []  # the signal that stopped this process, once one came
+_held: list[bool] = []  # non-empty while stops are held
 
 
 def stop_on_signals() -> None:

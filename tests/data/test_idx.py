@@ -65,7 +65,8 @@ def test_batches_cover_every_sample_once_per_pass_in_a_seeded_order():
 
     def batches(plans):
         return Batches(images, labels, EpochPlan(10, 4, plans), (0.5,), (0.5,))
-    order = lambda seed: torch.cat([y for _, y in batches(GeneratorDraws(seed))])
+    def order(seed):
+        return torch.cat([y for _, y in batches(GeneratorDraws(seed))])
     assert sorted(order(0).tolist()) == list(range(10))
     assert torch.equal(order(0), order(0)) and not torch.equal(order(0), order(1))
     assert len(batches(None)) == 3 and torch.equal(torch.cat([y for _, y in batches(None)]), labels)

@@ -53,7 +53,8 @@ def test_the_same_command_twice_and_a_run_stopped_and_resumed_give_the_same_numb
         folder = workdir_for(tmp_path / stop.name, datasets, kind)
         db = folder / "results" / "resultTable.db"
         process = spawn(folder, *TINY)
-        wait_for(lambda: logged_epochs(db, 1) >= 1 or process.poll() is not None, what="the first epoch")
+        wait_for(lambda db=db, process=process: logged_epochs(db, 1) >= 1 or process.poll() is not None,
+                 what="the first epoch")
         assert process.poll() is None, process.communicate()
         process.send_signal(stop)  # in the middle of the second epoch
         process.communicate(timeout=120)

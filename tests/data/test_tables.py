@@ -7,8 +7,8 @@ import yaml
 
 import data.registry
 from data.tensors import Tensors
-from helpers import (REPO, assert_refused, interrupt_after_first_epoch, query, recorded_numbers, run_in_process, signal_at_step, tiny_in_process,
-                     tiny_tabular_config, write_table)
+from helpers import (REPO, assert_refused, interrupt_after_first_epoch, query, recorded_numbers, run_in_process,
+                     signal_at_step, tiny_in_process, tiny_tabular_config, write_table)
 
 
 @pytest.fixture
@@ -140,7 +140,6 @@ def test_data_limit_on_a_text_trains_on_its_first_characters(text_workdir):
 @pytest.fixture
 def own_loader_workdir(table_workdir, monkeypatch):
     """table_workdir with the tabular recipe on the waves tensors, its config with dropout and a workers key."""
-    import main
 
     monkeypatch.setitem(data.registry.DATASETS, "waves", "helpers:regression_in_code")
     config = tiny_tabular_config(table_workdir / "table.csv", **{"data.name": "waves", "model.dropout": 0.2})

@@ -162,5 +162,6 @@ def test_the_templates_own_tests_still_pass_once_a_user_registers_an_experiment(
     assert '"mine": mine' in (code_copy / "main.py").read_text()
     done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-m", "not slow", "-p", "no:cacheprovider",
                            "tests/test_docs.py", "tests/test_main.py", "tests/modes/test_scaffold.py",
-                           "tests/test_charlm.py", "tests/test_mine.py"], cwd=code_copy, capture_output=True, text=True, timeout=600)
+                           "tests/test_charlm.py", "tests/test_mine.py"], cwd=code_copy, capture_output=True, text=True,
+                          timeout=600)
     assert done.returncode == 0, done.stdout[-3000:]

@@ -99,7 +99,8 @@ def test_pruning_stops_trials_that_cannot_learn_keeps_their_points_and_never_res
     done = tiny_in_process(workdir, "--search=12", "--prune", "--config.training.learning_rate=log:1e-2..100",
                            "--config.model.dropout=0.0,0.3")
     assert done.returncode == 0, done.stderr
-    pruned = [int(run_id) for run_id in re.findall(r"run (\d+) pruned: its validation was worse than the median", done.stdout)]
+    pruned = [int(run_id) for run_id in
+              re.findall(r"run (\d+) pruned: its validation was worse than the median", done.stdout)]
     assert pruned, done.stdout
     assert re.search(r"complete trials by best_val_accuracy \(validation\); \d+ pruned:", done.stdout)
     for run_id in pruned:

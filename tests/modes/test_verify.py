@@ -49,7 +49,8 @@ def test_verify_refuses_what_it_cannot_do(workdir):
 def test_a_run_recorded_on_another_device_type_is_skipped_unless_a_tolerance_is_given(workdir):
     assert tiny_in_process(workdir).returncode == 0
     db = workdir / "results" / "resultTable.db"
-    query(db, "UPDATE Fragments SET fragment=replace(fragment, '\"device_type\": \"cpu\"', '\"device_type\": \"cuda\"') "
+    query(db, "UPDATE Fragments SET fragment=replace(fragment, '\"device_type\": \"cpu\"', "
+              "'\"device_type\": \"cuda\"') "
               "WHERE tag='environment'")
     skipped = run_in_process(workdir, "--verify")
     assert skipped.returncode == 0

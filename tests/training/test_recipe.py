@@ -6,7 +6,6 @@ import sys
 
 import pytest
 import torch
-import yaml
 
 from helpers import (MAIN, assert_refused, env_recording_in, query, recorded_numbers, run_in_process,
                      signal_at_step, tiny_in_process)

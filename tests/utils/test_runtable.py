@@ -78,7 +78,7 @@ def test_a_finished_run_is_never_changed_by_a_later_crash_in_the_same_process(ta
     with pytest.raises(ZeroDivisionError):
         with start(table, comment="b") as second:
             second.log_scalar("val/accuracy", 0.1, step=1, epoch=1)
-            1 / 0
+            raise ZeroDivisionError("a crash in the experiment")
     sys.excepthook(ZeroDivisionError, ZeroDivisionError(), None)  # what an uncaught crash would call
     first.fail()
     assert table.status(first.id) == "finished" and table.status(second.id) == "failed"
@@ -118,7 +118,8 @@ def test_the_indexes_are_made_with_a_new_table_and_added_to_an_older_one_by_the_
         query(table.path, f"DROP INDEX {name}")
 
     def run_one():
-        return [query(table.path, f"SELECT * FROM {name} WHERE run_id=1") for name in ("Experiments", "Logs", "Results")]
+        return [query(table.path, f"SELECT * FROM {name} WHERE run_id=1")
+                for name in ("Experiments", "Logs", "Results")]
 
     before = run_one()
     assert table.find_run(RunIdentity("experiment1", "seed: 0\n")) is not None  # reading adds nothing
