@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from helpers import (MAIN, copy_template, env_recording_in, make_mnist_folder, tiny_charlm_config, tiny_config,
-                     write_text_corpus)
+                     tiny_tabular_config, write_table, write_text_corpus)
 
 # A test names the table it records in (the helpers: its working folder's results/). One that forgets fails here,
 # instead of writing into the checkout's own results/ (a user's real runs).
@@ -71,12 +71,23 @@ class Tiny:
         return (f"--experiment={self.experiment}", f"--config={self.config}", "--verbose=0")
 
 
-@pytest.fixture(params=["experiment1", "charlm"])
+@pytest.fixture
+def table_workdir(tmp_path):
+    """A fresh working folder with a CSV table and configs/tiny_tabular.yml, tabular's config shrunk for tests."""
+    write_table(tmp_path / "table.csv")
+    (tmp_path / "configs").mkdir(exist_ok=True)
+    (tmp_path / "configs" / "tiny_tabular.yml").write_text(yaml.safe_dump(tiny_tabular_config(tmp_path / "table.csv")))
+    return tmp_path
+
+
+@pytest.fixture(params=["experiment1", "charlm", "tabular"])
 def tiny(request, tmp_path):
     """Each shipped experiment in turn, with its tiny config in a fresh working folder: a test that takes this
-    fixture holds a promise for the CNN and the language model alike."""
+    fixture holds a promise for the CNN, the language model and the table's MLP alike."""
     if request.param == "charlm":
         return Tiny("charlm", request.getfixturevalue("text_workdir"), "configs/tiny_charlm.yml")
+    if request.param == "tabular":
+        return Tiny("tabular", request.getfixturevalue("table_workdir"), "configs/tiny_tabular.yml")
     return Tiny("experiment1", request.getfixturevalue("workdir"), "configs/tiny.yml")
 
 

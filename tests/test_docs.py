@@ -26,7 +26,7 @@ PAGES = {path.relative_to(REPO).as_posix(): path.read_text()
 README = PAGES["README.md"]
 EVERYTHING = "\n".join(PAGES.values())
 PLACEHOLDERS = ("RUNID", "NAME", "FILE", "DIR", "URL", "KEY", "VALUE", "SECTION", "...", "$", "A,B")
-SHIPPED = ("experiment1", "charlm")  # the experiments the template ships, as the pages list them
+SHIPPED = ("experiment1", "charlm", "tabular")  # the experiments the template ships, as the pages list them
 WORDS = {"one": 1, "two": 2, "three": 3, "four": 4, "five": 5, "six": 6}
 CHEAP = ("--list", "--print-config")  # commands whose whole output a page shows and a test can print
 

@@ -9,6 +9,7 @@ import time
 import pytest
 import yaml
 
+import main
 from helpers import MAIN, assert_refused, env_recording_in, query, run_in_process, run_main, tiny_in_process
 from utils.errors import Terminated
 
@@ -34,7 +35,7 @@ def test_a_missing_key_is_refused_naming_the_experiments_own_baseline(tiny):
     config = yaml.safe_load((tiny.folder / tiny.config).read_text())
     del config["training"]["learning_rate"]
     (tiny.folder / "configs" / "short.yml").write_text(yaml.safe_dump(config))
-    own = {"experiment1": "configs/config.yml", "charlm": "configs/charlm.yml"}[tiny.experiment]
+    own = main.experiments[tiny.experiment].config
     result = run_in_process(tiny.folder, f"--experiment={tiny.experiment}", "--config=configs/short.yml")
     assert_refused(result, "the config has no 'training.learning_rate'", f"add it ({own}, {tiny.experiment}'s "
                    f"baseline, has every key it reads)")

@@ -8,16 +8,7 @@ import yaml
 import data.registry
 from data.tensors import Tensors
 from helpers import (REPO, assert_refused, interrupt_after_first_epoch, query, recorded_numbers, run_in_process,
-                     signal_at_step, tiny_in_process, tiny_tabular_config, write_table)
-
-
-@pytest.fixture
-def table_workdir(tmp_path):
-    """A working folder with a CSV table and configs/tiny_tabular.yml pointing at it."""
-    write_table(tmp_path / "table.csv")
-    (tmp_path / "configs").mkdir()
-    (tmp_path / "configs" / "tiny_tabular.yml").write_text(yaml.safe_dump(tiny_tabular_config(tmp_path / "table.csv")))
-    return tmp_path
+                     signal_at_step, tiny_in_process, tiny_tabular_config)
 
 
 def tabular(folder, *args):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from helpers import (REPO, assert_refused, env_recording_in, interrupt_after_first_epoch, make_image_folder,
-                     make_mnist_folder, query, run_in_process, run_main, signal_at_step, tiny_in_process,
+                     make_mnist_folder, query, run_in_process, run_main, signal_at_step, tiny_in_process, write_table,
                      write_text_corpus)
 import main
 from utils.errors import UserError
@@ -18,6 +18,8 @@ def other_data(tiny, tmp_path):
     """Data of the same shape as the tiny config's, with other content: (the override that points at it)."""
     if tiny.experiment == "charlm":
         return f"--config.data.path={write_text_corpus(tmp_path / 'other-text', seed=7)}"
+    if tiny.experiment == "tabular":
+        return f"--config.data.path={write_table(tmp_path / 'other-table.csv', seed=7)}"
     return f"--config.data.path={make_mnist_folder(tmp_path / 'other-images', n_train=640, n_test=150)}"
 
 
@@ -44,7 +46,8 @@ def test_a_run_is_evaluated_exported_sampled_and_loaded_again_through_real_proce
     # --evaluate on the run's own data gives its test results exactly, recorded as a row of its own...
     done = run_main(folder, "--evaluate=1")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith(f"run 2: the evaluation of run 1 ({tiny.experiment}, epoch 2) on data ")
+    assert done.stdout.startswith(f"run 2: the evaluation of run 1 ({tiny.experiment}, epoch "
+                                  f"{trained['best_epoch']}) on data ")
     assert results_of(db, 2) == test and results_of(db, 1) == trained  # the run's own rows are untouched
     assert query(db, "SELECT E.status, E.tag, E.cli, L.evaluates FROM Experiments E JOIN TemplateLaunch L "
                      "USING (run_id) WHERE run_id=2") == [("finished", "evaluates run 1", "evaluates=1", 1)]

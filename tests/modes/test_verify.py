@@ -97,8 +97,8 @@ def test_a_code_change_that_keeps_behaviour_passes_and_one_that_alters_it_fails(
     assert all("DIFFERS" in line for line in scaled.stdout.splitlines()[:2])
 
     # A changed loss, in the task's code.
-    loss = change_code(("return F.cross_entropy(output.float()", "return 0.5 * F.cross_entropy(output.float()"),
-                       file="tasks.py")
+    loss_of = "F.mse_loss(output.float()" if name == "tabular" else "F.cross_entropy(output.float()"
+    loss = change_code((f"return {loss_of}", f"return 0.5 * {loss_of}"), file="tasks.py")
     assert loss.returncode == 1 and f"run 1 ({name}): DIFFERS first at train/step_loss" in loss.stdout
     assert subprocess.run(["git", "-C", str(code_copy), "checkout", "-q", "--", "."]).returncode == 0
     assert run_main(workdir, "--verify", main=main).returncode == 0
