@@ -369,18 +369,33 @@ def fail_abandoned_trials(launch, study):
             continue
         host, pid, token = trial.user_attrs.get("worker", [None, None, None])
         runs = trial.user_attrs.get("runs", [])
-        gone = (host is None or liveness.is_gone(liveness.Process(host, pid, token))
-                or (runs and not any(launch.project.table.status(run_id) == "running" for run_id in runs)))
-        if not gone:
+        if not worker_is_gone(launch, host, pid, token, runs):
             continue
         value = finished_value(launch, runs)
-        if value is not None:  # its runs finished, the journal lost what came after (a cut line): told, not failed
-            study.tell(trial.number, value)
-            print(f"trial {trial.number}: its runs finished but the study had not heard of it; their value is told",
-                  flush=True)
-        else:
-            study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
-            print(f"trial {trial.number} was left running by a worker that is gone: marked failed", flush=True)
+        try:
+            if value is not None:  # its runs finished, the journal lost what came after (a cut line): told
+                study.tell(trial.number, value)
+                print(f"trial {trial.number}: its runs finished but the study had not heard of it; their value is "
+                      f"told", flush=True)
+            else:
+                study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+                print(f"trial {trial.number} was left running by a worker that is gone: marked failed", flush=True)
+        except (ValueError, optuna.exceptions.UpdateFinishedTrialError):
+            continue  # its worker told it in the meantime: the trial is the worker's, as it should be
+
+
+def worker_is_gone(launch, host, pid, token, runs):
+    """Whether the worker of a running trial is gone: on this host, its process ended (or it is this very process,
+    which runs no trial while it asks for one); on another, whose process cannot be asked, its runs stopped without
+    finishing (the lease marked them failed). A worker alive between two seeds of its trial, or about to tell a value,
+    has no run running and is not gone."""
+    me = liveness.this_process()
+    if host is None or (host, pid, token) == (me.host, me.pid, me.token):
+        return True  # a worker asks for its next trial between two: a trial still its own was left (a lost record)
+    if host == me.host:
+        return liveness.is_gone(liveness.Process(host, pid, token))
+    statuses = [launch.project.table.status(run_id) for run_id in runs]
+    return bool(statuses) and "running" not in statuses and any(status != "finished" for status in statuses)
 
 
 def finished_value(launch, runs):

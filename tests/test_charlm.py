@@ -25,7 +25,7 @@ from models.transformer import make_model
 from training.loop import evaluate
 from training.tasks import NextToken
 from utils.checkpoint import load_checkpoint
-from helpers import (MAIN, assert_refused, interrupt_after_first_epoch, logged_epochs, query, query_while_created,
+from helpers import (MAIN, REPO, assert_refused, interrupt_after_first_epoch, logged_epochs, query, query_while_created,
                      recorded_numbers, run_in_process, run_main, tiny_charlm_config, tiny_config, wait_for,
                      write_text_corpus)
 from utils.errors import UserError
@@ -249,13 +249,17 @@ def test_a_sweep_of_charlm_runs_the_product_and_tabulates_its_loss(text_workdir)
 def test_a_new_experiment_from_charlm_names_its_config_and_metrics_and_runs(code_copy, text_workdir):
     done = run_main(code_copy, "--new-experiment=bigram", "--from=charlm", main=code_copy / "main.py")
     assert done.returncode == 0, done.stderr
-    assert done.stdout.splitlines()[-1] == ("edit experiments/bigram.py, then: python main.py --experiment=bigram "
-                                            "--config=configs/charlm.yml")
+    assert done.stdout.splitlines()[-1] == (
+        "edit experiments/bigram.py and configs/bigram.yml, then: python main.py --experiment=bigram "
+        "--config=configs/bigram.yml; test it with: python -m pytest tests/test_bigram.py")
     lab_book = (code_copy / "experiments" / "bigram.md").read_text()
     assert "| best_val_loss | test_loss | test_bpc |" in lab_book and "accuracy" not in lab_book
-    assert "--config=configs/charlm.yml" in lab_book
+    assert "--config=configs/bigram.yml" in lab_book
     code = (code_copy / "experiments" / "bigram.py").read_text()
     assert "def bigram(config, run, device" in code and 'select="loss"' in code
+    assert 'config="configs/bigram.yml"' in code and "charlm" not in code.split("\n", 2)[2]
+    assert (code_copy / "configs" / "bigram.yml").read_text().endswith((REPO / "configs" / "charlm.yml").read_text(
+        ).split("\n\n", 1)[1])  # charlm's keys under a heading of its own
     ran = run_main(text_workdir, "--experiment=bigram", "--config=configs/tiny_charlm.yml", "--verbose=0",
                    main=code_copy / "main.py")
     assert ran.returncode == 0, ran.stderr

@@ -15,16 +15,19 @@ import training.loop
 from utils.runtable.readers import run_output
 
 # Shorter batches than the tiny configs' own: 16 steps an epoch for the CNN, 65 for the language model.
-STEPS = {"experiment1": 16, "charlm": 65}
+STEPS = {"experiment1": 16, "charlm": 65, "tabular": 25}
 
 
 @pytest.fixture
 def tiny_long(tiny):
     """Each shipped experiment's tiny config, with epochs of STEPS steps."""
     config = tiny.folder / tiny.config
-    if tiny.experiment == "experiment1":
-        config.write_text(yaml.safe_dump({**yaml.safe_load(config.read_text()),
-                                          "data": {**yaml.safe_load(config.read_text())["data"], "batch_size": 32}}))
+    changes = {"experiment1": {"data": {"batch_size": 32}},
+               "tabular": {"data": {"batch_size": 8}, "training": {"num_epochs": 2}}}.get(tiny.experiment, {})
+    values = yaml.safe_load(config.read_text())
+    for section, keys in changes.items():
+        values[section].update(keys)
+    config.write_text(yaml.safe_dump(values))
     return tiny
 
 
