@@ -9,11 +9,11 @@ from modes.launch import command_of
 from modes.resume import check_world_size, refuse_evaluation
 from modes.run import NONDETERMINISTIC_TOLERANCE, run_registered
 from utils.config import load_config_text
+from utils.measures import is_timing
 from utils.provenance import git_commit, git_diff
 from utils.runtable.readers import DEBUG_RUN_ID, read_run
 from utils.tables import table_lines
 
-TIMING_WORDS = ("time", "throughput")  # measurements of speed: the only values allowed to differ run to run
 ENVIRONMENT_KEYS = ("python", "torch", "torchvision", "deepboard", "numpy", "device_type", "device_name", "cuda",
                     "cudnn", "threads")
 
@@ -64,10 +64,6 @@ def tolerance_for(identity, asked):
     training = (load_config_text(identity.config_text) or {}).get("training")
     deterministic = training.get("deterministic", True) if isinstance(training, dict) else True
     return NONDETERMINISTIC_TOLERANCE if deterministic is False else 0.0
-
-
-def is_timing(name):
-    return any(word in name for word in TIMING_WORDS)
 
 
 def compare_runs(recorded, new, tolerance=0.0):

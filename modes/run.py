@@ -18,6 +18,7 @@ from utils.errors import DiskFull, NondeterministicOp, Pruned, UserError, as_see
 from utils.output import kept_output
 from utils.provenance import git_commit, git_diff
 from utils.runtable.readers import read_run
+from utils.runtable.run import recorded_results
 from utils.stopping import exit_code, raise_if_stopped, stop_behind, stops_held
 
 # How far apart two values of a run recorded with training.deterministic: false may be and still count as the same
@@ -242,6 +243,7 @@ def _execute(project, run, identity, output, world, speaks, threads, texts):
                     f"training.deterministic: true refuses it; to train this model, launch it with "
                     f"--config.training.deterministic=false (a new run, recorded as not bit-reproducible), or replace "
                     f"the operation (docs/reproducibility.md)") from None
+            results = recorded_results(results)  # one line for what is not a dict of numbers, never a traceback
             if run.status == "running":
                 run.finish(results)
     except DiskFull as full:  # the run is failed (or left for the next launch to mark): say how to continue it

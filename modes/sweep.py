@@ -128,7 +128,12 @@ def start_workers(launch):
             preexec_fn=(lambda share=share: os.sched_setaffinity(0, share)) if hasattr(os, "sched_setaffinity")
             else None))
     try:
-        codes = [process.wait() for process in processes]
+        # Each is collected as it ends, whatever the order: a worker killed while another waits for its run is then
+        # gone, not a zombie that looks alive, and the others take its run over.
+        ended = []
+        while len(ended) < len(processes):
+            ended += [process for process in processes if process not in ended and process.poll() is not None]
+            time.sleep(POLL_S / 10)
     except (KeyboardInterrupt, Terminated) as stop:
         sent = signal.SIGINT if isinstance(stop, KeyboardInterrupt) else signal.SIGTERM
         for process in processes:  # their own sessions: one signal each, forwarded from here
@@ -143,7 +148,9 @@ def start_workers(launch):
         print(f"stopped all {count} workers; their runs are failed and resumable: the same command continues the "
               f"sweep", file=sys.stderr)
         return exit_code(stop)
-    return max(codes, key=lambda code: (code != 0, code))
+    # The worker that ended last judged the whole sweep (it printed the table: 1 if a run is not finished); one that
+    # a signal killed before it (its run taken over) does not fail a sweep that ended whole.
+    return ended[-1].returncode if ended[-1].returncode >= 0 else 128 - ended[-1].returncode
 
 
 def cores_of(cores, index, count):

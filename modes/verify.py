@@ -6,10 +6,11 @@ recording nothing, and every value it logs in that window is compared with the r
 import math
 import tempfile
 
-from modes.reproduce import is_timing, tolerance_for
+from modes.reproduce import tolerance_for
 from utils.runtable.identity import EVALUATES
 from modes.run import execute
 from utils.errors import UserError
+from utils.measures import is_timing
 from utils.runtable.readers import NotTemplateRun, newest_finished_runs, read_run
 from utils.runtable.run import Replica
 

@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from training.recipe import StepRecipe
 from training.tasks import to_device
+from utils.measures import EPOCH_TIME, THROUGHPUT
 from utils.stopping import raise_if_stopped, stops_held
 
 
@@ -69,7 +70,7 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
     """The task's metrics of one pass over `batches`, updating `model` at each batch, plus 'epoch_time' and
     'throughput' (what the task counts, per second).
 
-    Timings are the only values that differ between identical runs; their names say so ("time", "throughput").
+    Timings are the only values that differ between identical runs: utils.measures.TIMINGS declares them.
 
     `recipe` says how each step is taken (default: float32, no clipping, no accumulation). With `world` (torchrun),
     the metrics and logged losses are summed over all ranks, so they describe all the data.
@@ -114,7 +115,7 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
     bar.close()
     metrics = _metrics(task, state.sums, state.seen, device, world)
     epoch_time = before + time.perf_counter() - started
-    return {**metrics, "epoch_time": epoch_time, "throughput": _total(world, state.seen, device) / epoch_time}
+    return {**metrics, EPOCH_TIME: epoch_time, THROUGHPUT: _total(world, state.seen, device) / epoch_time}
 
 
 def _step(model, batch, optimizer, scheduler, task, recipe, state, device):

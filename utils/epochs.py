@@ -20,7 +20,7 @@ from utils.checkpoint import (check_owner, load_checkpoint, load_training_state,
 from utils.config import require
 from utils.distributed import World, is_compiled
 from utils.errors import UserError
-from utils.measures import BEST_EPOCH, TEST_PREFIX
+from utils.measures import BEST_EPOCH, EPOCH_TIME, TEST_PREFIX
 from utils.runtable.run import ResumePoint, Run
 from utils.stopping import pending_stop
 
@@ -206,7 +206,7 @@ class Epochs:
         self.best_value, self.best_epoch, self.done = best_value, best_epoch, epoch
         self.run.resume_point = ResumePoint(epoch, len(self.loader), len(self.loader), step, closed=True)
         if self.verbose >= 1:
-            timing = f" | {train['epoch_time']:.1f}s" if "epoch_time" in train else ""
+            timing = f" | {train[EPOCH_TIME]:.1f}s" if EPOCH_TIME in train else ""
             print(f"epoch {epoch}/{self._total}: train {self._shown(train)} | val {self._shown(val)}{timing}"
                   f"{' *' if improved else ''}", flush=True)
         if self.world.is_main:

@@ -4,6 +4,7 @@ The best epoch, `--compare`, `--search`, its pruner and the notebook all read a 
 from a metric's name. Runs recorded before runs carried their Measures keep the meaning they had then (`LEGACY`).
 """
 import json
+import math
 from dataclasses import dataclass
 
 from utils.errors import UserError
@@ -14,6 +15,15 @@ REPORTED = None  # a metric with no better side (a VAE's KL term): reported, plo
 # Results that the epoch bookkeeping (utils/epochs.py) adds: the test set's value of each metric, the validation value
 # of the selected epoch, and the epoch itself.
 TEST_PREFIX, BEST_VAL_PREFIX, BEST_EPOCH = "test_", "best_val_", "best_epoch"
+# What a training pass adds to its metrics that measures speed (training/loop.py): the only values two identical runs
+# may differ in, which --reproduce and --verify leave out by these names, never by a word a metric's name contains.
+EPOCH_TIME, THROUGHPUT = "epoch_time", "throughput"
+TIMINGS = (EPOCH_TIME, THROUGHPUT)
+
+
+def is_timing(curve):
+    """Whether a recorded curve (train/epoch_time) is one of the declared TIMINGS."""
+    return curve.rsplit("/", 1)[-1] in TIMINGS
 
 
 @dataclass(frozen=True)
@@ -78,8 +88,13 @@ class Measures:
         return self.better[metric] == HIGHER
 
     def improves(self, value, best):
-        """Whether `value` of the selected metric beats `best` (None: nothing to beat)."""
+        """Whether `value` of the selected metric beats `best` (None: nothing to beat). NaN (a diverged epoch) beats
+        nothing, and any number beats it: a NaN first epoch never stays the best one."""
         if best is None:
+            return True
+        if math.isnan(value):
+            return False
+        if math.isnan(best):
             return True
         return value > best if self.higher_is_better(self.select) else value < best
 

@@ -153,3 +153,85 @@ def test_reproduce_refuses_flags_it_takes_from_the_record(workdir):
     assert_refused(run_in_process(workdir, "--reproduce=1", "--watch=loss"), "drop --watch")
     assert_refused(run_in_process(workdir, "--tolerance=0.1", "--experiment=experiment1", "--config=configs/tiny.yml"),
                    "--tolerance only applies to --reproduce or --verify")
+
+
+def test_a_metric_whose_name_holds_time_is_compared_like_any_other(workdir, monkeypatch):
+    """Only the declared timings (utils.measures.TIMINGS) are left out: `lifetime_loss` changing is a difference."""
+    import training.tasks
+
+    summarize, launches = training.tasks.Classification.summarize, []
+
+    def with_lifetime(self, sums, count):
+        return {**summarize(self, sums, count), "lifetime_loss": 0.54 if len(launches) == 1 else 0.23}
+    monkeypatch.setattr(training.tasks.Classification, "summarize", with_lifetime)
+    launches.append(1)
+    assert tiny_in_process(workdir).returncode == 0
+    launches.append(2)
+    again = run_in_process(workdir, "--reproduce=1", "--verbose=0")
+    assert again.returncode == 1 and "run 1 NOT reproduced" in again.stdout, again.stdout
+    assert any(line.startswith("val/lifetime_loss") and "DIFFERS" in line for line in again.stdout.splitlines())
+    assert not any(line.startswith(("train/epoch_time", "train/throughput")) for line in again.stdout.splitlines())
+
+
+def summarized_as(monkeypatch, change):
+    """Make the classifier's metrics pass through `change(metrics)` (what an experiment of yours might return)."""
+    import training.tasks
+
+    summarize = training.tasks.Classification.summarize
+    monkeypatch.setattr(training.tasks.Classification, "summarize",
+                        lambda self, sums, count: change(summarize(self, sums, count)))
+
+
+def test_metrics_and_results_of_any_numeric_type_are_recorded_as_numbers(workdir, monkeypatch):
+    import numpy as np
+    import torch
+
+    summarized_as(monkeypatch, lambda metrics: {"loss": np.float32(metrics["loss"]),
+                                                "accuracy": torch.tensor(metrics["accuracy"])})
+    done = tiny_in_process(workdir)
+    assert done.returncode == 0, done.stderr
+    db = workdir / "results" / "resultTable.db"
+    kinds = query(db, "SELECT DISTINCT typeof(value) FROM Results WHERE run_id=1 AND is_hparam=0 UNION "
+                      "SELECT DISTINCT typeof(value) FROM Logs WHERE run_id=1")
+    assert sorted(kind for (kind,) in kinds) == ["integer", "real"]  # best_epoch, and numbers: never a BLOB
+
+
+def test_a_metric_that_is_not_a_number_is_refused_at_the_first_epoch_and_a_fix_resumes(workdir, monkeypatch):
+    summarized_as(monkeypatch, lambda metrics: {**metrics, "accuracy": {"top1": metrics["accuracy"]}})
+    refused = tiny_in_process(workdir)
+    last = refused.stderr.strip().splitlines()[-1]
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert last.startswith("error: 'train/accuracy' is dict") and "a run records numbers" in last
+    db = workdir / "results" / "resultTable.db"
+    assert query(db, "SELECT status FROM Experiments") == [("failed",)]
+    assert query(db, "SELECT COUNT(*) FROM Logs WHERE run_id=1 AND split='val'") == [(0,)]  # at the first epoch end
+    monkeypatch.undo()
+    resumed = run_in_process(workdir, "--resume=1", "--verbose=0")
+    assert resumed.returncode == 0 and query(db, "SELECT status FROM Experiments") == [("finished",)], resumed.stderr
+
+
+def test_a_run_whose_results_are_not_a_dict_is_one_line_and_keeps_what_it_recorded(workdir, monkeypatch):
+    import experiments.experiment1
+
+    function = experiments.experiment1.experiment1.function
+    monkeypatch.setattr(experiments.experiment1.experiment1, "function",
+                        lambda *args, **kwargs: [function(*args, **kwargs)])
+    refused = tiny_in_process(workdir)
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("error: the experiment returned list, not its results")
+    db = workdir / "results" / "resultTable.db"  # epochs.finish had recorded them: nothing trained is lost
+    assert query(db, "SELECT status FROM Experiments") == [("finished",)]
+    assert query(db, "SELECT COUNT(*) FROM Results WHERE run_id=1 AND metric LIKE 'test_%'") == [(2,)]
+
+
+def test_a_diverged_run_is_reproduced_and_verified_nan_for_nan(workdir, monkeypatch):
+    summarized_as(monkeypatch, lambda metrics: {**metrics, "loss": float("nan")})
+    assert tiny_in_process(workdir).returncode == 0
+    db = workdir / "results" / "resultTable.db"
+    assert query(db, "SELECT value FROM Results WHERE run_id=1 AND metric='test_loss'") == [(None,)]  # SQLite's NaN
+    again = run_in_process(workdir, "--reproduce=1", "--verbose=0")
+    assert again.returncode == 0 and "run 1 reproduced" in again.stdout, again.stdout + again.stderr
+    assert any(line.startswith("test_loss") and "nan" in line and line.endswith("same")
+               for line in again.stdout.splitlines())
+    verified = run_in_process(workdir, "--verify")
+    assert verified.returncode == 0 and "run 1 (experiment1): matches" in verified.stdout, verified.stdout

@@ -135,3 +135,19 @@ def test_a_resumed_and_a_reproduced_run_print_metrics_in_their_declared_order(wo
     rows = [line.split()[0] for line in reproduced.stdout.splitlines()[-11:-1]]
     assert rows.index("test_loss") < rows.index("test_accuracy") and rows.index("val/loss") < rows.index(
         "val/accuracy"), rows
+
+
+def test_a_validation_that_was_nan_in_epoch_1_gives_way_to_a_later_better_epoch(workdir, monkeypatch):
+    import training.loop
+
+    real, calls = training.loop.evaluate, []
+
+    def nan_first(model, batches, task, **kwargs):
+        calls.append(1)
+        metrics = real(model, batches, task, **kwargs)
+        return {name: float("nan") for name in metrics} if len(calls) == 1 else metrics
+    monkeypatch.setattr(training.loop, "evaluate", nan_first)
+    assert tiny_in_process(workdir).returncode == 0
+    db = workdir / "results" / "resultTable.db"
+    results = dict(query(db, "SELECT metric, value FROM Results WHERE run_id=1 AND is_hparam=0"))
+    assert results["best_epoch"] == 2 and results["best_val_accuracy"] > 0, results

@@ -5,6 +5,7 @@ import os
 import signal
 import socket
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -170,6 +171,27 @@ def test_when_a_worker_is_killed_the_survivor_resumes_its_combination_and_ends_t
         (1, "finished", 0), (2, "finished", 0), (3, "finished", 0)]
     curves, _ = recorded_numbers(db, 1)
     assert len(curves) == len({(split, label, step) for split, label, _, step, _ in curves})  # every point once
+
+
+@pytest.mark.fault("killed workers")
+@pytest.mark.slow
+def test_a_worker_killed_while_the_other_waits_for_its_run_never_hangs_the_workers(slow_sweep, spawn):
+    """--workers=2: the second worker killed (SIGKILL) in its run while the first, done with its own, waits for it.
+    The launcher collects whichever worker ends first, so the killed one is gone, not a zombie taken for alive: the
+    survivor resumes its run and the sweep ends."""
+    db = slow_sweep / "results" / "resultTable.db"
+    parent = spawn(slow_sweep, *TINY, "--seeds=3", "--workers=2")
+    wait_for(lambda: logged_epochs(db, 1) >= 1 and logged_epochs(db, 2) >= 1 or parent.poll() is not None,
+             what="both workers' runs")
+    workers = sorted(int(pid) for pid in (Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()))
+    assert len(workers) == 2, workers
+    second = workers[1]  # started last: the launcher used to wait for the first before it collected this one
+    [(killed_run,)] = query(db, "SELECT run_id FROM TemplateLaunch WHERE pid=?", second)
+    os.kill(second, signal.SIGKILL)
+    out, err = parent.communicate(timeout=300)
+    assert parent.returncode == 0, out + err
+    assert f"run {killed_run}, resumed" in out, out
+    assert query(db, "SELECT COUNT(*), SUM(status='finished') FROM Experiments") == [(3, 3)]
 
 
 @pytest.mark.fault("killed workers")

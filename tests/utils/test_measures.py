@@ -29,3 +29,11 @@ def test_results_and_curves_are_ordered_as_the_metrics_are_declared():
 
 def test_the_declared_order_survives_the_record():
     assert list(Measures.from_json(VAE.to_json()).better) == ["loss", "kl", "recon"]
+
+
+def test_a_nan_epoch_never_stays_the_best_one():
+    nan = float("nan")
+    assert VAE.improves(nan, None)  # the first epoch is the best so far, whatever it is...
+    assert VAE.improves(0.9, nan)  # ...and any number beats a diverged one
+    assert not VAE.improves(nan, 0.9)
+    assert Measures({"accuracy": "higher"}, "accuracy").improves(0.1, nan)

@@ -46,7 +46,17 @@ def is_gone(process, now=None):
         return True
     except PermissionError:
         pass  # a process of another user holds the pid: compare its start time below
+    if is_zombie(process.pid):  # ended, its parent has not reaped it yet: it will never write again
+        return True
     return process.token is not None and process_token(process.pid) != process.token
+
+
+def is_zombie(pid):
+    """Whether process `pid` has ended and waits for its parent to collect its exit status (Linux; False elsewhere)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
 
 
 def heartbeat_interval():

@@ -5,6 +5,7 @@ Everything here opens the table read-only with sqlite3 and never builds a deepbo
 script later crashes. Reading can never change the table.
 """
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,18 +111,24 @@ def run_owners(path, run_ids):
     return owners
 
 
+def _number(value):
+    """A recorded value: SQLite stores a NaN (a diverged run's) as NULL, read back as the NaN it was."""
+    return math.nan if value is None else value
+
+
 def read_run(path, run_id):
     """The RecordedRun of `run_id` in the table at `path`, or a UserError if there is no such run."""
     with _open(path) as db:
         row = read_row(db, path, run_id)
         environment = db.execute("SELECT fragment FROM Fragments WHERE run_id=? AND tag='environment' "
                                  "ORDER BY id_ DESC LIMIT 1", (run_id,)).fetchone()
-        results = dict(db.execute("SELECT metric, value FROM Results WHERE run_id=? AND is_hparam=0", (run_id,)))
+        results = {metric: _number(value) for metric, value in db.execute(
+            "SELECT metric, value FROM Results WHERE run_id=? AND is_hparam=0", (run_id,))}
         scalars = {}
         for split, label, step, value in db.execute(
                 "SELECT split, label, step, value FROM Logs WHERE run_id=? ORDER BY split, label, step, id_",
                 (run_id,)):
-            scalars.setdefault(f"{split}/{label}" if split else label, []).append((step, value))
+            scalars.setdefault(f"{split}/{label}" if split else label, []).append((step, _number(value)))
         epoch_ends = dict(db.execute("SELECT epoch, MAX(step) FROM Logs WHERE run_id=? GROUP BY epoch", (run_id,)))
     return RecordedRun(row.run_id, row.status, row.hidden, row.identity, row.commit, row.diff,
                        json.loads(environment[0]) if environment else {}, results, scalars, epoch_ends, row.threads)

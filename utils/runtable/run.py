@@ -5,14 +5,16 @@ a word is recognised as dead once its heartbeat is older than the lease (see liv
 """
 import io
 import math
+import numbers
 import sqlite3
+import sys
 import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import NamedTuple
 
-from utils.errors import DiskFull, NondeterministicOp, Pruned, Terminated, disk_full, is_disk_full
+from utils.errors import DiskFull, NondeterministicOp, Pruned, Terminated, UserError, disk_full, is_disk_full
 from utils.measures import LEGACY
 from utils.output import OUTPUT_LOG
 from utils.runtable.liveness import heartbeat_interval
@@ -131,7 +133,8 @@ class Run:
         """Record one point of the curve `tag` ('split/name', e.g. 'val/accuracy'); written in batches."""
         self._check_open()
         split, _, label = tag.rpartition("/")
-        self._buffer.append((self.id, epoch, step, split, label, float(value), time.monotonic() - self._start, 0))
+        value = recorded_number(tag, value)
+        self._buffer.append((self.id, epoch, step, split, label, value, time.monotonic() - self._start, 0))
         if len(self._buffer) >= FLUSH_EVERY:
             self.flush()
 
@@ -173,6 +176,7 @@ class Run:
 
     def finish(self, results: dict) -> None:
         """Record the final results and mark the run finished; the run is read-only afterwards."""
+        results = recorded_results(results)
         self.flush()
         self._keep_output()
         with self._writing("the results", needed=POINT_BYTES * len(results)) as db:
@@ -275,6 +279,27 @@ def show_columns_that_differ(db, run_id, rows):
             db.execute("UPDATE ResultDisplay SET display_order=(SELECT COALESCE(MAX(display_order), 0) + 1 FROM "
                        "ResultDisplay) WHERE Name=?", (name,))
             db.execute("DELETE FROM TemplateHiddenColumn WHERE name=?", (name,))
+
+
+def recorded_number(name, value):
+    """`value` as the number the table records (an int or a float): Python's, NumPy's, or a one-element tensor's;
+    anything else is refused in one line naming `name`."""
+    torch = sys.modules.get("torch")  # a tensor exists only once torch is imported
+    if torch is not None and isinstance(value, torch.Tensor) and value.numel() == 1:
+        value = value.item()
+    if not isinstance(value, numbers.Real):
+        raise UserError(f"{name!r} is {type(value).__name__} {str(value)[:60]!r}: a run records numbers (a Python or "
+                        f"NumPy number, or a one-element tensor: loss.item()); record this one as a number")
+    return int(value) if isinstance(value, numbers.Integral) else float(value)
+
+
+def recorded_results(results):
+    """An experiment's results, checked and turned into numbers: a dict of them, as epochs.finish returns."""
+    if not isinstance(results, dict):
+        raise UserError(f"the experiment returned {type(results).__name__}, not its results: return the dict that "
+                        f"epochs.finish(test=...) returns (a run that trained keeps its checkpoints: fix it, then "
+                        f"--resume records the results without training again)")
+    return {str(name): recorded_number(f"result {name}", value) for name, value in results.items()}
 
 
 def diverged(results, measures):
