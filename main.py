@@ -6,6 +6,7 @@
     python main.py --list | --new-experiment=NAME | --config=FILE --print-config
 """
 import importlib
+import io
 import os
 import signal
 import sys
@@ -25,7 +26,8 @@ if __name__ == "__main__":
     signal.signal(signal.SIGTERM, _leave_while_loading)
 
 from modes.flags import Flag, Role, build_parser, mode_functions
-from modes.launch import Launch, Project, choose_mode, chosen_table, locate_config, read_command_line
+from modes.launch import (Launch, Project, choose_mode, chosen_table, locate_config, read_command_line,
+                          utf8_arguments)
 from utils.errors import UserError, one_line
 from utils.runtable.identity import IdentityRules
 from utils.stopping import exit_code, ignore_stops, stop_behind, stop_on_signals
@@ -108,6 +110,10 @@ def load_run(run, table=None, *, last=False, device="cpu"):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     stop_on_signals()
+    for stream in (sys.stdout, sys.stderr):  # a terminal that cannot show a character gets its escape, never a crash
+        if isinstance(stream, io.TextIOWrapper):
+            stream.reconfigure(errors="backslashreplace")
+    argv = utf8_arguments(argv)
     parser = make_parser()
     args, overrides = read_command_line(parser, argv)
     args.config = locate_config(args.config, CODE_DIR)

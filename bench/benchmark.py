@@ -34,7 +34,7 @@ from utils.config import load_config, without_keys  # noqa: E402  (the repositor
 
 def launch(command, cwd):
     """(wall seconds, exit code, output, peak RSS in MiB) of one process, recording in `cwd`'s results/."""
-    with tempfile.TemporaryFile("w+") as out:
+    with tempfile.TemporaryFile("w+", encoding="utf-8") as out:
         started = time.perf_counter()
         process = subprocess.Popen(command, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, text=True,
                                    env=recording_in(cwd))

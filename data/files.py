@@ -50,7 +50,7 @@ def fingerprint(files, cache_path=None):
 
 def read_cache(cache_path):
     try:
-        return json.loads(Path(cache_path).read_text()) if cache_path is not None else {}
+        return json.loads(Path(cache_path).read_text(encoding="utf-8")) if cache_path is not None else {}
     except (OSError, ValueError):
         return {}
 
@@ -63,7 +63,7 @@ def write_cache(cache_path, cache):
     cache_path = Path(cache_path)
     tmp = cache_path.with_name(f"{cache_path.name}.{os.getpid()}.tmp")
     try:
-        tmp.write_text(json.dumps(cache, indent=0))
+        tmp.write_text(json.dumps(cache, indent=0), encoding="utf-8")
         tmp.replace(cache_path)
     except OSError:
         try:

@@ -8,7 +8,8 @@ def list_experiments(launch):
     print("experiments:")
     for name in launch.project.experiments:
         lab_book = launch.project.code_dir / "experiments" / f"{name}.md"
-        first = lab_book.read_text().splitlines()[0].lstrip("# ") if lab_book.exists() else "(no lab book)"
+        first = (lab_book.read_text(encoding="utf-8").splitlines()[0].lstrip("# ") if lab_book.exists()
+                 else "(no lab book)")
         print(f"  {name:20s} {first}")
     print("datasets (--config.data.name=NAME):")
     for name in DATASETS:

@@ -317,14 +317,21 @@ def choose_mode(args, flags):
     return mode
 
 
-def read_command_line(parser, argv):
-    """(flags, [(dotted key, value text)]) of the command line; unknown flags are refused, never ignored."""
+def utf8_arguments(argv):
+    """The command line's arguments read as UTF-8 text whatever the locale (which decoded them, and in an ASCII one
+    left bytes it could not read as lone surrogates): the same command is the same run everywhere."""
+    decoded = []
     for number, arg in enumerate(argv, start=1):
         try:
-            arg.encode("utf-8")
-        except UnicodeEncodeError:  # bytes the locale could not decode arrive as lone surrogates
+            decoded.append(os.fsencode(arg).decode("utf-8"))
+        except (UnicodeDecodeError, UnicodeEncodeError):
             raise UserError(f"argument {number} ({arg[:40]!r}...) holds bytes that are not UTF-8 text; the run table "
                             f"and the config store text only, retype it") from None
+    return decoded
+
+
+def read_command_line(parser, argv):
+    """(flags, [(dotted key, value text)]) of the command line; unknown flags are refused, never ignored."""
     args, rest = parser.parse_known_args(argv)
     overrides = []
     for arg in rest:

@@ -42,27 +42,27 @@ def new_experiment(code_dir, name, registered, base=BASE_EXPERIMENT):
     if name in registered or taken or name == "TEMPLATE":
         raise UserError(f"experiment {name!r} exists already ({', '.join(taken) or 'registered in main.py'}); "
                         f"pick another name")
-    main_text = register(main.read_text(), name)
+    main_text = register(main.read_text(encoding="utf-8"), name)
     source = registered[base]
     new_config = f"configs/{name}.yml"
-    code_text = copied_code((folder / f"{base}.py").read_text(), name, base, source.config, new_config)
+    code_text = copied_code((folder / f"{base}.py").read_text(encoding="utf-8"), name, base, source.config, new_config)
     measures = source.measures
     columns = [measures.selected_result, *(f"test_{metric}" for metric in measures.better)]
-    lab_text = (folder / LAB_BOOK_TEMPLATE).read_text().replace("NAME", name).replace(
+    lab_text = (folder / LAB_BOOK_TEMPLATE).read_text(encoding="utf-8").replace("NAME", name).replace(
         "CONFIG", new_config).replace("| METRICS |", "| " + " | ".join(columns) + " |").replace(
         "|---METRICS|", "|---" * len(columns) + "|")
-    base_lines = (code_dir / source.config).read_text().splitlines(keepends=True)
+    base_lines = (code_dir / source.config).read_text(encoding="utf-8").splitlines(keepends=True)
     while base_lines and base_lines[0].startswith("#"):  # the base's own heading
         base_lines.pop(0)
     config_text = (f"# The baseline of {name}, started from {base}'s {source.config}: the keys it reads.\n"
                    f"# Override any key for one run with --config.SECTION.KEY=VALUE; edit this file to move the "
                    f"baseline.\n" + "".join(base_lines))
 
-    code.write_text(code_text)
-    config.write_text(config_text)
-    lab_book.write_text(lab_text)
-    test.write_text(tests_file_text(name, new_config, data_kind(code_dir / source.config)))
-    main.write_text(main_text)
+    code.write_text(code_text, encoding="utf-8")
+    config.write_text(config_text, encoding="utf-8")
+    lab_book.write_text(lab_text, encoding="utf-8")
+    test.write_text(tests_file_text(name, new_config, data_kind(code_dir / source.config)), encoding="utf-8")
+    main.write_text(main_text, encoding="utf-8")
     return [code, config, lab_book, test, main]
 
 
@@ -111,9 +111,9 @@ ARGS = ("--experiment={name}", "--config=configs/tiny.yml", "--verbose=0")
 def tiny_folder(folder):
     """`folder` with tiny {kind} data and configs/tiny.yml: {config} scaled down to seconds on it."""
     data = tiny_data("{kind}", folder / "data")
-    config = tiny_version(yaml.safe_load((REPO / "{config}").read_text()), "{kind}", data)
+    config = tiny_version(yaml.safe_load((REPO / "{config}").read_text(encoding="utf-8")), "{kind}", data)
     (folder / "configs").mkdir()
-    (folder / "configs" / "tiny.yml").write_text(yaml.safe_dump(config))
+    (folder / "configs" / "tiny.yml").write_text(yaml.safe_dump(config), encoding="utf-8")
     return folder
 
 

@@ -189,7 +189,7 @@ def space_file_entries(path):
     """[(dotted key, override text)] of a YAML search space: `training.learning_rate: log:1e-4..1e-2`, a list for a
     choice."""
     try:
-        with open(path) as f:
+        with open(path, encoding="utf-8") as f:
             space = yaml.safe_load(f)
     except OSError as e:
         raise UserError(f"cannot read the search space {path}: {e.strerror}") from None
@@ -413,7 +413,7 @@ def finished_value(launch, runs):
 @contextmanager
 def _file_locked(path):
     """An exclusive lock on `path` between the processes of one machine."""
-    with open(path, "a") as handle:
+    with open(path, "a", encoding="utf-8") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield

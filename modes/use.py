@@ -239,9 +239,9 @@ def load_export(project, folder, device="cpu") -> LoadedRun:
     if missing:
         raise UserError(f"the export {folder} lacks {', '.join(missing)}; export the run again")
     try:
-        about = json.loads((folder / "run.json").read_text())
-        config_text = (folder / "config.yml").read_text()
-        data = description_from_json((folder / "data.json").read_text())
+        about = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        config_text = (folder / "config.yml").read_text(encoding="utf-8")
+        data = description_from_json((folder / "data.json").read_text(encoding="utf-8"))
     except (ValueError, KeyError, TypeError) as error:
         raise UserError(f"the export {folder} is damaged ({type(error).__name__}); export the run again") from None
     experiment = registered(project, about["experiment"], f"the export {folder}")

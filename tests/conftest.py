@@ -30,7 +30,7 @@ def pytest_collection_modifyitems(config, items):
         for item in items:
             for mark in item.iter_markers("fault"):
                 census[mark.args[0]] = census.get(mark.args[0], 0) + 1
-        Path(target).write_text(json.dumps(census, indent=1, sort_keys=True))
+        Path(target).write_text(json.dumps(census, indent=1, sort_keys=True), encoding="utf-8")
 
 
 @pytest.fixture(scope="session")

@@ -126,7 +126,7 @@ def write_table(path, rows=300, seed=0):
         a, b, c = (round(generator.uniform(-1, 1), 4) for _ in range(3))
         lines.append(f"{a},{b},{c},{3 * a - 2 * b + c / 2 + generator.gauss(0, 0.1):.5f},{c * 2:.4f}")
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text("\n".join(lines) + "\n")
+    Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
     return Path(path)
 
 

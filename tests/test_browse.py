@@ -155,7 +155,7 @@ def free_port():
 def serving(table, tmp_path):
     """The real `deepboard` server on `table`, on a free localhost port (its URL), always stopped afterwards."""
     port = free_port()
-    log = open(tmp_path / "deepboard.log", "w")
+    log = open(tmp_path / "deepboard.log", "w", encoding="utf-8")
     # The deepboard of the interpreter running the tests, whatever is on PATH.
     command = [sys.executable, "-m", "deepboard.gui.entry", str(table), "--port", str(port)]
     # Its own session, so that stopping it also stops the reloader's worker process.
@@ -194,9 +194,9 @@ def browser_dom(url, tmp_path):
 def test_deepboard_listens_on_the_loopback_address_only(deepboard_server):
     port = int(deepboard_server.rsplit(":", 1)[1])
     # Linux's table of TCP sockets: local address and port in hex, state 0A is LISTEN.
-    listening = [line.split()[1] for line in Path("/proc/net/tcp").read_text().splitlines()[1:]
+    listening = [line.split()[1] for line in Path("/proc/net/tcp").read_text(encoding="utf-8").splitlines()[1:]
                  if line.split()[3] == "0A" and line.split()[1].endswith(f":{port:04X}")]
-    listening += [line.split()[1] for line in (Path("/proc/net/tcp6").read_text().splitlines()[1:]
+    listening += [line.split()[1] for line in (Path("/proc/net/tcp6").read_text(encoding="utf-8").splitlines()[1:]
                   if Path("/proc/net/tcp6").exists() else []) if line.split()[3] == "0A"
                   and line.split()[1].endswith(f":{port:04X}")]
     assert listening == [f"0100007F:{port:04X}"], listening  # 127.0.0.1, never 0.0.0.0 or ::

@@ -302,3 +302,23 @@ def test_a_network_too_large_for_this_machines_memory_is_refused_before_the_run_
     assert_refused(tiny_in_process(workdir, override), "parameters: training them takes", "GiB of memory",
                    "make it smaller")
     assert not (workdir / "results").exists()
+
+
+@pytest.mark.slow
+def test_files_are_utf_8_whatever_the_locale(workdir):
+    """A config with a comment outside ASCII is the same run under an ASCII locale, and what --compare prints of it
+    reaches a terminal that cannot show it as escapes, not as a crash."""
+    config = workdir / "configs" / "tiny.yml"
+    config.write_text("# Schrödinger's baseline, naïve café\n" + config.read_text(encoding="utf-8"), encoding="utf-8")
+    args = ("--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0", "--comment=größer")
+    ascii_locale = {**env_recording_in(workdir), "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": "ascii"}
+    first = subprocess.run([sys.executable, str(MAIN), *args], cwd=workdir, capture_output=True, text=True,
+                           timeout=300, env=env_recording_in(workdir))
+    assert first.returncode == 0, first.stderr
+    again = subprocess.run([sys.executable, str(MAIN), *args], cwd=workdir, capture_output=True, timeout=300,
+                           env=ascii_locale)
+    assert again.returncode == 2 and b"run 1 (experiment1, finished) already has this config" in again.stderr
+    compared = subprocess.run([sys.executable, str(MAIN), "--compare"], cwd=workdir, capture_output=True,
+                              timeout=300, env=ascii_locale)
+    assert compared.returncode == 0 and b"Traceback" not in compared.stderr, compared.stderr
+    assert b"gr\\xf6\\xdfer" in compared.stdout, compared.stdout  # the comment, escaped for an ASCII terminal

@@ -84,7 +84,7 @@ def load_config(path, _chain=(), _root=None):
         raise UserError(f"config file {path} is {path.stat().st_size:,} bytes; a config holds parameters (at most "
                         f"{MAX_CONFIG_BYTES:,} bytes), not data: point data.path at the data instead")
     try:
-        config = bounded(yaml.load(path.read_text(), Loader=_Loader), f"config file {path}")
+        config = bounded(yaml.load(path.read_text(encoding="utf-8"), Loader=_Loader), f"config file {path}")
     except yaml.YAMLError as e:
         raise UserError(f"config file {path} is not valid YAML: {_first_line(e)}") from None
     except (UnicodeDecodeError, OSError) as e:

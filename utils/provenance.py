@@ -69,7 +69,7 @@ def environment(device, threads):
 
 def _cpu_name():
     try:
-        for line in open("/proc/cpuinfo"):
+        for line in open("/proc/cpuinfo", encoding="utf-8"):
             if line.startswith("model name"):
                 return line.split(":", 1)[1].strip()
     except OSError:
@@ -88,7 +88,8 @@ def _version(package):
 
 def _git(code_dir, *args, ok_codes=(0,), strip=True):
     try:
-        done = subprocess.run(["git", "-C", str(code_dir), *args], capture_output=True, text=True, timeout=60)
+        done = subprocess.run(["git", "-C", str(code_dir), *args], capture_output=True, timeout=60,
+                              encoding="utf-8", errors="backslashreplace")
     except (OSError, subprocess.TimeoutExpired):
         return None
     if done.returncode not in ok_codes:

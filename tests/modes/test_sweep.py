@@ -183,7 +183,8 @@ def test_a_worker_killed_while_the_other_waits_for_its_run_never_hangs_the_worke
     parent = spawn(slow_sweep, *TINY, "--seeds=3", "--workers=2")
     wait_for(lambda: logged_epochs(db, 1) >= 1 and logged_epochs(db, 2) >= 1 or parent.poll() is not None,
              what="both workers' runs")
-    workers = sorted(int(pid) for pid in (Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text().split()))
+    children = Path(f"/proc/{parent.pid}/task/{parent.pid}/children").read_text(encoding="utf-8")
+    workers = sorted(int(pid) for pid in children.split())
     assert len(workers) == 2, workers
     second = workers[1]  # started last: the launcher used to wait for the first before it collected this one
     [(killed_run,)] = query(db, "SELECT run_id FROM TemplateLaunch WHERE pid=?", second)

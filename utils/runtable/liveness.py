@@ -54,7 +54,7 @@ def is_gone(process, now=None):
 def is_zombie(pid):
     """Whether process `pid` has ended and waits for its parent to collect its exit status (Linux; False elsewhere)."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+        return Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
         return False
 
@@ -70,8 +70,8 @@ def lease():
 def process_token(pid):
     """Boot ID and start time of process `pid` (Linux): tells a pid reused after a reboot or a restart apart."""
     try:
-        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        start_ticks = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+        boot_id = Path("/proc/sys/kernel/random/boot_id").read_text(encoding="utf-8").strip()
+        start_ticks = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8").rsplit(")", 1)[1].split()[19]
         return f"{boot_id}:{start_ticks}"
     except (OSError, IndexError):
         return None

@@ -231,7 +231,7 @@ class RunTable:
         """
         try:
             self.results_dir.mkdir(parents=True, exist_ok=True)
-            lock = open(self.path.with_name(self.path.name + ".lock"), "a")
+            lock = open(self.path.with_name(self.path.name + ".lock"), "a", encoding="utf-8")
         except OSError as e:
             if is_disk_full(e):
                 raise disk_full(self.results_dir, "the run table's lock file", None) from None

@@ -163,7 +163,7 @@ def filesystem_type(path, mounts="/proc/mounts"):
         path = path.parent
     best, kind = "", None
     try:
-        lines = Path(mounts).read_text().splitlines()
+        lines = Path(mounts).read_text(encoding="utf-8").splitlines()
     except OSError:
         return None
     for line in lines:
