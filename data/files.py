@@ -77,6 +77,7 @@ def download(folder, filename, urls, md5, missing_message):
     built by `missing_message(reason)`."""
     from torchvision.datasets.utils import download_url  # only here: reading local files needs no torchvision
 
+    refuse_what_is_in_the_way(folder / filename)
     created = [parent for parent in [folder, *folder.parents] if not parent.exists()]
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -101,6 +102,18 @@ def download(folder, filename, urls, md5, missing_message):
         except OSError:
             break
     raise UserError(missing_message(f"and the download failed ({', '.join(dict.fromkeys(errors))}; offline?)"))
+
+
+def refuse_what_is_in_the_way(path):
+    """Refuse, in one line, to download over something at `path` that is not a readable file (a link to nowhere or to
+    a device, a FIFO, a folder): it is the user's, and only what the template wrote may ever be removed."""
+    if not os.path.lexists(path):
+        return
+    kind = ("a link to nothing (its data on a disk not mounted?)" if path.is_symlink() and not path.exists() else
+            "a folder" if path.is_dir() else "a FIFO" if path.is_fifo() else
+            "a device" if path.is_char_device() or path.is_block_device() else "not a regular file")
+    raise UserError(f"{path} is {kind}, where the data file should be; the template neither downloads over it nor "
+                    f"deletes it: put the file there (or mount its disk), or remove it yourself")
 
 
 def extract_tar(archive, folder):

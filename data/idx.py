@@ -9,7 +9,7 @@ import math
 import struct
 from pathlib import Path
 
-from data.files import download, fingerprint
+from data.files import download, fingerprint, refuse_what_is_in_the_way
 from data.registry import Arrays, DataInfo
 from utils.errors import UserError
 
@@ -39,6 +39,7 @@ class IdxDataset:
         for name, stem in FILES.items():
             path = next((p for p in (folder / stem, folder / f"{stem}.gz") if p.is_file()), None)
             if path is None:
+                refuse_what_is_in_the_way(folder / stem)
                 missing.append(name)
             found[name] = path
         if missing and download_missing:

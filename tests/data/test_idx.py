@@ -131,3 +131,25 @@ def test_a_download_that_fails_offline_is_one_line_and_leaves_no_empty_folder(wo
     assert_refused(tiny_in_process(workdir, f"--config.data.path={target}", "--config.data.download=true"),
                    "MNIST files missing", "the download failed (URLError")
     assert not (tmp_path / "fresh").exists() and not (workdir / "results" / "resultTable.db").exists()
+
+
+@pytest.mark.fault("data files")
+@pytest.mark.parametrize("kind", ["dangling link", "link to a device", "fifo", "folder"])
+def test_a_data_file_that_is_not_a_file_is_never_deleted_by_a_download(workdir, tmp_path, kind):
+    """data.download: true with something of the user's where a file should be: one line, and it is still there."""
+    import os
+
+    root = make_mnist_folder(tmp_path / "mine")
+    target = root / "MNIST" / "raw" / "train-labels-idx1-ubyte.gz"
+    target.unlink()
+    if kind == "dangling link":
+        target.symlink_to(tmp_path / "unmounted" / "train-labels-idx1-ubyte.gz")
+    elif kind == "link to a device":
+        target.symlink_to("/dev/null")
+    elif kind == "fifo":
+        os.mkfifo(target)
+    else:
+        target.mkdir()
+    done = tiny_in_process(workdir, f"--config.data.path={root}", "--config.data.download=true")
+    assert_refused(done, str(target), "the template neither downloads over it nor deletes it")
+    assert os.path.lexists(target)  # the user's, as it was
