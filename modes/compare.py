@@ -11,7 +11,7 @@ import warnings
 from pathlib import Path
 
 from utils.config import flatten_values, load_config_text, without_keys
-from utils.errors import UserError
+from utils.errors import UserError, one_line
 from utils.runtable.identity import SEED_KEY
 from utils.runtable.readers import (config_texts, evaluations, finished_runs, pruned_runs, recorded_commands,
                                     recorded_config_paths)
@@ -26,7 +26,7 @@ def compare_mode(launch):
     """Print the comparison in the chosen format; exit code 0 (a comparison is a reading, never a verdict)."""
     groups = compared_groups(launch)
     fmt = launch.args.format
-    print(json.dumps(groups, indent=2) if fmt == "json" else render(groups, markdown=fmt == "markdown"))
+    print(json.dumps(groups, indent=2) if fmt == "json" else printable(render(groups, markdown=fmt == "markdown")))
     pruned = pruned_runs(launch.project.table.path)
     if pruned:
         print(f"note: run{'s' if len(pruned) > 1 else ''} {', '.join(map(str, pruned))} pruned by a search: stopped "
@@ -232,6 +232,12 @@ def sentence(name, n_runs, comparison, needs_seeds=None, better=None):
     else:
         word = "higher" if diff > 0 else "lower"
     return f"{name}: {word} by {abs(diff):.3g} ({numbers})"
+
+
+def printable(text):
+    """`text` with what a table holds that a terminal would act on (escape sequences in a comment or a command)
+    written as escapes, line by line."""
+    return "\n".join(one_line(line) for line in text.split("\n"))
 
 
 def render(groups, markdown=False):

@@ -1,5 +1,6 @@
 """--new-experiment=NAME [--from=EXPERIMENT]: start an experiment the way the README teaches: its code, its own
 config, its lab book, its test, and a line in the registry."""
+import ast
 import keyword
 import re
 
@@ -42,7 +43,11 @@ def new_experiment(code_dir, name, registered, base=BASE_EXPERIMENT):
     if name in registered or taken or name == "TEMPLATE":
         raise UserError(f"experiment {name!r} exists already ({', '.join(taken) or 'registered in main.py'}); "
                         f"pick another name")
-    main_text = register(main.read_text(encoding="utf-8"), name)
+    main_text = main.read_text(encoding="utf-8")
+    if name in names_bound_in(main_text):  # `from experiments.os import os` would replace main.py's own os
+        raise UserError(f"{name!r} is a name main.py already uses (an import or a definition of its own); registering "
+                        f"an experiment under it would replace it: pick another name")
+    main_text = register(main_text, name)
     source = registered[base]
     new_config = f"configs/{name}.yml"
     code_text = copied_code((folder / f"{base}.py").read_text(encoding="utf-8"), name, base, source.config, new_config)
@@ -138,6 +143,20 @@ def test_a_killed_run_resumes_to_exactly_the_uninterrupted_run(tmp_path):
     assert resumed.returncode == 0, resumed.stderr
     assert recorded_numbers(killed_table, 1) == recorded_numbers(folder / "results" / "resultTable.db", 1)
 '''
+
+
+def names_bound_in(text):
+    """The names the top level of a module's `text` binds: its imports, definitions and assignments."""
+    names = set()
+    for node in ast.parse(text).body:
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {target.id for target in targets if isinstance(target, ast.Name)}
+    return names
 
 
 def register(main_text, name):

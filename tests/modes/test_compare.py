@@ -111,3 +111,11 @@ def test_a_group_is_compared_with_its_own_config_file_not_another(workdir):
     groups = json.loads(run_in_process(workdir, "--compare", "--format=json").stdout)
     assert [(group["runs"], group["reference"]) for group in groups] == [([1, 2], True), ([5], True), ([3, 4], False)]
     assert groups[2]["config"] == {"training.learning_rate": 0.02}
+
+
+def test_what_compare_prints_of_a_table_never_reaches_the_terminal_as_escape_sequences(workdir):
+    hostile = "\x1b]0;owned\x07\x1b[2J"  # a terminal title and a clear screen, in a comment
+    assert tiny_in_process(workdir, f"--comment=try {hostile}").returncode == 0
+    compared = run_in_process(workdir, "--compare")
+    assert compared.returncode == 0, compared.stderr
+    assert "\x1b" not in compared.stdout and "\\x1b]0;owned\\x07\\x1b[2J" in compared.stdout

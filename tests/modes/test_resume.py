@@ -151,3 +151,26 @@ def test_a_validation_that_was_nan_in_epoch_1_gives_way_to_a_later_better_epoch(
     db = workdir / "results" / "resultTable.db"
     results = dict(query(db, "SELECT metric, value FROM Results WHERE run_id=1 AND is_hparam=0"))
     assert results["best_epoch"] == 2 and results["best_val_accuracy"] > 0, results
+
+
+def test_what_a_run_logs_before_its_epoch_loop_is_recorded_once_across_resumes(workdir, monkeypatch):
+    """An evaluation of the initial model at epoch 0 (as an experiment may log one before its loop): a resume, whose
+    model is the trained one by then, does not write it again, and --reproduce matches."""
+    from utils.epochs import Epochs
+
+    init = Epochs.__init__
+
+    def logging_the_initial_model(self, run, model, *args, **kwargs):
+        init(self, run, model, *args, **kwargs)
+        run.log_scalar("val/initial_norm", float(sum(p.detach().norm() for p in model.parameters())), step=0, epoch=0)
+        run.log_text("initial", f"{sum(p.numel() for p in model.parameters())} parameters", step=0, epoch=0)
+    monkeypatch.setattr(Epochs, "__init__", logging_the_initial_model)
+    interrupt_after_first_epoch(monkeypatch)
+    assert tiny_in_process(workdir).returncode == 130
+    resumed = run_in_process(workdir, "--resume=1", "--verbose=0")
+    assert resumed.returncode == 0, resumed.stderr
+    db = workdir / "results" / "resultTable.db"
+    assert query(db, "SELECT COUNT(*) FROM Logs WHERE run_id=1 AND label='initial_norm'") == [(1,)]
+    assert query(db, "SELECT COUNT(*) FROM Fragments WHERE run_id=1 AND tag='initial'") == [(1,)]
+    reproduced = run_in_process(workdir, "--reproduce=1", "--verbose=0")
+    assert reproduced.returncode == 0 and "run 1 reproduced" in reproduced.stdout, reproduced.stdout

@@ -92,6 +92,9 @@ def test_new_experiment_creates_code_lab_book_and_registry_line_and_runs(code_co
     ("2nd_try", "cannot name an experiment"),
     ("my-exp", "cannot name an experiment"),
     ("class", "cannot name an experiment"),
+    ("os", "a name main.py already uses"),
+    ("UserError", "a name main.py already uses"),
+    ("make_parser", "a name main.py already uses"),
 ])
 def test_new_experiment_refuses_taken_or_invalid_names_and_changes_nothing(code_copy, name, message):
     before = snapshot(code_copy)

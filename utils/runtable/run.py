@@ -98,6 +98,8 @@ class Run:
         is that epoch's text (at global `step`), and a resume discards it with the epoch's points."""
         self._check_open()
         self.flush()  # the texts of an epoch reach the table after its points, never before
+        if self._logged_before_the_loop("Fragments", "tag=?", (tag,), step or 0, epoch):
+            return
         with self._writing(f"the text {tag!r}", needed=len(text)) as db:
             if epoch is None:
                 db.execute("DELETE FROM Fragments WHERE run_id=? AND tag=?", (self.id, tag))
@@ -123,6 +125,8 @@ class Run:
             image.save(buffer, format="PNG")
             image = buffer.getvalue()
         self.flush()
+        if self._logged_before_the_loop("Images", "tag=? AND img_type=?", (tag, kind), step or 0, epoch):
+            return
         with self._writing(f"the image {tag!r}", needed=len(image)) as db:
             if epoch is None:
                 db.execute("DELETE FROM Images WHERE run_id=? AND tag=? AND img_type=?", (self.id, tag, kind))
@@ -134,9 +138,21 @@ class Run:
         self._check_open()
         split, _, label = tag.rpartition("/")
         value = recorded_number(tag, value)
+        if self._logged_before_the_loop("Logs", "split=? AND label=?", (split, label), step, epoch):
+            return
         self._buffer.append((self.id, epoch, step, split, label, value, time.monotonic() - self._start, 0))
         if len(self._buffer) >= FLUSH_EVERY:
             self.flush()
+
+    def _logged_before_the_loop(self, table, where, values, step, epoch):
+        """Whether a resumed run logs again what it logged before its epoch loop (epoch 0: an evaluation of the
+        initial model, say): that was the first launch's, of the initial model; the resumed one's is of other
+        weights, so the record keeps the first."""
+        if not self.resumed or epoch != 0:
+            return False
+        with connect(self._path, readonly=True) as db:
+            return db.execute(f"SELECT 1 FROM {table} WHERE run_id=? AND epoch=0 AND step=? AND {where} LIMIT 1",
+                              (self.id, step, *values)).fetchone() is not None
 
     def report(self, epoch: int, value: float, last: bool) -> None:
         """Hand a finished epoch's watched validation value to the search's judge, if it was given one."""
