@@ -256,3 +256,29 @@ def test_a_full_disk_stops_the_run_with_one_line_and_loses_nothing(full_disk_rep
     assert "2 of 4 trials complete" in after["stdout"].splitlines()[0]
     assert query(out / "search_after.db", "SELECT COUNT(*), SUM(status='finished') FROM Experiments "
                  "WHERE run_id > 5") == [(4, 4)]
+
+
+@pytest.mark.fault("dead hosts")
+def test_a_process_that_wakes_after_its_run_was_resumed_elsewhere_writes_nothing_more(workdir, monkeypatch):
+    """Fencing: a suspended job whose run another host resumed (its lease ran out) finds out at its next write."""
+    import training.loop
+
+    db = workdir / "results" / "resultTable.db"
+    original, calls = training.loop._step, []
+
+    def taken_over_at_step_6(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 6:  # meanwhile, node-2 resumed run 1: the row names its process now
+            query(db, "UPDATE TemplateLaunch SET host='node-2', pid=4242, process_token='t' WHERE run_id=1")
+        return original(*args, **kwargs)
+    monkeypatch.setattr(training.loop, "_step", taken_over_at_step_6)
+    taken = tiny_in_process(workdir)
+    assert taken.returncode == 2 and "Traceback" not in taken.stderr
+    assert taken.stderr.strip().splitlines()[-1] == (
+        "error: run 1 was resumed by another process (node-2, pid 4242) while this one was held up: this process no "
+        "longer owns it and stops without writing to it")
+    assert query(db, "SELECT E.status, L.host, L.failure FROM Experiments E JOIN TemplateLaunch L USING (run_id)") == [
+        ("running", "node-2", None)]  # as its new owner has it
+    assert query(db, "SELECT COUNT(*) FROM Results WHERE run_id=1 AND is_hparam=0") == [(0,)]
+    # Epoch 1 (steps 1-4) was written before; nothing of epoch 2, in which the other process took the run over.
+    assert query(db, "SELECT MAX(step), MAX(epoch) FROM Logs WHERE run_id=1") == [(4, 1)]

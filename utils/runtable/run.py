@@ -17,7 +17,7 @@ from typing import NamedTuple
 from utils.errors import DiskFull, NondeterministicOp, Pruned, Terminated, UserError, disk_full, is_disk_full
 from utils.measures import LEGACY
 from utils.output import OUTPUT_LOG
-from utils.runtable.liveness import heartbeat_interval
+from utils.runtable.liveness import heartbeat_interval, this_process
 from utils.runtable.schema import connect
 from utils.stopping import stop_behind
 
@@ -69,6 +69,7 @@ class Run:
         # stop it (never after its last epoch: a run that trained to the end keeps its results).
         self._judge = judge
         self._before_stopping = None  # what to write when a stop signal ends the run (see before_stopping)
+        self._process = None  # the process that owns the run while it runs (set on entering it)
 
     def log_hparams(self, hparams: dict) -> None:
         """Record hyperparameters (deepboard can show them as columns); lists and None are stored as text.
@@ -231,7 +232,8 @@ class Run:
             self.status = "failed"
 
     def __enter__(self):
-        self._heart = _Heartbeat(self._path, self.id)
+        self._process = this_process()  # the owner its row names: a write finds out when another process took it over
+        self._heart = _Heartbeat(self._path, self.id, self._process)
         return self
 
     def __exit__(self, exc_type, exc, tb):
@@ -266,6 +268,19 @@ class Run:
             self._heart.stop()
             self._heart = None
 
+    def _check_still_owned(self, db):
+        """Refuse to write when the run's row names another process than this one: fencing, so that a process that
+        wakes after its run was resumed elsewhere never writes into the run its successor owns."""
+        if self._process is None:
+            return
+        owner = db.execute("SELECT host, pid, process_token FROM TemplateLaunch WHERE run_id=?", (self.id,)).fetchone()
+        if owner is not None and tuple(owner) != (self._process.host, self._process.pid, self._process.token):
+            db.rollback()
+            self.status = "taken over"  # nothing more, not even its failure, is written by this process
+            self._stop_heartbeat()
+            raise RunTakenOver(f"run {self.id} was resumed by another process ({owner[0]}, pid {owner[1]}) while this "
+                               f"one was held up: this process no longer owns it and stops without writing to it")
+
     def _check_open(self):
         if self.status != "running":
             raise RuntimeError(f"run {self.id} is {self.status}; nothing more can be recorded in it")
@@ -277,12 +292,18 @@ class Run:
         try:
             with connect(self._path) as db:
                 db.execute("BEGIN IMMEDIATE")
+                self._check_still_owned(db)
                 yield db
                 db.commit()
         except (sqlite3.OperationalError, OSError) as e:
             if is_disk_full(e):
                 raise disk_full(Path(self._path).parent, f"{what} of run {self.id} to the run table", needed) from None
             raise
+
+
+class RunTakenOver(UserError):
+    """Another process resumed this run while this one was held up (a suspended job, a paused machine, a lease that
+    ran out): this one writes nothing more to it."""
 
 
 def show_columns_that_differ(db, run_id, rows):
@@ -343,8 +364,8 @@ def failure_reason(error):
 class _Heartbeat:
     """A daemon thread that writes the time to the run's row every heartbeat_interval() seconds until stopped."""
 
-    def __init__(self, table_path, run_id):
-        self._path, self._run_id = table_path, run_id
+    def __init__(self, table_path, run_id, process):
+        self._path, self._run_id, self._process = table_path, run_id, process
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"heartbeat of run {run_id}", daemon=True)
         self._thread.start()
@@ -353,7 +374,8 @@ class _Heartbeat:
         while not self._stopped.wait(heartbeat_interval()):
             try:
                 with connect(self._path) as db:
-                    db.execute("UPDATE TemplateLaunch SET heartbeat=? WHERE run_id=?", (time.time(), self._run_id))
+                    db.execute("UPDATE TemplateLaunch SET heartbeat=? WHERE run_id=? AND host=? AND pid=?",
+                               (time.time(), self._run_id, self._process.host, self._process.pid))
             except (sqlite3.Error, OSError, DiskFull):
                 pass  # a busy or full table: the next beat tries again, and the lease is many beats long
 
