@@ -2,16 +2,17 @@
 
 Also the comparison itself: results and curves side by side, and what changed around them (code, versions, device).
 """
+import json
 import math
 import sys
 
 from modes.launch import command_of
-from modes.resume import check_world_size, refuse_evaluation
+from modes.resume import CODE_TEXT, check_world_size, refuse_evaluation
 from modes.run import NONDETERMINISTIC_TOLERANCE, run_registered
 from utils.config import load_config_text
 from utils.measures import is_timing
 from utils.provenance import git_commit, git_diff
-from utils.runtable.readers import DEBUG_RUN_ID, read_run
+from utils.runtable.readers import DEBUG_RUN_ID, read_run, run_text
 from utils.tables import table_lines
 
 ENVIRONMENT_KEYS = ("python", "torch", "torchvision", "deepboard", "numpy", "device_type", "device_name", "cuda",
@@ -40,6 +41,10 @@ def reproduce(launch):
     new = read_run(table.path, DEBUG_RUN_ID)
     for line in provenance_warnings(recorded, new.commit, new.diff, new.environment, identity.data):
         print(line, file=sys.stderr)
+    versions = run_text(table.path, recorded.run_id, CODE_TEXT)  # one entry a version, once a resume changed it
+    if versions:
+        print(f"warning: run {recorded.run_id} ran with {len(json.loads(versions))} versions of the code (it was "
+              f"resumed with other code; its text 'code' lists them): this replay runs one", file=sys.stderr)
     tolerance = tolerance_for(recorded.identity, launch.args.tolerance)
     if launch.args.tolerance is None and tolerance:
         print(f"note: run {recorded.run_id} was recorded with training.deterministic: false, so it is not "

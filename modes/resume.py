@@ -1,8 +1,16 @@
 """--resume=RUNID: continue a failed run from its last finished epoch, with its recorded config and flags."""
+import hashlib
+import json
+import sys
+from datetime import datetime
+
 from modes.run import run_registered
 from utils.errors import UserError
+from utils.provenance import git_commit, git_diff
 from utils.runtable.identity import EVALUATES
-from utils.runtable.readers import read_row_of
+from utils.runtable.readers import read_row_of, run_text
+
+CODE_TEXT = "code"  # the run's text listing the code each of its segments ran with, once a resume ran other code
 
 
 def resume(launch):
@@ -27,14 +35,39 @@ def resume(launch):
     for name in check_run_checkpoints(folder, convert_old=launch.args.trust_old_checkpoint, owner=recorded.owner):
         print(f"{folder / name} converted to the safe format (its random states as tensors)")
 
+    segments = code_segments(table.path, run_id, row)
+    now = {"commit": git_commit(launch.project.code_dir), "diff": git_diff(launch.project.code_dir)}
+    changed = (now["commit"], now["diff"]) != (segments[-1]["commit"], segments[-1]["diff"])
+    if changed:  # a bug fixed before resuming, say: the run keeps the record of every version it ran with
+        print(f"note: run {run_id} resumes with other code than it last ran with ({describe_code(segments[-1])} then, "
+              f"{describe_code(now)} now); its text '{CODE_TEXT}' records each version and when it started",
+              file=sys.stderr)
+
     def register(world_size):
         run, _ = table.resume_run(
             run_id, check=lambda identity: check_world_size(identity, run_id, world_size, "--resume"))
+        if changed:
+            started = datetime.now().isoformat(sep=" ", timespec="seconds")
+            run.log_text(CODE_TEXT, json.dumps([*segments, {**now, "resumed": started}], indent=1))
         return run, identity
 
     _, code, _ = run_registered(launch.project, register, launch.output_flags(), cpu=identity.flags.get("cpu", False),
                                 threads=row.threads)
     return code
+
+
+def code_segments(table_path, run_id, row):
+    """The code run `run_id` ran with, version by version: [{"commit", "diff", "resumed"}], its first the one it
+    started with (recorded with the run)."""
+    recorded = run_text(table_path, run_id, CODE_TEXT)
+    return json.loads(recorded) if recorded else [{"commit": row.commit, "diff": row.diff, "resumed": None}]
+
+
+def describe_code(code):
+    """A version of the code in a few words: its commit, and a hash of its uncommitted changes if any."""
+    commit = (code["commit"] or "no commit")[:10]
+    diff = code["diff"]
+    return f"commit {commit}" + (f" with changes {hashlib.sha256(diff.encode()).hexdigest()[:8]}" if diff else "")
 
 
 def check_world_size(identity, run_id, world_size, mode):

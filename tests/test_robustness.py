@@ -162,3 +162,28 @@ def test_a_read_only_results_folder_is_refused_before_training_and_left_alone(wo
                           capture_output=True, text=True, timeout=300, env=env_recording_in(workdir))
     assert_refused(done, f"cannot write in {results}", "nothing was changed")
     assert {path.name: path.read_bytes() for path in results.iterdir() if path.is_file()} == before
+
+
+def test_a_run_resumed_after_a_code_change_records_each_version_it_ran_with(workdir, code_copy):
+    """Ctrl-C after epoch 1, the code edited (a bug fixed, say), --resume: the run says so and keeps, in its text
+    'code', the commit and uncommitted changes of each segment, and --reproduce warns that it ran with two."""
+    import json
+
+    db = workdir / "results" / "resultTable.db"
+    main = code_copy / "main.py"
+    config = workdir / "configs" / "tiny.yml"
+    config.write_text(config.read_text().replace("num_epochs: 2", "num_epochs: 3"))
+    stopped = subprocess.run([sys.executable, str(code_copy / "tests" / "kill_at.py"), "epoch-closed", *TINY],
+                             cwd=workdir, capture_output=True, text=True, timeout=300, env=env_recording_in(workdir))
+    assert stopped.returncode == -9, stopped.stderr
+    (code_copy / "experiments" / "experiment1.py").write_text(
+        (code_copy / "experiments" / "experiment1.py").read_text() + "\n# the bug, fixed\n")
+    resumed = run_main(workdir, "--resume=1", main=main)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "note: run 1 resumes with other code than it last ran with (commit " in resumed.stderr
+    [(text,)] = query(db, "SELECT fragment FROM Fragments WHERE run_id=1 AND tag='code'")
+    segments = json.loads(text)
+    assert len(segments) == 2 and segments[0]["resumed"] is None and segments[1]["resumed"]
+    assert "the bug, fixed" in segments[1]["diff"] and "the bug, fixed" not in (segments[0]["diff"] or "")
+    reproduced = run_main(workdir, "--reproduce=1", main=main)
+    assert "warning: run 1 ran with 2 versions of the code (it was resumed with other code" in reproduced.stderr
