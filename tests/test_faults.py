@@ -282,3 +282,20 @@ def test_a_process_that_wakes_after_its_run_was_resumed_elsewhere_writes_nothing
     assert query(db, "SELECT COUNT(*) FROM Results WHERE run_id=1 AND is_hparam=0") == [(0,)]
     # Epoch 1 (steps 1-4) was written before; nothing of epoch 2, in which the other process took the run over.
     assert query(db, "SELECT MAX(step), MAX(epoch) FROM Logs WHERE run_id=1") == [(4, 1)]
+
+
+@pytest.mark.fault("dead hosts")
+@pytest.mark.parametrize("host, pid, heartbeat", [
+    ("this host", 0, None), ("this host", -1, None), ("this host", 2**40, None), ("this host", "abc", None),
+    ("node-9", 4242, "yesterday")])
+def test_a_damaged_running_row_blocks_nothing(workdir, monkeypatch, host, pid, heartbeat):
+    """A "running" row no process could hold (pid 0 or -1, which would ask the group or every process; a pid past
+    any the kernel gives; a text where the time belongs) is taken for gone: the next launch runs the config."""
+    db = interrupted_run(workdir, monkeypatch)
+    query(db, "UPDATE Experiments SET status='running' WHERE run_id=1")
+    query(db, "UPDATE TemplateLaunch SET host=?, pid=?, heartbeat=? WHERE run_id=1",
+          socket.gethostname() if host == "this host" else host, pid, heartbeat)
+    again = tiny_in_process(workdir)
+    assert again.returncode == 0, again.stderr
+    statuses = [status for (status,) in query(db, "SELECT status FROM Experiments ORDER BY run_id")]
+    assert statuses[-1] == "finished" and "running" not in statuses

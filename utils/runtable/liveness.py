@@ -39,7 +39,11 @@ def is_gone(process, now=None):
         return False
     if process.host != socket.gethostname():
         now = time.time() if now is None else now
+        if process.heartbeat is not None and not _is_number(process.heartbeat):
+            return True  # a damaged row (a text where the time belongs) holds nothing alive
         return process.heartbeat is not None and now - process.heartbeat > lease()
+    if not isinstance(process.pid, int) or isinstance(process.pid, bool) or not 0 < process.pid < 2**22:
+        return True  # no process has this pid (0 and -1 would ask the whole group, or every process, instead)
     try:
         os.kill(process.pid, 0)
     except ProcessLookupError:
@@ -49,6 +53,10 @@ def is_gone(process, now=None):
     if is_zombie(process.pid):  # ended, its parent has not reaped it yet: it will never write again
         return True
     return process.token is not None and process_token(process.pid) != process.token
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def is_zombie(pid):
