@@ -64,7 +64,8 @@ def grouped_runs(path, where_keys=()):
 
 
 def left_out_note(run_ids):
-    return f"{runs_named(run_ids)} left out: no YAML config to group by (written into the table by another program)"
+    return (f"{runs_named(run_ids)} left out: no config or record to group by that can be read (written into the "
+            f"table by another program, or damaged)")
 
 
 def runs_named(run_ids):

@@ -119,3 +119,20 @@ def test_what_compare_prints_of_a_table_never_reaches_the_terminal_as_escape_seq
     compared = run_in_process(workdir, "--compare")
     assert compared.returncode == 0, compared.stderr
     assert "\x1b" not in compared.stdout and "\\x1b]0;owned\\x07\\x1b[2J" in compared.stdout
+
+
+@pytest.mark.fault("run tables")
+@pytest.mark.parametrize("damage", ["UPDATE TemplateLaunch SET flags='{not json' WHERE run_id=2",
+                                    "UPDATE TemplateLaunch SET measures='[1, 2' WHERE run_id=2",
+                                    "UPDATE TemplateLaunch SET group_hash=NULL WHERE run_id=2; "
+                                    "UPDATE ConfigFile SET file_content='a: [unclosed' WHERE run_id=2"])
+def test_one_damaged_run_is_left_out_and_the_rest_of_the_table_compares(workdir, damage):
+    assert tiny_in_process(workdir).returncode == 0
+    assert tiny_in_process(workdir, "--config.seed=1").returncode == 0
+    assert tiny_in_process(workdir, "--config.seed=2").returncode == 0
+    for statement in damage.split("; "):
+        query(workdir / "results" / "resultTable.db", statement)
+    compared = run_in_process(workdir, "--compare")
+    assert compared.returncode == 0 and "Traceback" not in compared.stderr, compared.stderr
+    assert "note: run 2 left out: no config or record to group by that can be read" in compared.stderr
+    assert "2 runs (1, 3)" in compared.stdout

@@ -247,13 +247,17 @@ def finished_runs(path, where_keys=()):
     for run_id, experiment, cli, comment, group, data, measures, flags, evaluates in rows:
         if evaluates is not None:  # an evaluation of a run: no training run of a group
             continue
-        if group is None:
-            group = _group_of_config(experiment, configs.get(run_id), cli, comment, where_keys)
+        try:
+            if group is None:
+                group = _group_of_config(experiment, configs.get(run_id), cli, comment, where_keys)
+            recorded = recorded_measures(measures, json.loads(flags or "{}"))
+        except (ValueError, KeyError, TypeError, AttributeError):  # a damaged row: the rest of the table still reads
+            group = None
         if group is None:
             left_out.append(run_id)
             continue
         runs.append(FinishedRun(run_id, experiment, cli, comment, (group, data), seeds.get(run_id),
-                                results.get(run_id, {}), recorded_measures(measures, json.loads(flags or "{}"))))
+                                results.get(run_id, {}), recorded))
     return runs, left_out
 
 
