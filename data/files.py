@@ -29,16 +29,17 @@ def content_hash(path):
 def fingerprint(files, cache_path=None):
     """The sha256 of the named files' content: `files` is {name: path}, the names in the order they are hashed.
 
-    With `cache_path`, a file's hash is kept there by path, size and modification time, so a launch that finds the
-    same files again (a refused duplicate) pays a few milliseconds instead of reading them.
+    With `cache_path`, a file's hash is kept there by path, size, modification and change time, so a launch that finds
+    the same files again (a refused duplicate) pays a few milliseconds instead of reading them. The change time is
+    the kernel's own (no copy, `touch -r` or `rsync -t` restores it), so an edit that keeps the size and restores the
+    modification time is hashed again.
     """
     cache = read_cache(cache_path)
     digest = hashlib.sha256()
     changed = False
     for name, path in files.items():
         path = Path(path).resolve()
-        stat = path.stat()
-        key = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"
+        key = f"{path}:{stat_key(path.stat())}"
         if key not in cache:
             cache[key] = content_hash(path)
             changed = True
@@ -46,6 +47,26 @@ def fingerprint(files, cache_path=None):
     if changed:
         write_cache(cache_path, cache)
     return digest.hexdigest()
+
+
+def stat_key(stat):
+    """What says that a file is unchanged since it was hashed: its size, modification and change time, inode."""
+    return f"{stat.st_size}:{stat.st_mtime_ns}:{stat.st_ctime_ns}:{stat.st_ino}"
+
+
+def content_fingerprint(contents):
+    """What `fingerprint` gives for files holding `contents` ({name: bytes}, not compressed): the identity of bytes
+    already read, so that a run is known by what it trains on even if the file is replaced after."""
+    return hashlib.sha256("".join(f"{name}:{hashlib.sha256(content).hexdigest()}\n"
+                                  for name, content in contents.items()).encode()).hexdigest()
+
+
+def read_bytes(path, what):
+    """The whole content of the file at `path`, or a UserError naming it (`what` it should be)."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise UserError(f"cannot read {path} ({e.strerror or type(e).__name__}); replace it with {what}") from None
 
 
 def read_cache(cache_path):

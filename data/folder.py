@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from stat import S_ISREG
 
-from data.files import read_cache, write_cache
+from data.files import read_cache, stat_key, write_cache
 from data.registry import Arrays, DataInfo, Files
 from utils.cores import capped_workers
 from utils.errors import UserError
@@ -161,8 +161,7 @@ def _listing(root):
                 raise UserError(f"class folder {folder / label} holds no images ({', '.join(EXTENSIONS)})")
             prefix = f"{split}/{label}/"
             groups.append((prefix, images))
-            digest.update("".join(f"{prefix}{name}:{stat.st_size}:{stat.st_mtime_ns}\n"
-                                  for name, stat in images).encode())
+            digest.update("".join(f"{prefix}{name}:{stat_key(stat)}\n" for name, stat in images).encode())
     if classes["train"] != classes["test"]:
         only = sorted(set(classes["train"]) ^ set(classes["test"]))
         where = "train" if only[0] in classes["train"] else "test"
@@ -208,7 +207,7 @@ def _scan(root, groups, known, budget):
     counts = {split: 0 for split in SPLITS}
     sums, sumsq, pixels, grey, bad = None, None, 0, True, None
     for relative, stat in ((prefix + name, stat) for prefix, images in groups for name, stat in images):
-        key = f"{relative}:{stat.st_size}:{stat.st_mtime_ns}"
+        key = f"{relative}:{stat_key(stat)}"
         entry = known.get(key)
         if entry is None or (entry.get("too_large") and entry["width"] * entry["height"] * 4 <= budget):
             entry = _measure(root / relative, budget)

@@ -8,10 +8,11 @@ deviation of the training rows (recorded with the run, so that an evaluation on 
 The content of the file is what identifies the data.
 """
 import csv
+import io
 import math
 from pathlib import Path
 
-from data.files import fingerprint
+from data.files import content_fingerprint, read_bytes
 from data.tensors import Tensors, with_tensor_info
 from utils.errors import UserError
 
@@ -21,22 +22,26 @@ class CsvTable:
     summary = "csv: a table of numbers in a CSV file (data.path), data.target the column(s) to predict"
 
     def __init__(self):
-        self._read = {}  # (path, size, mtime, columns): the Tensors read, so a launch parses the file once
+        self._content = {}  # path -> the bytes a launch fingerprinted: what it trains on, even if the file changes
+        self._read = {}  # (content's fingerprint, columns...): the Tensors parsed, so a launch parses the file once
 
     def fingerprint(self, cfg, cache_path=None):
-        return fingerprint({"table": self.file(cfg)}, cache_path)
+        """The sha256 of the file's content, read afresh and kept for the run to train on."""
+        path = self.file(cfg)
+        self._content[path] = read_bytes(path, "a CSV table")
+        return content_fingerprint({"table": self._content[path]})
 
     def describe(self, cfg, cache_dir=None):
         return self.load(cfg).info
 
     def load(self, cfg, cache_dir=None, world=None):
         path = self.file(cfg)
+        content = self._content[path] if path in self._content else read_bytes(path, "a CSV table")
         targets, inputs = target_columns(cfg), input_columns(cfg)
-        stat = path.stat()
-        key = (str(path), stat.st_size, stat.st_mtime_ns, targets, inputs, cfg.get("test_size"),
-               cfg.get("split_seed"))
+        key = (content_fingerprint({"table": content}), targets, inputs, cfg.get("test_size"), cfg.get("split_seed"))
         if key not in self._read:
-            self._read[key] = read_table(path, targets, inputs, check_test_size(cfg), cfg.get("split_seed", 0))
+            self._read[key] = read_table(path, content, targets, inputs, check_test_size(cfg),
+                                         cfg.get("split_seed", 0))
         return self._read[key]
 
     @staticmethod
@@ -74,13 +79,14 @@ def check_test_size(cfg) -> int:
     return size
 
 
-def read_table(path, targets, inputs, test_size, split_seed) -> Tensors:
-    """The rows of the CSV file at `path` as Tensors: `test_size` rows drawn by `split_seed` are the test split, the
-    inputs standardised from the training rows. Refuses, in one line naming the row, what is not a number."""
+def read_table(path, content, targets, inputs, test_size, split_seed) -> Tensors:
+    """The rows of the CSV file at `path` (its bytes `content`) as Tensors: `test_size` rows drawn by `split_seed` are
+    the test split, the inputs standardised from the training rows. Refuses, in one line naming the row, what is not a
+    number."""
     import torch
 
     try:
-        with open(path, newline="", encoding="utf-8") as file:
+        with io.StringIO(content.decode("utf-8"), newline="") as file:
             rows = csv.reader(file)
             header = next(rows, None)
             if header is None:

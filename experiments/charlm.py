@@ -19,7 +19,7 @@ def check_config(config: dict, world_size: int = 1):
     utils.config.require(config, "logging.sample_length", int, low=0)
     info = data.windows.check_config(config, world_size)
     training.recipe.check_config(config, data.windows.smallest_training_batch(config, info, world_size))
-    models.transformer.check_config(config)
+    models.transformer.check_config(config, info.vocab_size)
     training.optim.check_config(config, steps_per_epoch=data.windows.steps_per_epoch(config, info))
     utils.epochs.check_config(config)
 

@@ -100,9 +100,9 @@ def generate(model: CharTransformer, prompt: list, length: int, seed: int, tempe
     return written
 
 
-def check_config(config: dict) -> None:
-    """Refuse a transformer that cannot be built or trained here: a width its heads do not divide, a negative dropout,
-    more parameters than this machine's memory holds."""
+def check_config(config: dict, vocab_size: int) -> None:
+    """Refuse a transformer that cannot be built or trained here for a text of `vocab_size` characters: a width its
+    heads do not divide, a negative dropout, more parameters and logits than this machine's memory holds."""
     require(config, "model.n_layer", int, low=1)
     n_head = require(config, "model.n_head", int, low=1)
     n_embd = require(config, "model.n_embd", int, low=1)
@@ -111,15 +111,20 @@ def check_config(config: dict) -> None:
         raise UserError(f"model.n_embd {n_embd} must divide evenly among model.n_head {n_head} heads")
     n_layer, block = config["model"]["n_layer"], config["data"]["block_size"]
     # Each block: attention's 4 n_embd^2 and the MLP's 8 n_embd^2 weights (the biases and norms are few); the token
-    # table (tied to the output layer) at most 2^16 characters, the positions block_size.
-    check_fits_in_memory(n_layer * 12 * n_embd ** 2 + (2**16 + block) * n_embd,
-                         f"the transformer of model.n_layer {n_layer} and model.n_embd {n_embd}")
+    # table (tied to the output layer) a row a character, the positions block_size. A batch's logits, a float a
+    # character at each place, are held three times (themselves, their softmax, their gradient): with a vocabulary of
+    # a million characters they outweigh the rest.
+    batch = max(config["data"]["batch_size"], config["data"]["eval_batch_size"])
+    check_fits_in_memory(n_layer * 12 * n_embd ** 2 + (vocab_size + block) * n_embd,
+                         f"the transformer of model.n_layer {n_layer} and model.n_embd {n_embd}",
+                         activations=3 * 4 * batch * block * vocab_size,
+                         of_what=f"logits over {vocab_size:,} characters")
 
 
 def make_model(config: dict, info: TextInfo, device: torch.device) -> CharTransformer:
     """The CharTransformer described by `config['model']` for the corpus `info` describes (a TextInfo), with the
     context of `data.block_size`, on `device`."""
-    check_config(config)
+    check_config(config, info.vocab_size)
     cfg = config["model"]
     model = CharTransformer(info.vocab_size, config["data"]["block_size"], n_layer=cfg["n_layer"],
                             n_head=cfg["n_head"], n_embd=cfg["n_embd"], dropout=cfg["dropout"])

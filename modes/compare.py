@@ -64,7 +64,7 @@ def grouped_runs(path, where_keys=()):
 
 
 def left_out_note(run_ids):
-    return (f"{runs_named(run_ids)} left out: no config or record to group by that can be read (written into the "
+    return (f"{runs_named(run_ids)} left out: no config, record or results that can be read (written into the "
             f"table by another program, or damaged)")
 
 

@@ -18,6 +18,7 @@ from experiments import Experiment, check_registry
 from modes.flags import Role, chosen_mode
 from utils.errors import MissingKey, UserError
 from utils.runtable.identity import SEED_KEY, IdentityRules, RunIdentity
+from utils.runtable.readers import table_files
 from utils.runtable.registry import RunTable
 from utils.stopping import stops_held
 
@@ -150,7 +151,8 @@ class Project:
         if declared.data_fingerprint is None:
             return None
         with naming_its_config(experiment, declared):
-            return declared.data_fingerprint(self.runnable(config), self.table_path.parent / "data_fingerprints.json")
+            cache = table_files(self.table_path) / "data_fingerprints.json"
+            return declared.data_fingerprint(self.runnable(config), cache)
 
     def experiment_flags(self, recorded_flags, output):
         """Every experiment flag's value for a run with `recorded_flags`; output-only ones from `output`."""
@@ -349,13 +351,13 @@ def own_table(code_dir):
     return Path(code_dir) / "results" / "resultTable.db"
 
 
-def chosen_table(code_dir, environ):
+def chosen_table(code_dir, environ, launched_from=None):
     """The run table: the checkout's own, wherever the command is launched from, unless RESULT_TABLE names another
-    (a relative one is relative to the launch folder)."""
+    (`~` is the home folder; a relative one is relative to `launched_from`, by default the current folder)."""
     named = environ.get(TABLE_ENV)
     if not named:
         return own_table(code_dir)
-    path = Path(named).expanduser().absolute()
+    path = Path(launched_from or Path.cwd()) / Path(named).expanduser()
     if path.is_dir() or named.endswith(os.sep):
         raise UserError(f"{TABLE_ENV}={named} names a folder; name the table file in it, e.g. "
                         f"{TABLE_ENV}={path / 'resultTable.db'}")

@@ -214,7 +214,7 @@ def _execute(project, run, identity, output, world, speaks, threads, texts):
             config = project.runnable(recorded)
             training = config.get("training", {})
             threads = set_threads(threads or training.get("threads", 0), processes_per_machine=world.local_size,
-                                  loader_workers=loader_workers(config, project.table.results_dir))
+                                  loader_workers=loader_workers(config, project.table.files))
             deterministic = training.get("deterministic", True)
             seed_everything(config.get("seed", 0), deterministic=deterministic)
             device = pick_device(force_cpu=flags.get("cpu", False), index=world.local_rank)

@@ -29,7 +29,7 @@ from utils.config import flatten, override_text, search_dimension
 from utils.errors import Pruned, UserError, disk_full, is_disk_full
 from utils.runtable import liveness
 from utils.runtable.identity import SEED_KEY
-from utils.runtable.readers import read_run, run_owners
+from utils.runtable.readers import read_run, run_owners, table_files
 from utils.stats import summarise
 
 STUDIES_FILE = "search.journal"
@@ -60,7 +60,7 @@ def run_study(launch, count, fixed, dimensions):
         return _run_study(launch, count, fixed, dimensions)
     except OSError as e:  # Optuna's journal writer meets a full disk: one line, the journal stays readable
         if is_disk_full(e):
-            raise disk_full(launch.project.table.results_dir, "the search journal", None) from None
+            raise disk_full(launch.project.table.files, "the search journal", None) from None
         raise
 
 
@@ -70,13 +70,13 @@ def _run_study(launch, count, fixed, dimensions):
     measures = launch.measures()  # the experiment's declared selection, or --watch's metric
     metric = measures.selected_result
     name = study_name(launch, fixed, dimensions)
-    storage, lock = study_storage(launch.args.search_storage, launch.project.table.results_dir)
+    storage, lock = study_storage(launch.args.search_storage, launch.project.table.files)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     direction = "maximize" if measures.higher_is_better(measures.select) else "minimize"
     study = optuna.create_study(study_name=name, storage=storage, direction=direction, load_if_exists=True,
                                 pruner=optuna.pruners.MedianPruner() if launch.args.prune else None)
     refuse_foreign_trials(study, launch.project.table.path, launch.args.search_storage
-                          or launch.project.table.results_dir / STUDIES_FILE)
+                          or launch.project.table.files / STUDIES_FILE)
     seed = launch.config(fixed).get(SEED_KEY, 0)
     distributions = {d.key: distribution(d) for d in dimensions}
     print(f"search: study {name}, {len(complete_trials(study))} of {count} trials complete; {metric} is "
@@ -283,17 +283,17 @@ def judge_of(trial):
     return judge
 
 
-def study_storage(url, results_dir):
-    """(Optuna storage, the lock its workers ask for trials under): the journal file in `results_dir` (beside the
-    table) and a file lock on one machine, or a PostgreSQL server (`url`) and its advisory lock across machines."""
+def study_storage(url, files):
+    """(Optuna storage, the lock its workers ask for trials under): the journal file in the table's folder of `files`
+    and a file lock on one machine, or a PostgreSQL server (`url`) and its advisory lock across machines."""
     import optuna
 
     if url is None:
-        results_dir.mkdir(parents=True, exist_ok=True)
-        with _file_locked(results_dir / "search.lock"):  # no worker appends while the journal is checked
-            repair_journal(results_dir / STUDIES_FILE)
-        backend = optuna.storages.journal.JournalFileBackend(str(results_dir / STUDIES_FILE))
-        return optuna.storages.JournalStorage(backend), lambda: _file_locked(results_dir / "search.lock")
+        files.mkdir(parents=True, exist_ok=True)
+        with _file_locked(files / "search.lock"):  # no worker appends while the journal is checked
+            repair_journal(files / STUDIES_FILE)
+        backend = optuna.storages.journal.JournalFileBackend(str(files / STUDIES_FILE))
+        return optuna.storages.JournalStorage(backend), lambda: _file_locked(files / "search.lock")
     if not url.startswith(("postgresql://", "postgresql+psycopg://")):
         raise UserError(f"--search-storage takes a PostgreSQL URL (postgresql://USER@HOST:PORT/DATABASE), got {url!r}")
     try:
@@ -476,7 +476,7 @@ def print_summary(launch, study, dimensions, fixed, measures, direction):
 def read_studies(table_path):
     """{study name: Study} of the searches recorded beside the run table at `table_path` ({} when none), loaded
     without writing; a study whose trials name runs the table does not hold (copied from elsewhere) is left out."""
-    path = Path(table_path).parent / STUDIES_FILE
+    path = table_files(table_path) / STUDIES_FILE
     if not path.exists():
         return {}
     studies = {}

@@ -11,7 +11,7 @@ from utils.runtable.identity import EVALUATES
 from modes.run import execute
 from utils.errors import UserError
 from utils.measures import is_timing
-from utils.runtable.readers import NotTemplateRun, newest_finished_runs, read_run
+from utils.runtable.readers import DamagedRun, NotTemplateRun, newest_finished_runs, read_run
 from utils.runtable.run import Replica
 
 
@@ -49,6 +49,10 @@ def verify(launch):
             recorded = read_run(path, run_id)
         except NotTemplateRun:
             print(f"run {run_id}: skipped: not recorded by this template's main.py (another program wrote it)")
+            skipped += 1
+            continue
+        except DamagedRun as e:
+            print(f"run {run_id}: skipped: {e}")
             skipped += 1
             continue
         matches, line = verify_run(launch, recorded)

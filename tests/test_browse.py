@@ -45,13 +45,14 @@ def table_with_runs(tmp_path_factory):
     return workdir / "results" / "resultTable.db", commit
 
 
-def executed_notebook(table, monkeypatch):
-    """(every output of notebooks/analysis.ipynb executed headless on `table`, what its figures and rankings drew:
-    the curves' points, the chosen RUNS and each experiment's ranked validation column)."""
+def executed_notebook(table, monkeypatch, named_as=None):
+    """(every output of notebooks/analysis.ipynb executed headless on `table` (RESULT_TABLE=`named_as`, by default its
+    absolute path), what its figures and rankings drew: the curves' points, the chosen RUNS and each experiment's ranked
+    validation column)."""
     import nbformat
     from nbclient import NotebookClient
 
-    monkeypatch.setenv("RESULT_TABLE", str(table))
+    monkeypatch.setenv("RESULT_TABLE", named_as or str(table))
     notebook = nbformat.read(REPO / "notebooks" / "analysis.ipynb", as_version=4)
     # One more cell, after the notebook's own: which points its curve figures were drawn from.
     notebook.cells.append(nbformat.v4.new_code_cell(
@@ -118,6 +119,27 @@ def charlm_tables(tmp_path_factory, table_with_runs):
                             "--seeds=2", *extra, table=table)
             assert done.returncode == 0, done.stderr
     return root / "only" / "resultTable.db", mixed
+
+
+@pytest.mark.fault("run tables")
+def test_the_notebook_reads_the_table_main_py_reads_and_leaves_damaged_runs_out_with_a_note(table_with_runs,
+                                                                                          monkeypatch, tmp_path):
+    home = tmp_path / "home"
+    table = home / "tables" / "resultTable.db"
+    table.parent.mkdir(parents=True)
+    shutil.copy(table_with_runs[0], table)
+    query(table, "UPDATE Results SET value='abc' WHERE run_id=2 AND metric='test_accuracy'")
+    query(table, "UPDATE Logs SET value=x'00ff' WHERE run_id=3 AND split='val' AND label='loss'")
+    query(table, "UPDATE Experiments SET comment='lr $\\frac{1$ try' WHERE run_id=1")  # TeX that cannot be drawn
+    monkeypatch.setenv("HOME", str(home))
+    outputs, plotted = executed_notebook(table, monkeypatch, named_as="~/tables/resultTable.db")
+    text = "".join(output.get("text", "") for output in outputs)
+    assert f"run table: {table}" in text
+    assert "note: run 2 left out: damaged (a result that is not a number)" in text
+    assert "note: run 2 left out: no config, record or results that can be read" in text
+    assert "note: run 3 left out: damaged (a point that is not a number)" in text
+    assert "3 runs, 3 finished" in text and 2 not in plotted["RUNS"]
+    assert {run_id for run_id, *_ in plotted["groups"]} == {1, 4}  # each group's best: run 3's points left out
 
 
 @pytest.mark.parametrize("which", ["charlm only", "both experiments"])

@@ -121,6 +121,19 @@ def test_a_missing_text_a_short_one_and_an_image_config_are_refused_in_one_line(
         text_workdir / "results" / "resultTable.db", "SELECT COUNT(*) FROM Experiments") == [(0,)]
 
 
+@pytest.mark.fault("valid configs")
+def test_a_text_of_every_unicode_character_is_refused_by_the_memory_its_logits_take_before_a_row(text_workdir,
+                                                                                               tmp_path):
+    corpus = tmp_path / "unicode" / "tinyshakespeare" / "input.txt"
+    corpus.parent.mkdir(parents=True)
+    characters = [chr(code) for code in range(0x110000) if not 0xD800 <= code <= 0xDFFF]  # surrogates are no text
+    corpus.write_text("".join(characters), encoding="utf-8")
+    refused = charlm_in_process(text_workdir, f"--config.data.path={corpus.parent.parent}",
+                                "--config.data.batch_size=512", "--config.data.block_size=256")
+    assert_refused(refused, f"logits over {len(characters):,} characters a batch", "make it smaller")
+    assert not (text_workdir / "results" / "resultTable.db").exists()
+
+
 def test_watch_takes_any_declared_metric_and_the_experiments_own_choice_holds_without_it(text_workdir, mnist_root):
     db = text_workdir / "results" / "resultTable.db"
     assert charlm_in_process(text_workdir).returncode == 0

@@ -2,6 +2,7 @@
 variant configs, and tables recorded before these rules."""
 import dataclasses
 import hashlib
+import os
 import shutil
 
 import pytest
@@ -9,8 +10,8 @@ import torch
 import yaml
 
 import main
-from helpers import (REPO, assert_refused, interrupt_after_first_epoch, make_mnist_folder, query, run_in_process,
-                     tiny_in_process)
+from helpers import (REPO, assert_refused, interrupt_after_first_epoch, make_mnist_folder, query, recorded_numbers,
+                     run_in_process, table_of, tiny_data, tiny_in_process, tiny_version)
 from utils.config import load_config
 from utils.errors import UserError
 from utils.runtable.readers import runs_frame
@@ -197,3 +198,85 @@ def test_cpu_is_part_of_the_identity_and_the_config_files_name_and_place_are_not
     assert tiny_in_process(workdir, "--cpu").returncode == 0
     assert query(db, "SELECT run_id, cli FROM Experiments ORDER BY run_id") == [(1, ""), (2, "cpu=True")]
     assert_refused(tiny_in_process(workdir, "--cpu"), "already has this config", "run 2")
+
+
+def own_data(kind, folder):
+    """(data.path of fresh data of `kind` written under `folder`, the file in it that an edit changes)."""
+    if kind == "images":
+        root = make_mnist_folder(folder, gz=False)
+        return root, root / "MNIST" / "raw" / "train-images-idx3-ubyte"
+    path = tiny_data(kind, folder)
+    return path, path / "tinyshakespeare" / "input.txt" if kind == "text" else path
+
+
+def edited_in_place(path):
+    """Change one byte in the middle of `path` into another of its kind (a letter, a digit, a pixel), keeping its
+    size: the content changes, the format stays valid."""
+    content = bytearray(path.read_bytes())
+    for index in range(len(content) // 2, len(content)):
+        for kind in (b"0123456789", b"abcdefghijklmnopqrstuvwxyz"):
+            if content[index] in kind:
+                content[index] = kind[(kind.index(content[index]) + 1) % len(kind)]
+                path.write_bytes(bytes(content))
+                return
+    content[-1] ^= 0xFF  # an image's last pixel
+    path.write_bytes(bytes(content))
+
+
+KINDS = {"experiment1": "images", "charlm": "text", "tabular": "table"}
+
+
+@pytest.mark.fault("data identity")
+def test_a_same_size_edit_with_its_modification_time_restored_is_other_data(tiny, tmp_path):
+    data, changed = own_data(KINDS[tiny.experiment], tmp_path / "mine")
+    launch = (*tiny.args, f"--config.data.path={data}")
+    assert run_in_process(tiny.folder, *launch).returncode == 0
+    assert_refused(run_in_process(tiny.folder, *launch), "run 1")  # the file's hash is cached now
+    before = changed.stat()
+    edited_in_place(changed)  # as `cp -p`, `rsync -t` or `touch -r` leave it: same size, same modification time
+    os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert changed.stat().st_size == before.st_size and changed.stat().st_mtime_ns == before.st_mtime_ns
+    again = run_in_process(tiny.folder, *launch)
+    assert again.returncode == 0, again.stderr  # other data: a new run, not a duplicate of run 1
+    [(first,), (second,)] = query(table_of(tiny.folder), "SELECT data_fingerprint FROM TemplateLaunch ORDER BY run_id")
+    assert first != second
+
+
+@pytest.mark.fault("data identity")
+@pytest.mark.parametrize("kind", ["text", "table"])
+def test_a_file_replaced_while_a_run_starts_is_not_what_it_records_having_trained_on(kind, tmp_path, monkeypatch):
+    from data.table import CsvTable
+    from data.text import TextCorpus
+
+    experiment = {"text": "charlm", "table": "tabular"}[kind]
+    folder = tmp_path / "work"
+    (folder / "configs").mkdir(parents=True)
+    data, changed = own_data(kind, tmp_path / "mine")
+    (folder / "configs" / "tiny.yml").write_text(yaml.safe_dump(tiny_version(
+        yaml.safe_load((REPO / "configs" / f"{experiment}.yml").read_text()), kind, data)))
+    launch = (f"--experiment={experiment}", "--config=configs/tiny.yml", "--verbose=0")
+    original = changed.read_bytes()
+
+    dataset = TextCorpus if kind == "text" else CsvTable
+    fingerprint = dataset.fingerprint
+
+    def fingerprint_then_replaced(self, cfg, cache_path=None):
+        found = fingerprint(self, cfg, cache_path)
+        edited_in_place(changed)  # another process replaces the file in the same instant
+        return found
+
+    monkeypatch.setattr(dataset, "fingerprint", fingerprint_then_replaced)
+    assert run_in_process(folder, *launch).returncode == 0
+    monkeypatch.setattr(dataset, "fingerprint", fingerprint)
+    edited = changed.read_bytes()
+    changed.write_bytes(original)
+    clean = run_in_process(folder, *launch, table=tmp_path / "clean" / "resultTable.db")
+    assert clean.returncode == 0, clean.stderr
+    # It trained on what it hashed: the clean run's numbers, under the clean run's data fingerprint.
+    table = table_of(folder)
+    assert recorded_numbers(table, 1) == recorded_numbers(tmp_path / "clean" / "resultTable.db", 1)
+    assert query(table, "SELECT data_fingerprint FROM TemplateLaunch") == query(
+        tmp_path / "clean" / "resultTable.db", "SELECT data_fingerprint FROM TemplateLaunch")
+    assert_refused(run_in_process(folder, *launch), "run 1")  # the original: the run that trained on it
+    changed.write_bytes(edited)  # what replaced it: other data, a new run
+    assert run_in_process(folder, *launch).returncode == 0

@@ -299,7 +299,7 @@ def test_a_last_batch_of_one_image_that_batchnorm_cannot_normalise_is_refused_an
 @pytest.mark.parametrize("override", ["--config.model.hidden=100000000000000000000",
                                       "--config.model.channels=[4,100000000000]"])
 def test_a_network_too_large_for_this_machines_memory_is_refused_before_the_run_is_registered(workdir, override):
-    assert_refused(tiny_in_process(workdir, override), "parameters: training them takes", "GiB of memory",
+    assert_refused(tiny_in_process(workdir, override), "parameters: training takes", "GiB of memory",
                    "make it smaller")
     assert not (workdir / "results").exists()
 

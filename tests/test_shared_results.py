@@ -50,7 +50,7 @@ def test_runs_another_program_wrote_are_listed_compared_or_skipped_with_a_line(w
     assert left_out == [finished] and len(comparison(db, groups)) == 1
     compared = run_in_process(workdir, "--compare")
     assert compared.returncode == 0
-    assert f"note: run {finished} left out: no config or record to group by" in compared.stderr
+    assert f"note: run {finished} left out: no config, record or results" in compared.stderr
     assert_refused(run_in_process(workdir, "--compare", str(finished)), f"run {finished} cannot be compared")
     verified = run_in_process(workdir, "--verify")
     assert verified.returncode == 0, verified.stderr

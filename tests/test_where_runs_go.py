@@ -8,7 +8,10 @@ import sys
 import pytest
 import yaml
 
-from helpers import REPO, assert_refused, make_mnist_folder, query, run_in_process, table_note, tiny_config
+from helpers import (REPO, assert_refused, interrupt_after_first_epoch, make_mnist_folder, query, recorded_numbers,
+                     run_in_process, table_note, tiny_config)
+
+TINY = ("--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0")
 
 
 def without_table_choice():
@@ -87,3 +90,21 @@ def test_commands_that_only_read_create_nothing_read_no_data_and_download_nothin
     assert list(empty.iterdir()) == [] and not table.parent.exists() and downloads == []
     assert sorted(path.name for path in (REPO / "data").iterdir()) == checkout_data
 
+
+
+@pytest.mark.fault("run tables")
+def test_two_tables_in_one_folder_keep_their_runs_files_apart(workdir, monkeypatch):
+    own, other = workdir / "results" / "resultTable.db", workdir / "results" / "other.db"
+    interrupt_after_first_epoch(monkeypatch)
+    stopped = run_in_process(workdir, *TINY, table=other)
+    assert stopped.returncode != 0 and query(other, "SELECT status FROM Experiments") == [("failed",)]
+    # Run 1 of the folder's other table, finished, with the same config: its checkpoints are its own.
+    assert run_in_process(workdir, *TINY, table=own).returncode == 0
+    assert run_in_process(workdir, *TINY, "--debug", table=own).returncode == 0
+    assert run_in_process(workdir, *TINY, "--debug", table=other).returncode == 0
+    resumed = run_in_process(workdir, "--resume=1", table=other)
+    assert resumed.returncode == 0, resumed.stderr
+    assert recorded_numbers(other, 1) == recorded_numbers(own, 1)  # as if it had never stopped
+    for files in (workdir / "results", workdir / "results" / "other_files"):
+        assert {"best.pt", "last.pt"} <= {path.name for path in (files / "1").iterdir()}
+        assert (files / "debug" / "last.pt").exists()

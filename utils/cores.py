@@ -17,11 +17,13 @@ def capped_workers(requested: int) -> int:
     return min(requested, usable_cores())
 
 
-def check_fits_in_memory(parameters: int, what: str):
-    """Refuse, before a run is registered, a model whose training state alone would not fit in this machine's memory
-    (a size that would otherwise fail mid-run, in the allocator or in a tensor's storage)."""
+def check_fits_in_memory(parameters: int, what: str, activations: int = 0, of_what: str = ""):
+    """Refuse, before a run is registered, a model whose training state (and the `activations` bytes a batch holds,
+    `of_what`) would not fit in this machine's memory (a size that would otherwise fail mid-run, in the allocator or in
+    a tensor's storage)."""
     total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    needed = parameters * TRAINING_BYTES_PER_PARAMETER
+    needed = parameters * TRAINING_BYTES_PER_PARAMETER + activations
     if needed > total:
-        raise UserError(f"{what} has {parameters:,} parameters: training them takes {needed / 2**30:,.1f} GiB, more "
+        held = f" and {activations / 2**30:,.1f} GiB of {of_what} a batch" if activations else ""
+        raise UserError(f"{what} has {parameters:,} parameters{held}: training takes {needed / 2**30:,.1f} GiB, more "
                         f"than this machine's {total / 2**30:,.1f} GiB of memory; make it smaller")

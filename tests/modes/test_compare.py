@@ -121,18 +121,34 @@ def test_what_compare_prints_of_a_table_never_reaches_the_terminal_as_escape_seq
     assert "\x1b" not in compared.stdout and "\\x1b]0;owned\\x07\\x1b[2J" in compared.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.fault("run tables")
-@pytest.mark.parametrize("damage", ["UPDATE TemplateLaunch SET flags='{not json' WHERE run_id=2",
-                                    "UPDATE TemplateLaunch SET measures='[1, 2' WHERE run_id=2",
-                                    "UPDATE TemplateLaunch SET group_hash=NULL WHERE run_id=2; "
-                                    "UPDATE ConfigFile SET file_content='a: [unclosed' WHERE run_id=2"])
-def test_one_damaged_run_is_left_out_and_the_rest_of_the_table_compares(workdir, damage):
+@pytest.mark.parametrize("damage, what", [
+    ("UPDATE TemplateLaunch SET flags='{not json' WHERE run_id=2", "its flags cannot be read"),
+    ("UPDATE TemplateLaunch SET measures='[1, 2' WHERE run_id=2", "its measures cannot be read"),
+    ("UPDATE TemplateLaunch SET group_hash=NULL WHERE run_id=2; "
+     "UPDATE ConfigFile SET file_content='a: [unclosed' WHERE run_id=2", "its config cannot be read"),
+    ("UPDATE Results SET value='abc' WHERE run_id=2 AND metric='test_accuracy'",
+     "its test_accuracy is 'abc', not a number"),
+    ("UPDATE Logs SET value=x'00ff' WHERE run_id=2 AND label='loss' AND split='val'",
+     "its val/loss at step 4 is 2 bytes, not a number")])
+def test_one_damaged_run_is_named_and_the_rest_of_the_table_compares_verifies_and_reproduces(workdir, damage, what):
     assert tiny_in_process(workdir).returncode == 0
     assert tiny_in_process(workdir, "--config.seed=1").returncode == 0
     assert tiny_in_process(workdir, "--config.seed=2").returncode == 0
+    table = workdir / "results" / "resultTable.db"
     for statement in damage.split("; "):
-        query(workdir / "results" / "resultTable.db", statement)
+        query(table, statement)
     compared = run_in_process(workdir, "--compare")
     assert compared.returncode == 0 and "Traceback" not in compared.stderr, compared.stderr
-    assert "note: run 2 left out: no config or record to group by that can be read" in compared.stderr
-    assert "2 runs (1, 3)" in compared.stdout
+    if "Logs" in damage:  # its results still read: --compare counts it, the points it does not read
+        assert "3 runs (1, 2, 3)" in compared.stdout
+    else:
+        assert "note: run 2 left out: no config, record or results that can be read" in compared.stderr
+        assert "2 runs (1, 3)" in compared.stdout
+    verified = run_in_process(workdir, "--verify")
+    assert verified.returncode == 0 and "Traceback" not in verified.stderr, verified.stderr
+    assert f"run 2: skipped: run 2 in {table} is damaged ({what}" in verified.stdout
+    assert "all 2 replayed runs match their record (1 skipped)" in verified.stdout
+    assert_refused(run_in_process(workdir, "--reproduce=2"), f"run 2 in {table} is damaged ({what}")
+    assert run_in_process(workdir, "--reproduce=3").returncode == 0

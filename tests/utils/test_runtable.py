@@ -22,7 +22,7 @@ def start(table, comment="", debug=False, config="seed: 0\n"):
 
 def test_a_refused_launch_creates_nothing(table):
     assert table.find_run(RunIdentity("experiment1", "seed: 0\n")) is None
-    assert not table.path.exists() and not table.results_dir.exists()
+    assert not table.path.exists() and not table.path.parent.exists()
 
 
 def test_a_finished_or_running_identity_is_refused_and_a_failed_one_runs_again_keeping_the_attempt(table):

@@ -6,6 +6,7 @@ script later crashes. Reading can never change the table.
 """
 import json
 import math
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -52,6 +53,15 @@ class NotTemplateRun(UserError):
     """A run in the table that this template's main.py did not record (deepboard's API, another script)."""
 
 
+class DamagedRun(UserError):
+    """A run whose record cannot be read (its flags, measures or config not valid, a text where a number belongs):
+    it is named and left as it is; the rest of the table still reads."""
+
+    def __init__(self, path, run_id, what):
+        super().__init__(f"run {run_id} in {path} is damaged ({what}); it is left as it is, the rest of the table "
+                         f"still reads")
+
+
 @dataclass
 class RunRow:
     """A run's row and its identity, as registering and resuming need them."""
@@ -83,12 +93,25 @@ def read_row(db, path, run_id):
     if flags is None or config_text is None:
         raise NotTemplateRun(f"run {run_id} was not recorded by this template's main.py (another program wrote it "
                              f"into the table); its config and flags are unknown")
-    flags = json.loads(flags)
+    flags = _readable(path, run_id, "flags", flags, json.loads, dict)
+    _readable(path, run_id, "config", config_text, load_config_text, dict)
     identity = RunIdentity(experiment, config_text, flags, comment, data=data, recorded_hash=config_hash,
-                           measures=recorded_measures(measures, flags))
+                           measures=_readable(path, run_id, "measures", measures,
+                                              lambda text: recorded_measures(text, flags), Measures))
     threads = db.execute("SELECT value FROM Results WHERE run_id=? AND metric='threads' AND is_hparam=1",
                          (run_id,)).fetchone()
     return RunRow(run_id, status, bool(hidden), commit, diff, identity, threads[0] if threads else None)
+
+
+def _readable(path, run_id, name, text, parse, kind):
+    """`parse(text)`, or a DamagedRun naming the run and what of it cannot be read (it fails, or is not a `kind`)."""
+    try:
+        value = parse(text)
+    except (ValueError, KeyError, TypeError, AttributeError, yaml.YAMLError):
+        value = None
+    if not isinstance(value, kind):
+        raise DamagedRun(path, run_id, f"its {name} cannot be read")
+    return value
 
 
 def read_row_of(path, run_id):
@@ -111,8 +134,17 @@ def run_owners(path, run_ids):
     return owners
 
 
-def _number(value):
-    """A recorded value: SQLite stores a NaN (a diverged run's) as NULL, read back as the NaN it was."""
+def _is_number(value):
+    """Whether a recorded value is a number (None: a NaN, which SQLite stores as NULL), not a text or bytes."""
+    return value is None or isinstance(value, int | float)
+
+
+def _number(path, run_id, name, value):
+    """A recorded value: SQLite stores a NaN (a diverged run's) as NULL, read back as the NaN it was; anything but a
+    number is a DamagedRun."""
+    if not _is_number(value):
+        shown = f"{len(value)} bytes" if isinstance(value, bytes) else repr(str(value)[:40])
+        raise DamagedRun(path, run_id, f"its {name} is {shown}, not a number")
     return math.nan if value is None else value
 
 
@@ -122,21 +154,33 @@ def read_run(path, run_id):
         row = read_row(db, path, run_id)
         environment = db.execute("SELECT fragment FROM Fragments WHERE run_id=? AND tag='environment' "
                                  "ORDER BY id_ DESC LIMIT 1", (run_id,)).fetchone()
-        results = {metric: _number(value) for metric, value in db.execute(
+        results = {metric: _number(path, run_id, metric, value) for metric, value in db.execute(
             "SELECT metric, value FROM Results WHERE run_id=? AND is_hparam=0", (run_id,))}
         scalars = {}
         for split, label, step, value in db.execute(
                 "SELECT split, label, step, value FROM Logs WHERE run_id=? ORDER BY split, label, step, id_",
                 (run_id,)):
-            scalars.setdefault(f"{split}/{label}" if split else label, []).append((step, _number(value)))
+            tag = f"{split}/{label}" if split else label
+            scalars.setdefault(tag, []).append((step, _number(path, run_id, f"{tag} at step {step}", value)))
         epoch_ends = dict(db.execute("SELECT epoch, MAX(step) FROM Logs WHERE run_id=? GROUP BY epoch", (run_id,)))
     return RecordedRun(row.run_id, row.status, row.hidden, row.identity, row.commit, row.diff,
                        json.loads(environment[0]) if environment else {}, results, scalars, epoch_ends, row.threads)
 
 
+DEFAULT_TABLE_NAME = "resultTable.db"
+
+
+def table_files(path):
+    """The folder that holds what the table at `path` keeps besides itself (its runs' folders, its search journal, its
+    data caches): the table's own folder for a table named resultTable.db (results/N/), a folder named after any other
+    table beside it (results/other_files/N/ for results/other.db), so that two tables in one folder share nothing."""
+    path = Path(path)
+    return path.parent if path.name == DEFAULT_TABLE_NAME else path.parent / f"{path.stem}_files"
+
+
 def run_folder(path, run_id):
-    """The folder of run `run_id`'s checkpoints and output, beside the table at `path`."""
-    return Path(path).parent / ("debug" if run_id == DEBUG_RUN_ID else str(run_id))
+    """The folder of run `run_id`'s checkpoints and output, among the files of the table at `path`."""
+    return table_files(path) / ("debug" if run_id == DEBUG_RUN_ID else str(run_id))
 
 
 def run_output(path, run_id):
@@ -253,7 +297,7 @@ def finished_runs(path, where_keys=()):
             recorded = recorded_measures(measures, json.loads(flags or "{}"))
         except (ValueError, KeyError, TypeError, AttributeError):  # a damaged row: the rest of the table still reads
             group = None
-        if group is None:
+        if group is None or not all(_is_number(value) for value in results.get(run_id, {}).values()):
             left_out.append(run_id)
             continue
         runs.append(FinishedRun(run_id, experiment, cli, comment, (group, data), seeds.get(run_id),
@@ -321,13 +365,17 @@ def runs_frame(path, show_hidden=False):
             f"SELECT E.run_id, E.experiment, {status}, E.comment, E.start, E.commit_hash, E.hidden, {evaluates} "
             f"FROM Experiments E " + ("LEFT JOIN TemplateLaunch L ON L.run_id = E.run_id " if columns else "")
             + ("" if show_hidden else "WHERE E.hidden=0 ") + "ORDER BY E.run_id").fetchall()
-        values = {}
-        for run_id, metric, value in db.execute("SELECT run_id, metric, value FROM Results ORDER BY is_hparam DESC, "
-                                                "id_"):
+        values, damaged = {}, set()
+        for run_id, metric, value, is_hparam in db.execute("SELECT run_id, metric, value, is_hparam FROM Results "
+                                                           "ORDER BY is_hparam DESC, id_"):
             values.setdefault(run_id, {})[metric] = value
+            if not is_hparam and not _is_number(value):
+                damaged.add(run_id)
+    _note_left_out(damaged, "a result that is not a number")
     rows = [{"run_id": run_id, "experiment": experiment, "status": status, "comment": comment, "start": start,
              "commit": commit, "hidden": bool(hidden), "evaluates": evaluated, **values.get(run_id, {})}
-            for run_id, experiment, status, comment, start, commit, hidden, evaluated in experiments]
+            for run_id, experiment, status, comment, start, commit, hidden, evaluated in experiments
+            if run_id not in damaged]
     return pd.DataFrame(rows).set_index("run_id") if rows else pd.DataFrame()
 
 
@@ -342,7 +390,17 @@ def curves_frame(path, run_ids):
             rows += db.execute("SELECT run_id, CASE WHEN split = '' THEN label ELSE split || '/' || label END, epoch, "
                                "step, value FROM Logs WHERE run_id=? ORDER BY split, label, step, id_",
                                (run_id,)).fetchall()
-    return pd.DataFrame(rows, columns=["run_id", "tag", "epoch", "step", "value"])
+    damaged = {row[0] for row in rows if not _is_number(row[4])}
+    _note_left_out(damaged, "a point that is not a number")
+    return pd.DataFrame([row for row in rows if row[0] not in damaged],
+                        columns=["run_id", "tag", "epoch", "step", "value"])
+
+
+def _note_left_out(run_ids, why):
+    """Say on stderr which damaged runs a frame leaves out, so that the rest of the table still reads."""
+    if run_ids:
+        named = ", ".join(str(run_id) for run_id in sorted(run_ids))
+        print(f"note: run{'s' * (len(run_ids) > 1)} {named} left out: damaged ({why})", file=sys.stderr)
 
 
 def _open(path):

@@ -20,7 +20,7 @@ from utils.config import flatten_values
 from utils.errors import UserError, disk_full, is_disk_full
 from utils.runtable import liveness
 from utils.runtable.identity import EVALUATES
-from utils.runtable.readers import DEBUG_RUN_ID, SAME_DIFF_AS, read_row, run_folder, same_diff_as
+from utils.runtable.readers import DEBUG_RUN_ID, SAME_DIFF_AS, read_row, run_folder, same_diff_as, table_files
 from utils.runtable.run import Run
 from utils.runtable.schema import (connect, create_table, network_filesystem_warning, prepare_for_writing,
                                    side_columns)
@@ -51,7 +51,7 @@ class RunTable:
     def __init__(self, path, note=None):
         """`note` is printed (on stderr) once the first write is made: where the runs go, when that may surprise."""
         self.path = Path(path)
-        self.results_dir = self.path.parent
+        self.files = table_files(self.path)  # its runs' folders, search journal and caches: no other table's
         self.note = note
         self._warned = False  # about a network filesystem: once per launch
 
@@ -230,16 +230,16 @@ class RunTable:
         Before anything else, runs left 'running' by a process that is gone are marked failed.
         """
         try:
-            self.results_dir.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             lock = open(self.path.with_name(self.path.name + ".lock"), "a", encoding="utf-8")
         except OSError as e:
             if is_disk_full(e):
-                raise disk_full(self.results_dir, "the run table's lock file", None) from None
-            raise UserError(f"cannot write in {self.results_dir} ({e.strerror}); make it writable or set "
+                raise disk_full(self.path.parent, "the run table's lock file", None) from None
+            raise UserError(f"cannot write in {self.path.parent} ({e.strerror}); make it writable or set "
                             f"RESULT_TABLE to a table in a folder that is, nothing was changed") from None
         if not self._warned:
             self._warned = True
-            warning = network_filesystem_warning(self.results_dir)
+            warning = network_filesystem_warning(self.path.parent)
             if warning:
                 print(warning, file=sys.stderr)
         with lock:
@@ -258,7 +258,7 @@ class RunTable:
                     self.note = None
             except (sqlite3.OperationalError, OSError) as e:
                 if is_disk_full(e):
-                    raise disk_full(self.results_dir, "to the run table", None) from None
+                    raise disk_full(self.path.parent, "to the run table", None) from None
                 raise
 
 
