@@ -294,3 +294,31 @@ def test_the_notebook_shows_a_search_study_with_optunas_plots_and_the_runs_of_it
     assert len(figures) == 2  # Optuna's optimisation history and parameter importances
     trials_table = "".join(output["data"].get("text/html", "") for output in search_cell.outputs if "data" in output)
     assert "training.learning_rate" in trials_table and "[1]" in trials_table and "[3]" in trials_table
+
+
+@pytest.mark.fault("run tables")
+def test_what_a_run_records_reaches_deepboards_pages_as_text_never_as_html(tmp_path):
+    code = copy_template(tmp_path / "code")
+    (code / "notes_untracked.py").write_text('PAGE = "<script>alert(\'diff\')</script>"\n')
+    workdir = tmp_path / "work"
+    (workdir / "configs").mkdir(parents=True)
+    data = make_mnist_folder(tmp_path / "<img src=x onerror=alert(1)>")  # a folder name is a config string
+    (workdir / "configs" / "tiny.yml").write_text(yaml.safe_dump(tiny_config(data)))
+    comment = "<script>alert('comment')</script> & more"
+    assert run_tiny(workdir, f"--comment={comment}", main=code / "main.py").returncode == 0
+    table = workdir / "results" / "resultTable.db"
+    with serving(table, tmp_path) as url:
+        browser = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        browser.open(url + "/").read()
+        pages = "".join(browser.open(f"{url}/fillpanel?run_id=1&tab={tab}").read().decode()
+                        for tab in ("config", "run_info"))
+    assert "<script>alert" not in pages and "<img src=x" not in pages
+    assert "&lt;script&gt;alert('diff')&lt;/script&gt;" in pages  # the uncommitted file
+    assert "&lt;img src=x" in pages  # the config's data.path
+    assert "--comment=&lt;script&gt;alert(" in pages and "&amp; more" in pages  # the command line
+    assert "&amp;amp;" not in pages  # escaped once: shown as typed
+    # The template reads back what the run had: its config reproduces, its command is the one typed.
+    reproduced = run_main(workdir, "--reproduce=1", main=code / "main.py")
+    assert reproduced.returncode == 0 and "run 1 reproduced" in reproduced.stdout, reproduced.stderr
+    compared = run_main(workdir, "--compare", "--format=json", main=code / "main.py")
+    assert json.loads(compared.stdout)[0]["comment"] == comment

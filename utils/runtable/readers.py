@@ -4,6 +4,7 @@ Everything here opens the table read-only with sqlite3 and never builds a deepbo
 `ResultTable.load_run` returns a LogWriter that hooks `sys.excepthook` and marks the run failed when the reading
 script later crashes. Reading can never change the table.
 """
+import html
 import json
 import math
 import sys
@@ -26,6 +27,12 @@ SAME_DIFF_AS = "(the same uncommitted changes as run "  # how a run names the ru
 def same_diff_as(run_id, diff_hash):
     """What a run's diff column holds when run `run_id` holds the same long diff (see registry._stored_diff)."""
     return f"{SAME_DIFF_AS}{run_id} (sha256 {diff_hash})"
+
+
+def as_recorded(text, escaped):
+    """A config, command line or diff as the run had it, from what the table holds: with &, < and > escaped for
+    deepboard's pages when `escaped` (see registry.shown_as_text)."""
+    return html.unescape(text) if escaped and text else text
 
 
 def diff_holder(diff):
@@ -77,7 +84,8 @@ class RunRow:
 def read_row(db, path, run_id):
     """The RunRow of `run_id` on an open connection; a UserError if it is missing or was not recorded by main.py."""
     columns = side_columns(db)
-    side = [f"L.{name}" if name in columns else "NULL" for name in ("flags", "data_fingerprint", "measures")]
+    side = [f"L.{name}" if name in columns else "NULL"
+            for name in ("flags", "data_fingerprint", "measures", "shown_escaped")]
     row = db.execute(
         f"SELECT E.experiment, E.status, E.hidden, E.comment, E.commit_hash, E.diff, E.config_hash, C.file_content, "
         f"{', '.join(side)} FROM Experiments E "
@@ -85,11 +93,14 @@ def read_row(db, path, run_id):
         + "LEFT JOIN ConfigFile C ON C.run_id = E.run_id WHERE E.run_id=?", (run_id,)).fetchone()
     if row is None:
         raise UserError(f"there is no run {run_id} in {path}; see the Run ID column of deepboard")
-    experiment, status, hidden, comment, commit, diff, config_hash, config_text, flags, data, measures = row
+    experiment, status, hidden, comment, commit, diff, config_hash, config_text, flags, data, measures, escaped = row
+    config_text, diff = as_recorded(config_text, escaped), as_recorded(diff, escaped)
     holder_id = diff_holder(diff)
     if holder_id is not None:  # stored once, in an earlier run
-        holder = db.execute("SELECT diff FROM Experiments WHERE run_id=?", (holder_id,)).fetchone()
-        diff = holder[0] if holder else diff
+        holder = db.execute("SELECT E.diff, " + ("L.shown_escaped" if "shown_escaped" in columns else "NULL")
+                            + " FROM Experiments E LEFT JOIN TemplateLaunch L ON L.run_id = E.run_id "
+                              "WHERE E.run_id=?", (holder_id,)).fetchone()
+        diff = as_recorded(*holder) if holder else diff
     if flags is None or config_text is None:
         raise NotTemplateRun(f"run {run_id} was not recorded by this template's main.py (another program wrote it "
                              f"into the table); its config and flags are unknown")
@@ -285,8 +296,7 @@ def finished_runs(path, where_keys=()):
             else:
                 results.setdefault(run_id, {})[metric] = value
         ungrouped = [row[0] for row in rows if row[4] is None and row[8] is None]
-        configs = dict(db.execute(f"SELECT run_id, file_content FROM ConfigFile WHERE run_id IN "
-                                  f"({', '.join('?' * len(ungrouped))})", ungrouped)) if ungrouped else {}
+        configs = _recorded_texts(db, "ConfigFile", "file_content", ungrouped)
     runs, left_out = [], []
     for run_id, experiment, cli, comment, group, data, measures, flags, evaluates in rows:
         if evaluates is not None:  # an evaluation of a run: no training run of a group
@@ -317,15 +327,26 @@ def _group_of_config(experiment, config_text, cli, comment, where_keys):
 
 def config_texts(path, run_ids):
     """{run ID: the merged config it ran with, as recorded} of the runs `run_ids`, read in one query."""
-    run_ids = sorted({int(run_id) for run_id in run_ids})
     with _open(path) as db:
-        return dict(db.execute(f"SELECT run_id, file_content FROM ConfigFile WHERE run_id IN "
-                               f"({', '.join('?' * len(run_ids))})", run_ids)) if run_ids else {}
+        return _recorded_texts(db, "ConfigFile", "file_content", run_ids)
 
 
 def recorded_commands(path, run_ids):
     """{run ID: the command line recorded with it} of the runs `run_ids`, read in one query."""
-    return _experiment_column(path, run_ids, "command")
+    with _open(path) as db:
+        return _recorded_texts(db, "Experiments", "command", run_ids)
+
+
+def _recorded_texts(db, table, column, run_ids):
+    """{run ID: the text `table`.`column` holds for it, as the run had it (see as_recorded)} of the runs `run_ids`."""
+    run_ids = sorted({int(run_id) for run_id in run_ids})
+    if not run_ids:
+        return {}
+    escaped = "L.shown_escaped" if "shown_escaped" in side_columns(db) else "NULL"
+    rows = db.execute(f"SELECT T.run_id, T.{column}, {escaped} FROM {table} T "
+                      + ("LEFT JOIN TemplateLaunch L ON L.run_id = T.run_id " if escaped != "NULL" else "")
+                      + f"WHERE T.run_id IN ({', '.join('?' * len(run_ids))})", run_ids)
+    return {run_id: as_recorded(text, flag) for run_id, text, flag in rows}
 
 
 def recorded_config_paths(path, run_ids):

@@ -7,6 +7,7 @@ outright (SIGKILL, out-of-memory, reboot) is recognised as failed by the next la
 """
 import fcntl
 import hashlib
+import html
 import json
 import shutil
 import sqlite3
@@ -287,23 +288,31 @@ def _insert_run(db, identity, config_path, command, commit, diff, run_id=None):
                    "AND hidden=0 AND run_id!=?", (*identity.key(), DEBUG_RUN_ID))
     diff_hash = hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else None
     evaluated = identity.flags.get(EVALUATES)
+    stored_diff = _stored_diff(db, diff, diff_hash)
     cursor = db.execute(
         "INSERT INTO Experiments (run_id, experiment, config, config_hash, cli, command, comment, tag, start, "
         "status, commit_hash, diff) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'running', ?, ?)",
-        (run_id, identity.experiment, str(config_path), identity.config_hash, identity.cli, command,
+        (run_id, identity.experiment, str(config_path), identity.config_hash, identity.cli, shown_as_text(command),
          identity.comment, f"evaluates run {evaluated}" if evaluated is not None else "",
-         datetime.now().isoformat(sep=" "), commit, _stored_diff(db, diff, diff_hash)))
+         datetime.now().isoformat(sep=" "), commit, shown_as_text(stored_diff) if stored_diff == diff else stored_diff))
     run_id = cursor.lastrowid if run_id is None else run_id
-    db.execute("INSERT INTO ConfigFile (run_id, file_content) VALUES (?, ?)", (run_id, identity.config_text))
+    db.execute("INSERT INTO ConfigFile (run_id, file_content) VALUES (?, ?)",
+               (run_id, shown_as_text(identity.config_text)))
     process = liveness.this_process()
     db.execute("INSERT OR REPLACE INTO TemplateLaunch (run_id, host, pid, process_token, heartbeat, flags, "
-               "data_fingerprint, config_keys, group_hash, code, diff_hash, measures, evaluates) "
-               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               "data_fingerprint, config_keys, group_hash, code, diff_hash, measures, evaluates, shown_escaped) "
+               "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 1)",
                (run_id, process.host, process.pid, process.token, process.heartbeat,
                 json.dumps(identity.flags, sort_keys=True), identity.data, json.dumps(config_keys(identity)),
                 identity.group_hash, code_of(commit, diff), diff_hash, identity.measures.to_json(),
                 identity.flags.get(EVALUATES)))
     return run_id
+
+
+def shown_as_text(text):
+    """`text` (a config, a command line, a diff) as deepboard's pages must hold it to show it as text: they insert it
+    as HTML, so a `<script>` in a comment or an uncommitted file would run in the browser of whoever opens the run."""
+    return html.escape(text, quote=False) if text else text
 
 
 def _stored_diff(db, diff, diff_hash):

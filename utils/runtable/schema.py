@@ -32,6 +32,9 @@ SIDE_COLUMNS = {
     "diff_hash": "TEXT",  # of its uncommitted changes, which the table holds once (see registry._stored_diff)
     "measures": "TEXT",  # what it measured, which way is better, what selected (utils.measures.Measures, JSON)
     "evaluates": "INTEGER",  # the run whose model an evaluation scored (--evaluate); null for a training run
+    # 1: its config file, command line and diff are stored with &, < and > escaped, because deepboard's pages insert
+    # them as HTML; the readers give them back as they were (runs recorded before hold them as they were)
+    "shown_escaped": "INTEGER",
 }
 # The workers of each sweep (any number of identical --sweep commands), so that the last one to end prints its table.
 SWEEP_WORKERS = """CREATE TABLE IF NOT EXISTS TemplateSweepWorker (sweep TEXT NOT NULL, worker TEXT NOT NULL,
