@@ -10,6 +10,15 @@ import argparse
 from dataclasses import dataclass, field
 
 from utils.errors import UserError
+from utils.runtable.schema import LARGEST_RUN_ID
+
+
+def run_id(text):
+    """A run ID as typed: a whole number that a run table can hold."""
+    value = int(text)  # argparse says "invalid run_id value: 'abc'" in one line
+    if abs(value) > LARGEST_RUN_ID:
+        raise argparse.ArgumentTypeError(f"{text[:30]} is no run ID: a run table holds none past {LARGEST_RUN_ID:,}")
+    return value
 
 
 class Role:
@@ -62,16 +71,16 @@ LAUNCH_FLAGS = (
 MODE_FLAGS = (
     Flag("--resume", "continue failed run RUNID from its resume point (the step it stopped at), with its recorded "
          "config and flags",
-         starts="resume", runs="modes.resume:resume", takes_record=True, options=dict(type=int, metavar="RUNID")),
+         starts="resume", runs="modes.resume:resume", takes_record=True, options=dict(type=run_id, metavar="RUNID")),
     Flag("--trust-old-checkpoint", "with --resume: convert the run's checkpoints written by an earlier version of the "
          "template (pickled NumPy state) to the safe format; only for files you trust", modes=("resume",),
          options=dict(action="store_true")),
     Flag("--reproduce", "re-run recorded run RUNID as a debug run and compare every result and curve with it",
          starts="reproduce", runs="modes.reproduce:reproduce", takes_record=True,
-         options=dict(type=int, metavar="RUNID")),
+         options=dict(type=run_id, metavar="RUNID")),
     Flag("--verify", "replay the first steps of recorded runs (default: the newest finished run of every identity) "
          "and check that every logged value comes out the same", starts="verify", runs="modes.verify:verify",
-         takes_record=True, options=dict(type=int, nargs="*", metavar="RUNID")),
+         takes_record=True, options=dict(type=run_id, nargs="*", metavar="RUNID")),
     Flag("--steps", "with --verify: replay N steps (default: the first epoch)", modes=("verify",),
          options=dict(type=int, metavar="N")),
     Flag("--tolerance", "with --reproduce or --verify: largest difference still counted as equal (default 0; for a "
@@ -80,9 +89,9 @@ MODE_FLAGS = (
     Flag("--evaluate", "score run RUNID's best model on the data the --config.data.* overrides name (another "
          "dataset of the same shape, your folder, another split), recorded as an evaluation of the run",
          starts="evaluate", runs="modes.use:evaluate_mode", takes_record=True, allows=("--debug",),
-         options=dict(type=int, metavar="RUNID")),
+         options=dict(type=run_id, metavar="RUNID")),
     Flag("--sample", "print the text run RUNID's model writes (a language model: charlm)", starts="sample",
-         runs="modes.use:sample_mode", takes_record=True, options=dict(type=int, metavar="RUNID")),
+         runs="modes.use:sample_mode", takes_record=True, options=dict(type=run_id, metavar="RUNID")),
     Flag("--prompt", "with --sample: the text it continues (default: the start of a line)", modes=("sample",),
          options=dict(default="")),
     Flag("--length", "with --sample: how many characters it writes (default 400)", modes=("sample",),
@@ -93,13 +102,13 @@ MODE_FLAGS = (
          "same text", modes=("sample",), options=dict(type=int)),
     Flag("--export", "write run RUNID's best model (safetensors), config, data description and a model card to "
          "--to=DIR, for use without the run table", starts="export", runs="modes.use:export_mode", takes_record=True,
-         options=dict(type=int, metavar="RUNID")),
+         options=dict(type=run_id, metavar="RUNID")),
     Flag("--to", "with --export: the folder to write (new or empty)", modes=("export",), options=dict(metavar="DIR")),
     Flag("--compare", "groups of runs differing only in their seed: means, 95%% intervals and tests against a "
          "reference group (filter with run IDs, --experiment, --config and overrides)", starts="compare",
-         runs="modes.compare:compare_mode", options=dict(type=int, nargs="*", metavar="RUNID")),
+         runs="modes.compare:compare_mode", options=dict(type=run_id, nargs="*", metavar="RUNID")),
     Flag("--against", "with --compare: the reference is this run's group (default: the baseline config's)",
-         modes=("compare",), options=dict(type=int, metavar="RUNID")),
+         modes=("compare",), options=dict(type=run_id, metavar="RUNID")),
     Flag("--format", "with --compare: a table (default), Markdown for a lab book, or JSON", modes=("compare",),
          options=dict(choices=("table", "markdown", "json"), default="table")),
     Flag("--list", "list the registered experiments and datasets and exit", starts="list",

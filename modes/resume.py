@@ -38,15 +38,14 @@ def resume(launch):
     segments = code_segments(table.path, run_id, row)
     now = {"commit": git_commit(launch.project.code_dir), "diff": git_diff(launch.project.code_dir)}
     changed = (now["commit"], now["diff"]) != (segments[-1]["commit"], segments[-1]["diff"])
-    if changed:  # a bug fixed before resuming, say: the run keeps the record of every version it ran with
-        print(f"note: run {run_id} resumes with other code than it last ran with ({describe_code(segments[-1])} then, "
-              f"{describe_code(now)} now); its text '{CODE_TEXT}' records each version and when it started",
-              file=sys.stderr)
 
     def register(world_size):
         run, _ = table.resume_run(
             run_id, check=lambda identity: check_world_size(identity, run_id, world_size, "--resume"))
-        if changed:
+        if changed:  # a bug fixed before resuming, say: the run keeps the record of every version it ran with
+            print(f"note: run {run_id} resumes with other code than it last ran with ({describe_code(segments[-1])} "
+                  f"then, {describe_code(now)} now); its text '{CODE_TEXT}' records each version and when it started",
+                  file=sys.stderr)
             started = datetime.now().isoformat(sep=" ", timespec="seconds")
             run.log_text(CODE_TEXT, json.dumps([*segments, {**now, "resumed": started}], indent=1))
         return run, identity

@@ -247,8 +247,7 @@ def _execute(project, run, identity, output, world, speaks, threads, texts):
             if run.status == "running":
                 run.finish(results)
     except DiskFull as full:  # the run is failed (or left for the next launch to mark): say how to continue it
-        raise DiskFull(full.what, f"free some space, then continue run {run.id} with {resume_command(run, world)}"
-                       ) from None
+        raise DiskFull(full.what, full.remedy, f"continue run {run.id} with {resume_command(run, world)}") from None
     except BaseException as error:
         stop = stop_behind(error)  # a library may have turned the stop into an error of its own
         if stop is None:

@@ -2,6 +2,7 @@
 config, its lab book, its test, and a line in the registry."""
 import ast
 import keyword
+import os
 import re
 
 from utils.config import load_config
@@ -63,11 +64,23 @@ def new_experiment(code_dir, name, registered, base=BASE_EXPERIMENT):
                    f"# Override any key for one run with --config.SECTION.KEY=VALUE; edit this file to move the "
                    f"baseline.\n" + "".join(base_lines))
 
-    code.write_text(code_text, encoding="utf-8")
-    config.write_text(config_text, encoding="utf-8")
-    lab_book.write_text(lab_text, encoding="utf-8")
-    test.write_text(tests_file_text(name, new_config, data_kind(code_dir / source.config)), encoding="utf-8")
-    main.write_text(main_text, encoding="utf-8")
+    tests_text = tests_file_text(name, new_config, data_kind(code_dir / source.config))
+    written = []
+    try:
+        for path, text in ((code, code_text), (config, config_text), (lab_book, lab_text), (test, tests_text)):
+            path.write_text(text, encoding="utf-8")
+            written.append(path)
+        # main.py whole or as it was: written beside itself, then renamed over it
+        edited = main.with_name(f".{main.name}.{os.getpid()}.tmp")
+        written.append(edited)
+        edited.write_text(main_text, encoding="utf-8")
+        edited.chmod(main.stat().st_mode)
+        edited.replace(main)
+    except OSError as e:  # a read-only checkout, a full disk: what was written goes, main.py stays as it was
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise UserError(f"cannot write the new experiment into {code_dir} ({e.strerror or e}); make the checkout "
+                        f"writable, nothing was changed") from None
     return [code, config, lab_book, test, main]
 
 

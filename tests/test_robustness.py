@@ -166,6 +166,122 @@ def test_a_read_only_results_folder_is_refused_before_training_and_left_alone(wo
     assert {path.name: path.read_bytes() for path in results.iterdir() if path.is_file()} == before
 
 
+def chattr_works(tmp_path):
+    """Whether this filesystem and user can make a file immutable (chattr +i: ext4, xfs, btrfs, as root): tried."""
+    probe = tmp_path / "chattr-probe"
+    probe.write_text("")
+    works = subprocess.run(["chattr", "+i", str(probe)], capture_output=True).returncode == 0
+    subprocess.run(["chattr", "-i", str(probe)], capture_output=True)
+    return works
+
+
+@pytest.mark.fault("run tables")
+@pytest.mark.parametrize("immutable", ["the table", "its folder"])
+def test_an_immutable_table_or_results_folder_is_one_line_and_left_alone(workdir, tmp_path, immutable):
+    require(chattr_works(tmp_path), "needs chattr +i on the folder of the tests' files (ext4 and root)")
+    assert run_tiny(workdir).returncode == 0
+    results = workdir / "results"
+    before = (results / "resultTable.db").read_bytes()
+    target = results / "resultTable.db" if immutable == "the table" else results
+    subprocess.run(["chattr", "+i", str(target)], check=True)
+    try:
+        done = run_tiny(workdir, "--config.seed=1")
+    finally:
+        subprocess.run(["chattr", "-i", str(target)], check=True)
+    assert_refused(done, f"cannot write to the run table {results / 'resultTable.db'}", "chattr -i",
+                   "nothing was changed")
+    assert (results / "resultTable.db").read_bytes() == before
+    assert run_tiny(workdir, "--config.seed=1").returncode == 0  # mutable again: it runs
+
+
+@pytest.mark.fault("full disk")
+def test_a_file_size_limit_stops_the_run_in_one_line_and_it_resumes_once_raised(workdir):
+    import resource
+
+    def limited():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (512 * 1024, resource.RLIM_INFINITY))  # `ulimit -f 512`
+
+    wide = ("--config.model.hidden=1000",)  # checkpoints of 1.5 MiB and more, a table of less than 512 KiB
+    done = subprocess.run([sys.executable, str(MAIN), *TINY, *wide], cwd=workdir, capture_output=True, text=True,
+                          timeout=300, env=env_recording_in(workdir), preexec_fn=limited)
+    assert done.returncode == 2 and done.stderr.splitlines()[0] == table_note(workdir / "results" / "resultTable.db")
+    assert_refused(subprocess.CompletedProcess([], 2, "", done.stderr.split("\n", 1)[1]),
+                   "writing best.pt in results/1 passed this process's file size limit of 512.0 KiB (ulimit -f)",
+                   "nothing written before was lost; raise the limit (ulimit -f unlimited), then continue run 1 with "
+                   "python main.py --resume=1")
+    db = workdir / "results" / "resultTable.db"
+    assert query(db, "SELECT status, failure FROM Experiments JOIN TemplateLaunch USING (run_id)") == [
+        ("failed", "disk full")]
+    assert not [path for path in (workdir / "results" / "1").iterdir() if path.name.endswith(".tmp")]
+    assert run_main(workdir, "--resume=1").returncode == 0
+    reference = workdir / "reference" / "resultTable.db"
+    assert run_main(workdir, *TINY, *wide, table=reference).returncode == 0
+    assert recorded_numbers(db, 1) == recorded_numbers(reference, 1)
+
+
+@pytest.mark.fault("full disk")
+def test_a_disk_without_free_inodes_is_one_line_and_a_launch_with_inodes_again_runs(workdir, tmp_path):
+    require(private_mounts_work(tmp_path), "a disk with few inodes needs a tmpfs in a private mount namespace (root "
+            "and unshare): tried here, and it does not work")
+    results = workdir / "results"
+    results.mkdir()
+    launch = f"{sys.executable} {MAIN} {' '.join(TINY)}"
+    script = (f"mount -t tmpfs -o size=16m,nr_inodes=40 tmpfs {results} && {launch} && "
+              f"i=0; while touch {results}/filler$i 2>/dev/null; do i=$((i+1)); done; "
+              f"{launch} --config.seed=1 2>{tmp_path}/full.err; echo $? > {tmp_path}/full.rc; "
+              f"rm {results}/filler*; {launch} --config.seed=1 && cp {results}/resultTable.db {tmp_path}/after.db")
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], cwd=workdir,
+                          capture_output=True, text=True, timeout=600, env=env_recording_in(workdir))
+    assert done.returncode == 0, done.stderr
+    full = subprocess.CompletedProcess([], int((tmp_path / "full.rc").read_text()), "",
+                                       (tmp_path / "full.err").read_text())
+    assert_refused(full, "the disk holding results has no free inodes (df -i)", "nothing written before was lost")
+    assert query(tmp_path / "after.db", "SELECT run_id, status FROM Experiments ORDER BY run_id") == [
+        (1, "finished"), (2, "finished")]
+
+
+@pytest.mark.fault("run tables")
+def test_run_ids_past_sqlites_range_are_one_line(workdir):
+    assert_refused(run_main(workdir, "--resume=9223372036854775808"), "is no run ID: a run table holds none past "
+                   "9,223,372,036,854,775,807")
+    assert_refused(run_main(workdir, "--verify", "1", "-99999999999999999999"), "is no run ID")
+    assert run_tiny(workdir).returncode == 0
+    db = workdir / "results" / "resultTable.db"
+    for table in ("Experiments", "ConfigFile", "TemplateLaunch", "Results", "Logs", "Fragments"):
+        query(db, f"UPDATE {table} SET run_id=9223372036854775807 WHERE run_id=1")
+    assert_refused(run_tiny(workdir, "--config.seed=1"), "this run table has given out its last run ID "
+                   "(9,223,372,036,854,775,807); record in a new table", "nothing was changed")
+    assert query(db, "SELECT COUNT(*) FROM Experiments") == [(1,)]
+    assert run_main(workdir, "--reproduce=9223372036854775807").returncode == 0  # the last run reads as any other
+
+
+@pytest.mark.fault("run tables")
+def test_a_read_only_checkout_refuses_a_run_and_a_new_experiment_in_one_line_and_is_left_alone(code_copy, workdir,
+                                                                                               tmp_path):
+    require(private_mounts_work(tmp_path), "a read-only checkout for root needs a read-only bind mount in a private "
+            "mount namespace (root and unshare): tried here, and it does not work")
+    before = sorted(path.relative_to(code_copy) for path in code_copy.rglob("*") if ".git" not in path.parts
+                    and "__pycache__" not in path.parts)
+    main = code_copy / "main.py"
+    script = (f"mount --bind {code_copy} {code_copy} && mount -o remount,bind,ro {code_copy} && "
+              f"{sys.executable} {main} {' '.join(TINY)} 2>{tmp_path}/run.err; echo $? >{tmp_path}/run.rc; "
+              f"{sys.executable} {main} --new-experiment=mine 2>{tmp_path}/new.err; echo $? >{tmp_path}/new.rc")
+    env = {name: value for name, value in env_recording_in(workdir).items() if name != "RESULT_TABLE"}
+    done = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c", script], cwd=workdir,
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+
+    def outcome(name):
+        return subprocess.CompletedProcess([], int((tmp_path / f"{name}.rc").read_text()), "",
+                                           (tmp_path / f"{name}.err").read_text())
+
+    assert_refused(outcome("run"), f"cannot write in {code_copy / 'results'} (Read-only file system)")
+    assert_refused(outcome("new"), f"cannot write the new experiment into {code_copy} (Read-only file system)",
+                   "nothing was changed")
+    assert sorted(path.relative_to(code_copy) for path in code_copy.rglob("*") if ".git" not in path.parts
+                  and "__pycache__" not in path.parts) == before
+
+
 def test_a_run_resumed_after_a_code_change_records_each_version_it_ran_with(workdir, code_copy):
     """Ctrl-C after epoch 1, the code edited (a bug fixed, say), --resume: the run says so and keeps, in its text
     'code', the commit and uncommitted changes of each segment, and --reproduce warns that it ran with two."""

@@ -23,8 +23,8 @@ from utils.runtable import liveness
 from utils.runtable.identity import EVALUATES
 from utils.runtable.readers import DEBUG_RUN_ID, SAME_DIFF_AS, read_row, run_folder, same_diff_as, table_files
 from utils.runtable.run import Run
-from utils.runtable.schema import (connect, create_table, network_filesystem_warning, prepare_for_writing,
-                                   side_columns)
+from utils.runtable.schema import (LARGEST_RUN_ID, connect, create_table, network_filesystem_warning,
+                                   prepare_for_writing, side_columns)
 
 
 PROCESS_COLUMNS = ("host", "pid", "process_token", "heartbeat")  # liveness.Process, as the side table holds it
@@ -258,9 +258,21 @@ class RunTable:
                     print(self.note, file=sys.stderr, flush=True)
                     self.note = None
             except (sqlite3.OperationalError, OSError) as e:
-                if is_disk_full(e):
+                if is_disk_full(e, self.path.parent):
                     raise disk_full(self.path.parent, "to the run table", None) from None
+                if cannot_write(e):
+                    raise UserError(f"cannot write to the run table {self.path} ({e}); make it and its folder "
+                                    f"writable (an immutable one: chattr -i), or set RESULT_TABLE to a table that "
+                                    f"is, nothing was changed") from None
                 raise
+
+
+def cannot_write(error):
+    """True for what SQLite says of a table it may not write: a read-only or immutable file, a folder in which it
+    cannot create its journal."""
+    code = getattr(error, "sqlite_errorcode", None)
+    return code is not None and code & 0xFF in (sqlite3.SQLITE_READONLY, sqlite3.SQLITE_CANTOPEN,
+                                                 sqlite3.SQLITE_PERM)
 
 
 def _find(db, identity):
@@ -284,6 +296,11 @@ def _insert_run(db, identity, config_path, command, commit, diff, run_id=None):
     Earlier failed attempts of the identity are kept, hidden.
     """
     if run_id is None:
+        last = db.execute("SELECT MAX(COALESCE((SELECT MAX(run_id) FROM Experiments), 0), COALESCE((SELECT seq "
+                          "FROM sqlite_sequence WHERE name='Experiments'), 0))").fetchone()[0]
+        if last >= LARGEST_RUN_ID:  # SQLite would answer "database or disk is full"
+            raise UserError(f"this run table has given out its last run ID ({last:,}); record in a new table "
+                            f"(RESULT_TABLE=...), nothing was changed")
         db.execute("UPDATE Experiments SET hidden=1 WHERE experiment=? AND config_hash=? AND cli=? AND comment=? "
                    "AND hidden=0 AND run_id!=?", (*identity.key(), DEBUG_RUN_ID))
     diff_hash = hashlib.sha256(diff.encode()).hexdigest()[:16] if diff else None

@@ -296,7 +296,7 @@ class Run:
                 yield db
                 db.commit()
         except (sqlite3.OperationalError, OSError) as e:
-            if is_disk_full(e):
+            if is_disk_full(e, Path(self._path).parent):
                 raise disk_full(Path(self._path).parent, f"{what} of run {self.id} to the run table", needed) from None
             raise
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from utils.errors import UserError
 from utils.stopping import stops_held
 
+LARGEST_RUN_ID = 2**63 - 1  # SQLite's largest integer: a table gives out no run ID past it
 UNIQUE_COLUMNS = ("experiment", "config_hash", "cli", "comment")
 SUPPORTED_VERSION_PREFIX = "0.3."  # deepboard's table format; 0.3.x tables are all alike
 BUSY_TIMEOUT_S = 120  # how long a write waits for another process's write before giving up
