@@ -9,7 +9,7 @@ import math
 import struct
 from pathlib import Path
 
-from data.files import download, fingerprint, refuse_what_is_in_the_way
+from data.files import content_fingerprint, download, fingerprint, refuse_what_is_in_the_way
 from data.registry import Arrays, DataInfo
 from utils.errors import UserError
 
@@ -28,6 +28,8 @@ class IdxDataset:
         self.title, self.folder, self.mirrors, self.md5 = title, folder, mirrors, md5  # md5 of each .gz file
         self.classes, self.mean, self.std = tuple(classes), (mean,), (std,)
         self.summary = f"{title}: 28x28 grey, {len(classes)} classes (IDX files in DATA/{folder}/raw)"
+        # (the files' paths) -> the fingerprint this process took of them: load() checks that it reads those bytes
+        self._fingerprinted = {}
 
     def raw_folder(self, data_path):
         return Path(data_path).expanduser() / self.folder / "raw"
@@ -53,7 +55,9 @@ class IdxDataset:
 
     def fingerprint(self, cfg, cache_path=None):
         """The sha256 of the four files' content (decompressed), the same wherever they lie and however compressed."""
-        return fingerprint(self.find_files(cfg["path"], cfg["download"]), cache_path)
+        files = self.find_files(cfg["path"], cfg["download"])
+        self._fingerprinted[tuple(files.values())] = fingerprint(files, cache_path)
+        return self._fingerprinted[tuple(files.values())]
 
     def describe(self, cfg, cache_dir=None):
         """The DataInfo, from the files' headers alone."""
@@ -68,7 +72,13 @@ class IdxDataset:
         import torch
 
         files = self.find_files(cfg["path"], cfg["download"])
-        arrays = {name: read_idx(path) for name, path in files.items()}
+        contents = {name: read_content(path) for name, path in files.items()}
+        fingerprinted = self._fingerprinted.pop(tuple(files.values()), None)  # this launch's, checked once
+        if fingerprinted is not None and content_fingerprint(contents) != fingerprinted:
+            raise UserError(f"the {self.title} files in {files['train_images'].parent} changed while this run "
+                            f"started (they are no longer the data its identity was taken from): it stopped before "
+                            f"training; launch again to train on them as they are now")
+        arrays = {name: read_idx(path, contents[name]) for name, path in files.items()}
         for split in ("train", "test"):
             images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
             if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
@@ -115,26 +125,41 @@ def read_header(path):
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            zero, dtype_code, ndim = struct.unpack(">HBB", f.read(4))
-            shape = struct.unpack(f">{ndim}I", f.read(4 * ndim))
-    except (OSError, EOFError, struct.error) as e:
+            start = f.read(4)
+            return header_of(path, start + f.read(4 * start[3]) if len(start) == 4 else start)
+    except (OSError, EOFError) as e:
+        raise UserError(f"cannot read IDX file {path}: {e}; delete it so it is downloaded again") from None
+
+
+def header_of(path, raw):
+    """The shape the IDX file at `path` declares in its first bytes `raw`, checked against its type."""
+    try:
+        zero, dtype_code, ndim = struct.unpack_from(">HBB", raw)
+        shape = struct.unpack_from(f">{ndim}I", raw, 4)
+    except struct.error as e:
         raise UserError(f"cannot read IDX file {path}: {e}; delete it so it is downloaded again") from None
     if zero != 0 or dtype_code != 0x08:
         raise UserError(f"{path} is not a uint8 IDX file; replace it with the original file")
     return shape
 
 
-def read_idx(path):
-    """The array stored in one IDX file (gzipped or not), validated against its header."""
-    import numpy as np
-
+def read_content(path):
+    """The bytes of one IDX file (decompressed when gzipped)."""
     opener = gzip.open if path.suffix == ".gz" else open
-    shape = read_header(path)
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
+            return f.read()
     except (OSError, EOFError) as e:
         raise UserError(f"cannot read IDX file {path}: {e}; delete it so it is downloaded again") from None
+
+
+def read_idx(path, raw=None):
+    """The array stored in one IDX file (gzipped or not; `raw`: its bytes, read already), validated against its
+    header."""
+    import numpy as np
+
+    raw = read_content(path) if raw is None else raw
+    shape = header_of(path, raw)
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * len(shape))
     if data.size != math.prod(shape):
         raise UserError(f"{path} is not a uint8 IDX file of shape {shape}; replace it with the original file")

@@ -280,3 +280,31 @@ def test_a_file_replaced_while_a_run_starts_is_not_what_it_records_having_traine
     assert_refused(run_in_process(folder, *launch), "run 1")  # the original: the run that trained on it
     changed.write_bytes(edited)  # what replaced it: other data, a new run
     assert run_in_process(folder, *launch).returncode == 0
+
+
+@pytest.mark.fault("data identity")
+def test_idx_files_replaced_while_a_run_starts_stop_it_before_it_trains_and_a_launch_again_runs(workdir, tmp_path,
+                                                                                              monkeypatch):
+    from data.idx import IdxDataset
+
+    data, changed = own_data("images", tmp_path / "mine")
+    launch = ("--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0", f"--config.data.path={data}")
+    fingerprint = IdxDataset.fingerprint
+
+    def fingerprint_then_replaced(self, cfg, cache_path=None):
+        found = fingerprint(self, cfg, cache_path)
+        edited_in_place(changed)  # another process replaces a file in the same instant
+        return found
+
+    monkeypatch.setattr(IdxDataset, "fingerprint", fingerprint_then_replaced)
+    stopped = run_in_process(workdir, *launch)
+    monkeypatch.setattr(IdxDataset, "fingerprint", fingerprint)
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr
+    assert f"the MNIST files in {changed.parent} changed while this run started" in stopped.stderr
+    table = table_of(workdir)
+    assert query(table, "SELECT status FROM Experiments") == [("failed",)]
+    assert query(table, "SELECT COUNT(*) FROM Logs") == [(0,)]  # not a step on data other than its identity's
+    again = run_in_process(workdir, *launch)  # the files as they are now: their own identity, a run
+    assert again.returncode == 0, again.stderr
+    [(_, first), (_, second)] = query(table, "SELECT run_id, data_fingerprint FROM TemplateLaunch ORDER BY run_id")
+    assert first != second
