@@ -1,5 +1,6 @@
 """A run's identity is what it computed: where-keys and null keys left out, the data's content in, flags a user adds,
 variant configs, and tables recorded before these rules."""
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -226,6 +227,24 @@ def edited_in_place(path):
 KINDS = {"experiment1": "images", "charlm": "text", "tabular": "table"}
 
 
+@contextlib.contextmanager
+def replaced_once_fingerprinted(monkeypatch, dataset, changed):
+    """Within it, `changed` is edited right after `dataset` (a class) takes its fingerprint: another process replacing
+    the file in the same instant."""
+    fingerprint = dataset.fingerprint
+
+    def fingerprint_then_replaced(self, cfg, cache_path=None):
+        found = fingerprint(self, cfg, cache_path)
+        edited_in_place(changed)
+        return found
+
+    monkeypatch.setattr(dataset, "fingerprint", fingerprint_then_replaced)
+    try:
+        yield
+    finally:
+        monkeypatch.setattr(dataset, "fingerprint", fingerprint)
+
+
 @pytest.mark.fault("data identity")
 def test_a_same_size_edit_with_its_modification_time_restored_is_other_data(tiny, tmp_path):
     data, changed = own_data(KINDS[tiny.experiment], tmp_path / "mine")
@@ -257,17 +276,8 @@ def test_a_file_replaced_while_a_run_starts_is_not_what_it_records_having_traine
     launch = (f"--experiment={experiment}", "--config=configs/tiny.yml", "--verbose=0")
     original = changed.read_bytes()
 
-    dataset = TextCorpus if kind == "text" else CsvTable
-    fingerprint = dataset.fingerprint
-
-    def fingerprint_then_replaced(self, cfg, cache_path=None):
-        found = fingerprint(self, cfg, cache_path)
-        edited_in_place(changed)  # another process replaces the file in the same instant
-        return found
-
-    monkeypatch.setattr(dataset, "fingerprint", fingerprint_then_replaced)
-    assert run_in_process(folder, *launch).returncode == 0
-    monkeypatch.setattr(dataset, "fingerprint", fingerprint)
+    with replaced_once_fingerprinted(monkeypatch, TextCorpus if kind == "text" else CsvTable, changed):
+        assert run_in_process(folder, *launch).returncode == 0
     edited = changed.read_bytes()
     changed.write_bytes(original)
     clean = run_in_process(folder, *launch, table=tmp_path / "clean" / "resultTable.db")
@@ -289,16 +299,8 @@ def test_idx_files_replaced_while_a_run_starts_stop_it_before_it_trains_and_a_la
 
     data, changed = own_data("images", tmp_path / "mine")
     launch = ("--experiment=experiment1", "--config=configs/tiny.yml", "--verbose=0", f"--config.data.path={data}")
-    fingerprint = IdxDataset.fingerprint
-
-    def fingerprint_then_replaced(self, cfg, cache_path=None):
-        found = fingerprint(self, cfg, cache_path)
-        edited_in_place(changed)  # another process replaces a file in the same instant
-        return found
-
-    monkeypatch.setattr(IdxDataset, "fingerprint", fingerprint_then_replaced)
-    stopped = run_in_process(workdir, *launch)
-    monkeypatch.setattr(IdxDataset, "fingerprint", fingerprint)
+    with replaced_once_fingerprinted(monkeypatch, IdxDataset, changed):
+        stopped = run_in_process(workdir, *launch)
     assert stopped.returncode == 2 and "Traceback" not in stopped.stderr, stopped.stderr
     assert f"the MNIST files in {changed.parent} changed while this run started" in stopped.stderr
     table = table_of(workdir)
