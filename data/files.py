@@ -61,12 +61,31 @@ def content_fingerprint(contents):
                                   for name, content in contents.items()).encode()).hexdigest()
 
 
-def read_bytes(path, what):
-    """The whole content of the file at `path`, or a UserError naming it (`what` it should be)."""
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise UserError(f"cannot read {path} ({e.strerror or type(e).__name__}); replace it with {what}") from None
+class ReadOnce:
+    """Files a launch trains on, read once: their fingerprint is taken from the very bytes kept for training, so a
+    file replaced a moment after the fingerprint is not what the run trains on. Each fingerprint reads afresh."""
+
+    def __init__(self, name, what):
+        self.name, self.what = name, what  # the name `fingerprint` hashes it under; what the file should be
+        self._kept = {}  # path -> (its bytes, their fingerprint)
+
+    def fingerprint(self, path):
+        self._kept[path] = self._read(path)
+        return self._kept[path][1]
+
+    def read(self, path):
+        """(the bytes of the file at `path`, their fingerprint): those the launch fingerprinted, else read now."""
+        if path not in self._kept:
+            self._kept[path] = self._read(path)
+        return self._kept[path]
+
+    def _read(self, path):
+        try:
+            content = Path(path).read_bytes()
+        except OSError as e:
+            raise UserError(f"cannot read {path} ({e.strerror or type(e).__name__}); replace it with "
+                            f"{self.what}") from None
+        return content, content_fingerprint({self.name: content})
 
 
 def read_cache(cache_path):

@@ -12,7 +12,7 @@ import io
 import math
 from pathlib import Path
 
-from data.files import content_fingerprint, read_bytes
+from data.files import ReadOnce
 from data.tensors import Tensors, with_tensor_info
 from utils.errors import UserError
 
@@ -22,23 +22,21 @@ class CsvTable:
     summary = "csv: a table of numbers in a CSV file (data.path), data.target the column(s) to predict"
 
     def __init__(self):
-        self._content = {}  # path -> the bytes a launch fingerprinted: what it trains on, even if the file changes
+        self._files = ReadOnce("table", "a CSV table")
         self._read = {}  # (content's fingerprint, columns...): the Tensors parsed, so a launch parses the file once
 
     def fingerprint(self, cfg, cache_path=None):
         """The sha256 of the file's content, read afresh and kept for the run to train on."""
-        path = self.file(cfg)
-        self._content[path] = read_bytes(path, "a CSV table")
-        return content_fingerprint({"table": self._content[path]})
+        return self._files.fingerprint(self.file(cfg))
 
     def describe(self, cfg, cache_dir=None):
         return self.load(cfg).info
 
     def load(self, cfg, cache_dir=None, world=None):
         path = self.file(cfg)
-        content = self._content[path] if path in self._content else read_bytes(path, "a CSV table")
+        content, fingerprint = self._files.read(path)
         targets, inputs = target_columns(cfg), input_columns(cfg)
-        key = (content_fingerprint({"table": content}), targets, inputs, cfg.get("test_size"), cfg.get("split_seed"))
+        key = (fingerprint, targets, inputs, cfg.get("test_size"), cfg.get("split_seed"))
         if key not in self._read:
             self._read[key] = read_table(path, content, targets, inputs, check_test_size(cfg),
                                          cfg.get("split_seed", 0))

@@ -10,7 +10,7 @@ Nothing here imports torch until the tokens are loaded, so that a refused launch
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.files import content_fingerprint, download, read_bytes
+from data.files import ReadOnce, download
 from utils.errors import UserError
 
 FIRST_FRACTION = 0.9  # nanoGPT's split: int(n * 0.9) characters train, the last 10% validate
@@ -48,7 +48,8 @@ class TextCorpus:
     def __init__(self, title, folder, filename, urls, md5):
         self.title, self.folder, self.filename, self.urls, self.md5 = title, folder, filename, urls, md5
         self.summary = f"{title}: text, one token per character (DATA/{folder}/{filename})"
-        self._read = {}  # path -> (text, fingerprint): a launch reads the file once, and trains on what it hashed
+        self._files = ReadOnce("text", f"the original {title} file")
+        self._texts = {}  # fingerprint -> the text decoded
 
     def find_file(self, cfg):
         """The path of the corpus under data.path, downloaded first if missing and data.download is true."""
@@ -64,9 +65,7 @@ class TextCorpus:
     def fingerprint(self, cfg, cache_path=None):
         """The sha256 of the file's content, read afresh and kept for the run to train on (a file replaced after is
         not what it trains on): the same text anywhere is the same run, one changed character is not."""
-        path = self.find_file(cfg)
-        self._read[path] = self._read_text(path)
-        return self._read[path][1]
+        return self._files.fingerprint(self.find_file(cfg))
 
     def describe(self, cfg, cache_dir=None):
         """The TextInfo of the corpus, after refusing a validation split the text cannot give."""
@@ -90,18 +89,14 @@ class TextCorpus:
 
     def text(self, cfg):
         path = self.find_file(cfg)
-        if path not in self._read:
-            self._read[path] = self._read_text(path)
-        return self._read[path][0]
-
-    def _read_text(self, path):
-        """(the file's text, its fingerprint), from one read of its bytes."""
-        content = read_bytes(path, f"the original {self.title} file")
-        try:
-            return content.decode("utf-8"), content_fingerprint({"text": content})
-        except UnicodeDecodeError as e:
-            raise UserError(f"cannot read {path} as UTF-8 text ({type(e).__name__}); replace it with the "
-                            f"original {self.title} file") from None
+        content, fingerprint = self._files.read(path)
+        if fingerprint not in self._texts:
+            try:
+                self._texts[fingerprint] = content.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"cannot read {path} as UTF-8 text ({type(e).__name__}); replace it with the "
+                                f"original {self.title} file") from None
+        return self._texts[fingerprint]
 
     def _missing_message(self, folder, reason):
         return (f"{self.title} file {self.filename} missing in {folder} {reason}; put it there or set "
